@@ -1,0 +1,35 @@
+"""``tio``: the command group."""
+
+from __future__ import annotations
+
+import click
+
+from tio import __version__
+
+from .config import config_cmd
+from .demo import demo_cmd
+from .run import run_cmd
+
+EPILOG = """\b
+Examples:
+  tio demo                          generate a scene with a landslide, process it, check the error
+  tio run scenes/ -o out/           process a folder of dated GeoTIFFs / SAFE products
+  tio run S2*.SAFE --aoi 6.80,45.90,6.90,45.95 --band B04 -o out/
+  tio config > tio.toml             write the defaults, edit, then: tio run --config tio.toml
+"""
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tio")
+def cli():
+    """TIO: time series of ground displacement from optical satellite images.
+
+    Correlates a redundant network of image pairs, corrects each pair and inverts
+    the network pixel by pixel into cumulative east-west and north-south
+    displacement at every date (metres, positive east and north).
+    """
+
+
+cli.add_command(run_cmd)
+cli.add_command(demo_cmd)
+cli.add_command(config_cmd)

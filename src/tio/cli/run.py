@@ -1,0 +1,89 @@
+"""``tio run``: the whole chain on local images."""
+
+from __future__ import annotations
+
+import click
+
+from ._common import collect_overrides, handle_errors, parse_bbox
+
+EPILOG = """\b
+Examples:
+  tio run scenes/ -o out/
+      every dated image in scenes/ (GeoTIFF, JPEG 2000, SAFE), defaults for the rest
+  tio run S2*_MSIL1C_*.SAFE --aoi 6.80,45.90,6.90,45.95 --start 2020-01-01 -o out/
+      a lon/lat area of a set of Sentinel-2 products, from a date on
+  tio run scenes/ --config tio.toml --set inversion.residual_scale=3 -o out/
+      parameters from a file, one overridden
+\b
+Running it again with the same output folder skips finished stages.
+"""
+
+
+@click.command("run", epilog=EPILOG)
+@click.argument("inputs", nargs=-1, type=click.Path())
+@click.option("-o", "--output", help="Output folder [default: tio-output].")
+@click.option(
+    "-c",
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="TOML or YAML configuration file (see `tio config`).",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="SECTION.NAME=VALUE",
+    help="Override any parameter; repeatable.",
+)
+@click.option("--aoi", help="Area of interest WEST,SOUTH,EAST,NORTH in degrees.")
+@click.option("--start", help="First date kept (YYYY-MM-DD).")
+@click.option("--end", help="Last date kept (YYYY-MM-DD).")
+@click.option("--band", help="Band of SAFE products [default: B04].")
+@click.option(
+    "--pairs-per-date", type=int, help="Pair each date with this many next dates [default: 4]."
+)
+@click.option("--window", type=int, help="Correlation window, pixels [default: 32].")
+@click.option("--step", type=int, help="Output grid spacing, pixels [default: 8].")
+@click.option("--search", type=int, help="Search range, pixels [default: 8].")
+@click.option("--no-quicklooks", is_flag=True, default=None, help="Do not draw PNG quicklooks.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or log lines on the terminal.")
+@click.option("-v", "--verbose", is_flag=True, help="More detail in the log.")
+@handle_errors
+def run_cmd(
+    inputs,
+    output,
+    config_file,
+    sets,
+    aoi,
+    start,
+    end,
+    band,
+    pairs_per_date,
+    window,
+    step,
+    search,
+    no_quicklooks,
+    quiet,
+    verbose,
+):
+    """Correlate, correct and invert a stack of dated images into a displacement time series."""
+    from tio.config import load_config
+    from tio.pipeline import run
+
+    flags = {
+        "input.paths": list(inputs) or None,
+        "output.directory": output,
+        "input.aoi": parse_bbox(aoi),
+        "input.start": start,
+        "input.end": end,
+        "input.band": band,
+        "pairs.max_next": pairs_per_date,
+        "correlation.window": window,
+        "correlation.step": step,
+        "correlation.search": search,
+        "output.quicklooks": False if no_quicklooks else None,
+    }
+    config = load_config(config_file, collect_overrides(sets, flags))
+    result = run(config, progress=not quiet, verbose=verbose)
+    click.echo(f"products in {result.out_dir.resolve()}")

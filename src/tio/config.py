@@ -1,0 +1,386 @@
+"""One configuration model for every stage of TIO.
+
+The whole run is described by :class:`RunConfig`, a tree of pydantic models,
+one section per stage::
+
+    [input]        which scenes, which band, which area and dates
+    [pairs]        how the pair network is chosen
+    [correlation]  how each pair is correlated
+    [correction]   what is removed from each pair before inversion
+    [inversion]    the robust time-series inversion
+    [output]       which products are written
+
+Defaults follow the original ISTerre TIO service (each date paired with the next
+4 dates, median offset removed, residual scale 2 m, gross outliers above 5 m,
+smoothing gamma^2 = 0.003 used only to tie unconnected dates, 30 % of valid pairs
+needed per pixel) unless noted. ``tio config`` prints them as a commented TOML
+file; :func:`load_config` reads TOML or YAML and applies ``section.key=value``
+overrides. Any invalid value raises :class:`tio.errors.ConfigError` with a single
+line naming the parameter, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "ConfigError",
+    "CorrectionConfig",
+    "CorrelationConfig",
+    "InputConfig",
+    "InversionConfig",
+    "OutputConfig",
+    "PairsConfig",
+    "RunConfig",
+    "dump_toml",
+    "load_config",
+    "parse_override",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    def digest(self) -> str:
+        """A short hash of this section's values (used to skip finished stages)."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class InputConfig(_Section):
+    """Which scenes to read, which band, where and when."""
+
+    paths: list[Path] = Field(
+        default_factory=list,
+        description="Images (GeoTIFF, COG, JPEG 2000), Sentinel-2 SAFE folders, or folders "
+        "holding them. Dates come from a TIO_DATE tag or from YYYYMMDD / YYYY-MM-DD in the "
+        "file name.",
+    )
+    band: str = Field(
+        "B04",
+        description="Band read from Sentinel-2 SAFE products (B02, B03, B04, B08 are 10 m).",
+        pattern=r"^B(0[1-9]|1[0-2]|8A)$",
+    )
+    aoi: tuple[float, float, float, float] | None = Field(
+        None,
+        description="Area of interest as a lon/lat box: west, south, east, north (degrees, "
+        "WGS84). Only this window is read. Unset: the whole extent of the first image.",
+    )
+    start: dt.date | None = Field(None, description="First acquisition date kept (ISO 8601).")
+    end: dt.date | None = Field(None, description="Last acquisition date kept (ISO 8601).")
+    resampling: Literal["cubic", "cubic_spline", "lanczos", "bilinear"] = Field(
+        "cubic",
+        description="Resampler used when an image is not on the grid of the first one.",
+    )
+
+    @field_validator("aoi")
+    @classmethod
+    def _check_aoi(cls, v):
+        if v is None:
+            return v
+        w, s, e, n = v
+        if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
+            raise ValueError("must be west < east in [-180, 180] and south < north in [-90, 90]")
+        return v
+
+    @model_validator(mode="after")
+    def _check_dates(self):
+        if self.start and self.end and self.start > self.end:
+            raise ValueError(f"start {self.start} is after end {self.end}")
+        return self
+
+
+class PairsConfig(_Section):
+    """How the redundant network of image pairs is chosen."""
+
+    max_next: int = Field(
+        4, ge=1, le=50, description="Each date is paired with this many following dates."
+    )
+    min_days: int = Field(0, ge=0, description="Shortest time between the two dates of a pair.")
+    max_days: int | None = Field(
+        None, ge=1, description="Longest time between the two dates of a pair (unset: no limit)."
+    )
+
+    @model_validator(mode="after")
+    def _check_days(self):
+        if self.max_days is not None and self.max_days < self.min_days:
+            raise ValueError(f"max_days {self.max_days} is below min_days {self.min_days}")
+        return self
+
+
+class CorrelationConfig(_Section):
+    """Sub-pixel correlation of each pair."""
+
+    window: int = Field(32, ge=8, le=512, description="Correlation window size (pixels).")
+    step: int = Field(
+        8, ge=1, le=512, description="Spacing of the output grid (pixels of the images)."
+    )
+    search: int = Field(
+        8, ge=1, le=256, description="Largest displacement searched for, each direction (pixels)."
+    )
+    prefilter: Literal["none", "highpass"] = Field(
+        "none", description="Filter applied to both images before matching."
+    )
+    min_score: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="Offsets whose correlation score is below this are discarded.",
+    )
+    max_masked_fraction: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="A window with a larger share of unusable pixels (cloud, nodata) "
+        "gives no value.",
+    )
+
+
+class CorrectionConfig(_Section):
+    """Corrections applied to each pair's displacement maps before inversion."""
+
+    median: bool = Field(
+        True, description="Subtract each map's median offset (per component), as the original."
+    )
+    ramp: bool = Field(
+        False, description="Also remove a robustly fitted plane (long-wavelength ramp)."
+    )
+
+
+class InversionConfig(_Section):
+    """Robust weighted least-squares inversion of the pair network, pixel by pixel."""
+
+    residual_scale: float = Field(
+        2.0, gt=0, description="s in the re-weighting w = 1/(s^2 + r^2) (metres)."
+    )
+    gross_outlier: float = Field(
+        5.0, gt=0, description="Residuals above this (metres) lose their weight (divided by 1000)."
+    )
+    reweight_iterations: int = Field(
+        1, ge=0, le=20, description="Passes of iterative re-weighting after the first solution."
+    )
+    smoothing_gamma2: float = Field(
+        0.003,
+        ge=0,
+        description="Weight of the temporal smoothing that ties otherwise unconnected dates "
+        "(used only where the network is disconnected; 0 leaves such dates empty).",
+    )
+    min_valid_fraction: float = Field(
+        0.3, gt=0, le=1, description="A pixel is inverted only with this share of pairs valid."
+    )
+    pair_weighting: Literal["std", "none"] = Field(
+        "std", description="Initial pair weights: 1/sigma^2 of each map's robust spread, or none."
+    )
+    score_weighting: bool = Field(
+        False, description="Multiply pair weights by the correlation score."
+    )
+
+
+class OutputConfig(_Section):
+    """What is written to the output folder."""
+
+    directory: Path = Field(Path("tio-output"), description="Output folder of the run.")
+    quicklooks: bool = Field(True, description="Write PNG quicklooks.")
+    netcdf: bool = Field(True, description="Write the NetCDF cube timeseries.nc.")
+
+
+class RunConfig(_Section):
+    """Every parameter of a TIO run."""
+
+    input: InputConfig = Field(default_factory=InputConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    correlation: CorrelationConfig = Field(default_factory=CorrelationConfig)
+    correction: CorrectionConfig = Field(default_factory=CorrectionConfig)
+    inversion: InversionConfig = Field(default_factory=InversionConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _check_window(self):
+        c = self.correlation
+        if c.step > c.window:
+            raise ValueError(
+                f"correlation.step {c.step} is larger than correlation.window {c.window}: "
+                "parts of the image would never be matched"
+            )
+        return self
+
+
+# ---------------------------------------------------------------------------
+# loading, overriding, validating
+
+
+def _format_error(err: ValidationError) -> str:
+    """One line: parameter, value, what is allowed."""
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    msg = e["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if e["type"] == "extra_forbidden":
+        section = ".".join(str(p) for p in e["loc"][:-1])
+        known = _known_keys(section)
+        return f"unknown parameter {loc!s}: known are {', '.join(known)}"
+    if not loc:
+        return f"invalid configuration: {msg}"
+    value = e.get("input")
+    return f"invalid value for {loc}: {value!r}: {msg}"
+
+
+def _known_keys(section: str) -> list[str]:
+    model: type[BaseModel] = RunConfig
+    for part in [p for p in section.split(".") if p]:
+        ann = model.model_fields[part].annotation
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            break
+        model = ann
+    return list(model.model_fields)
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override {key!r} must be SECTION.NAME, e.g. correlation.window")
+    section, name = parts
+    if section not in RunConfig.model_fields:
+        raise ConfigError(
+            f"unknown configuration section {section!r} in {key!r}: "
+            f"known are {', '.join(RunConfig.model_fields)}"
+        )
+    sub = tree.setdefault(section, {})
+    if not isinstance(sub, dict):
+        raise ConfigError(f"configuration section {section!r} must be a table")
+    sub[name] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``section.key=value``; the value is read as TOML (bare words are strings)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like SECTION.NAME=VALUE")
+    key, raw = (s.strip() for s in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def _read_file(path: Path) -> dict:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    try:
+        if Path(path).suffix.lower() in {".yaml", ".yml"}:
+            data = yaml.safe_load(text) or {}
+        else:
+            data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"configuration file {path} is not valid: {first}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration file {path} must hold sections of key = value")
+    return data
+
+
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> RunConfig:
+    """Build a :class:`RunConfig` from an optional TOML/YAML file and dotted overrides.
+
+    Parameters
+    ----------
+    path
+        A ``.toml``, ``.yaml`` or ``.yml`` file with the sections of ``tio config``.
+    overrides
+        ``{"section.key": value}``, applied after the file (command-line flags).
+
+    Raises
+    ------
+    ConfigError
+        On an unreadable file, an unknown parameter or an invalid value; the message
+        is one line naming the parameter, the value and what is allowed.
+    """
+    tree: dict[str, Any] = _read_file(Path(path)) if path else {}
+    for key, value in (overrides or {}).items():
+        _set_dotted(tree, key, value)
+    return validate(tree)
+
+
+def validate(tree: dict[str, Any]) -> RunConfig:
+    """Validate a nested mapping into a :class:`RunConfig` (one-line ConfigError)."""
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+# ---------------------------------------------------------------------------
+# printing as a commented TOML file
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def _allowed(field) -> str:
+    parts = []
+    for meta in field.metadata:
+        for name, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(meta, name, None) is not None:
+                parts.append(f"{sym} {getattr(meta, name)}")
+        if getattr(meta, "pattern", None):
+            parts.append(f"matching {meta.pattern}")
+    ann = str(field.annotation)
+    if "Literal" in ann:
+        inner = ann[ann.index("Literal[") + 8 : ann.rindex("]")]
+        parts.append("one of " + inner.replace("'", '"'))
+    return ", ".join(parts)
+
+
+def dump_toml(config: RunConfig | None = None) -> str:
+    """The configuration as a commented TOML file (``tio config``)."""
+    config = config or RunConfig()
+    lines = [
+        "# TIO configuration. Every value shown is the default; edit what you need and pass",
+        "# the file with `tio run --config FILE`. Flags on the command line override it.",
+        "",
+    ]
+    for section in RunConfig.model_fields:
+        sub = getattr(config, section)
+        doc = (type(sub).__doc__ or "").strip().splitlines()[0]
+        lines.append(f"[{section}]  # {doc}")
+        for name, field in type(sub).model_fields.items():
+            value = getattr(sub, name)
+            lines.append(f"# {field.description}")
+            allowed = _allowed(field)
+            if allowed:
+                lines.append(f"# allowed: {allowed}")
+            if value is None:
+                lines.append(f"# {name} =  (unset)")
+            else:
+                dumped = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+                if isinstance(dumped, Path):
+                    dumped = str(dumped)
+                if isinstance(dumped, list) and dumped and isinstance(dumped[0], Path):
+                    dumped = [str(p) for p in dumped]
+                if isinstance(dumped, dt.date):
+                    dumped = dumped.isoformat()
+                lines.append(f"{name} = {_toml_value(dumped)}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,193 @@
+"""Find the scenes of a run: local images, folders of images, Sentinel-2 SAFE products.
+
+:func:`find_scenes` turns what the user gives (files, folders, SAFE folders or
+``.zip`` archives) into a date-sorted list of :class:`Scene`, one per acquisition
+date. It opens nothing but metadata; pixels are read by :mod:`tio.stack`.
+
+Dates come, in order of preference, from a ``TIO_DATE`` tag, from a
+``YYYYMMDD`` / ``YYYY-MM-DD`` date in the file (or SAFE product) name, or from the
+TIFF ``DATETIME`` tag. A file without any date is an error naming the file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import rasterio
+from rasterio.errors import RasterioError
+
+from .errors import InputError
+from .raster import date_from_name
+
+log = logging.getLogger(__name__)
+
+__all__ = ["IMAGE_SUFFIXES", "Scene", "find_scenes"]
+
+IMAGE_SUFFIXES = {".tif", ".tiff", ".jp2", ".vrt", ".img", ".jpg", ".jpeg", ".png"}
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One acquisition to read.
+
+    Attributes
+    ----------
+    path
+        What GDAL opens: a file path, or a ``/vsizip/`` path inside a SAFE archive.
+    date
+        Acquisition date.
+    source
+        What the user gave (the image, or the SAFE product).
+    nodata
+        Pixel value meaning "no data" when the file does not declare one
+        (0 for Sentinel-2 bands), else None.
+    """
+
+    path: str
+    date: dt.date
+    source: str
+    nodata: float | None = None
+
+
+def _is_safe(path: Path) -> bool:
+    name = path.name.upper()
+    return ".SAFE" in name and (path.is_dir() or name.endswith(".ZIP"))
+
+
+def _band_pattern(band: str) -> re.Pattern:
+    # current naming: T31TDH_20180101T105441_B04.jp2 or ..._B04_10m.jp2;
+    # old multi-granule naming: S2A_OPER_MSI_L1C_TL_..._B04.jp2
+    return re.compile(rf"IMG_DATA/(?:R\d+m/)?[^/]*_{band}(?:_\d+m)?\.jp2$", re.IGNORECASE)
+
+
+def _safe_band(path: Path, band: str) -> str:
+    """Path GDAL can open for ``band`` of a SAFE folder or zip (highest resolution)."""
+    pattern = _band_pattern(band)
+    if path.is_dir():
+        members = [p.relative_to(path).as_posix() for p in path.rglob("*.jp2")]
+        prefix = str(path) + "/"
+    else:
+        try:
+            with zipfile.ZipFile(path) as zf:
+                members = zf.namelist()
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise InputError(f"{path}: not a readable SAFE zip archive ({exc})") from None
+        prefix = f"/vsizip/{path}/"
+    found = sorted(m for m in members if pattern.search(m))
+    if not found:
+        raise InputError(
+            f"{path}: band {band} not found in this SAFE product (looked for "
+            f"GRANULE/*/IMG_DATA/*_{band}*.jp2); choose another band with --band"
+        )
+    # prefer the finest resolution folder (R10m < R20m < R60m), then the first granule
+    found.sort(key=lambda m: (int(re.search(r"R(\d+)m/", m)[1]) if "/R" in m else 0, m))
+    if len({m.split("/IMG_DATA/")[0] for m in found}) > 1:
+        log.warning("%s holds several granules; using %s", path, found[0].split("/IMG_DATA/")[0])
+    return prefix + found[0]
+
+
+def _date_of_raster(path: str, shown: str) -> dt.date | None:
+    try:
+        with rasterio.open(path) as src:
+            tags = src.tags()
+    except RasterioError as exc:
+        raise InputError(f"cannot open {shown}: {exc}") from None
+    if tags.get("TIO_DATE"):
+        try:
+            return dt.date.fromisoformat(tags["TIO_DATE"][:10])
+        except ValueError:
+            raise InputError(
+                f"{shown}: tag TIO_DATE={tags['TIO_DATE']!r} is not an ISO date"
+            ) from None
+    d = date_from_name(Path(path).name)
+    if d:
+        return d
+    stamp = tags.get("TIFFTAG_DATETIME", "")
+    m = re.match(r"(\d{4})[:-](\d{2})[:-](\d{2})", stamp)
+    if m:
+        return dt.date(int(m[1]), int(m[2]), int(m[3]))
+    return None
+
+
+def _expand(paths: Iterable[str | Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise InputError(f"input not found: {p}")
+        if p.is_dir() and not _is_safe(p):
+            inner = sorted(
+                c
+                for c in p.iterdir()
+                if (
+                    c.is_file()
+                    and c.suffix.lower() in IMAGE_SUFFIXES
+                    and not c.name.startswith(".")
+                )
+                or _is_safe(c)
+            )
+            if not inner:
+                raise InputError(
+                    f"folder {p} holds no image (looked for {', '.join(sorted(IMAGE_SUFFIXES))} "
+                    "files and .SAFE products)"
+                )
+            out.extend(inner)
+        else:
+            out.append(p)
+    return out
+
+
+def find_scenes(
+    paths: Iterable[str | Path],
+    *,
+    band: str = "B04",
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+) -> list[Scene]:
+    """Scenes from files, folders and SAFE products, one per date, sorted by date.
+
+    Raises
+    ------
+    InputError
+        A path does not exist, a file cannot be opened or has no date, a SAFE
+        product lacks the band, or fewer than two dates remain.
+    """
+    scenes: dict[dt.date, Scene] = {}
+    for p in _expand(paths):
+        if _is_safe(p):
+            target = _safe_band(p, band)
+            date = date_from_name(p.name)
+            nodata = 0.0
+        else:
+            target = str(p)
+            date = _date_of_raster(target, str(p))
+            nodata = None
+        if date is None:
+            raise InputError(
+                f"{p}: no acquisition date: add a TIO_DATE tag or put YYYYMMDD in the file name"
+            )
+        if (start and date < start) or (end and date > end):
+            log.info("%s: %s is outside the date range, skipped", p, date)
+            continue
+        if date in scenes:
+            log.warning(
+                "%s: a scene of %s was already given (%s); this one is skipped",
+                p,
+                date,
+                scenes[date].source,
+            )
+            continue
+        scenes[date] = Scene(path=target, date=date, source=str(p), nodata=nodata)
+    result = [scenes[d] for d in sorted(scenes)]
+    if len(result) < 2:
+        raise InputError(
+            f"need at least 2 dates to measure displacement, found {len(result)}"
+            + (" in the date range" if start or end else "")
+        )
+    return result

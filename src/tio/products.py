@@ -1,0 +1,256 @@
+"""Write the products of a run: GeoTIFFs (COG), one CF NetCDF cube, CSV tables.
+
+Input is the Dataset returned by :func:`tio.inversion.invert`. Every raster keeps
+the CRS and the geotransform of the pair maps (one value every ``step`` image
+pixels, placed at window centres), float32 with NaN as nodata, one band per
+date (band description = ISO date) or per quantity. Each file is written under
+a temporary name and renamed when complete.
+
+==========================  ==========================================================
+file                        content
+==========================  ==========================================================
+cumulative_ew.tif           cumulative east-west displacement, m (+ east), band = date
+cumulative_ns.tif           cumulative north-south displacement, m (+ north)
+cumulative_magnitude.tif    horizontal magnitude, m
+cumulative_ew_sigma.tif     1-sigma uncertainty of cumulative_ew, m
+cumulative_ns_sigma.tif     1-sigma uncertainty of cumulative_ns, m
+velocity.tif                mean velocity EW, NS, magnitude and their 1-sigma, m/year
+rms_date_ew.tif, _ns.tif    RMS of the residuals of the pairs through each date, m
+n_pairs.tif                 number of valid pairs used per pixel
+rms_pair.csv                spatial RMS of each pair's residuals, m
+timeseries.nc               all of the above in one CF-1.8 NetCDF cube (x, y, time)
+==========================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from . import __version__
+from .raster import atomic_path, write_geotiff
+
+__all__ = ["magnitude", "write_products", "write_netcdf"]
+
+
+def _iso(times) -> list[str]:
+    return [str(np.datetime_as_string(t, unit="D")) for t in np.asarray(times)]
+
+
+def magnitude(ew: np.ndarray, ns: np.ndarray, sew=None, sns=None):
+    """Horizontal magnitude and (if sigmas given) its linearised 1-sigma."""
+    m = np.hypot(ew, ns)
+    if sew is None:
+        return m
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = np.sqrt((ew * sew) ** 2 + (ns * sns) ** 2) / m
+    s = np.where(m > 0, s, np.hypot(sew, sns) / np.sqrt(2))
+    return m, s
+
+
+def write_products(ts: xr.Dataset, out_dir: str | Path, *, netcdf: bool = True) -> list[Path]:
+    """Write every product of ``ts`` into ``out_dir``; returns the paths written."""
+    out = Path(out_dir)
+    geo = dict(transform=ts.attrs["transform"], crs=ts.attrs.get("crs"))
+    dates = _iso(ts["time"].values)
+    units = ts.attrs.get("units", "m")
+    written = []
+
+    def tif(name, data, descs, **tags):
+        written.append(write_geotiff(out / name, data, descriptions=descs, tags=tags, **geo))
+
+    ew, ns = ts["cumulative_ew"].values, ts["cumulative_ns"].values
+    sew, sns = ts["sigma_ew"].values, ts["sigma_ns"].values
+    mag, smag = magnitude(ew, ns, sew, sns)
+    tif(
+        "cumulative_ew.tif",
+        ew,
+        dates,
+        TIO_QUANTITY=f"cumulative east-west displacement ({units}, positive east)",
+    )
+    tif(
+        "cumulative_ns.tif",
+        ns,
+        dates,
+        TIO_QUANTITY=f"cumulative north-south displacement ({units}, positive north)",
+    )
+    tif(
+        "cumulative_magnitude.tif",
+        mag,
+        dates,
+        TIO_QUANTITY=f"cumulative horizontal displacement magnitude ({units})",
+    )
+    tif(
+        "cumulative_ew_sigma.tif",
+        sew,
+        dates,
+        TIO_QUANTITY=f"1-sigma uncertainty of cumulative east-west displacement ({units})",
+    )
+    tif(
+        "cumulative_ns_sigma.tif",
+        sns,
+        dates,
+        TIO_QUANTITY=f"1-sigma uncertainty of cumulative north-south displacement ({units})",
+    )
+    vew, vns = ts["velocity_ew"].values, ts["velocity_ns"].values
+    vmag, svmag = magnitude(
+        vew, vns, ts["velocity_sigma_ew"].values, ts["velocity_sigma_ns"].values
+    )
+    tif(
+        "velocity.tif",
+        np.stack(
+            [vew, vns, vmag, ts["velocity_sigma_ew"].values, ts["velocity_sigma_ns"].values, svmag]
+        ),
+        [
+            f"velocity east-west ({units}/year, positive east)",
+            f"velocity north-south ({units}/year, positive north)",
+            f"velocity magnitude ({units}/year)",
+            f"1-sigma velocity east-west ({units}/year)",
+            f"1-sigma velocity north-south ({units}/year)",
+            f"1-sigma velocity magnitude ({units}/year)",
+        ],
+        TIO_PERIOD=f"{dates[0]}/{dates[-1]}",
+    )
+    tif(
+        "rms_date_ew.tif",
+        ts["rms_date_ew"].values,
+        dates,
+        TIO_QUANTITY=f"RMS of east-west residuals of the pairs through each date ({units})",
+    )
+    tif(
+        "rms_date_ns.tif",
+        ts["rms_date_ns"].values,
+        dates,
+        TIO_QUANTITY=f"RMS of north-south residuals of the pairs through each date ({units})",
+    )
+    tif("n_pairs.tif", ts["n_pairs"].values.astype("float32"), ["number of valid pairs used"])
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["pair", "date1", "date2", "days", f"rms_ew_{units}", f"rms_ns_{units}"])
+    for k in range(ts.sizes["pair"]):
+        d1 = _iso([ts["date1"].values[k]])[0]
+        d2 = _iso([ts["date2"].values[k]])[0]
+        days = (dt.date.fromisoformat(d2) - dt.date.fromisoformat(d1)).days
+        w.writerow(
+            [
+                f"{d1}_{d2}",
+                d1,
+                d2,
+                days,
+                f"{ts['rms_pair_ew'].values[k]:.4f}",
+                f"{ts['rms_pair_ns'].values[k]:.4f}",
+            ]
+        )
+    with atomic_path(out / "rms_pair.csv") as tmp:
+        tmp.write_text(buf.getvalue())
+    written.append(out / "rms_pair.csv")
+    if netcdf:
+        written.append(write_netcdf(ts, out / "timeseries.nc"))
+    return written
+
+
+_CF = {
+    "cumulative_ew": (
+        "cumulative east-west displacement since the first date, positive east",
+        None,
+    ),
+    "cumulative_ns": (
+        "cumulative north-south displacement since the first date, positive north",
+        None,
+    ),
+    "sigma_ew": ("1-sigma uncertainty of cumulative_ew", None),
+    "sigma_ns": ("1-sigma uncertainty of cumulative_ns", None),
+    "velocity_ew": ("mean east-west velocity, positive east", None),
+    "velocity_ns": ("mean north-south velocity, positive north", None),
+}
+
+
+def write_netcdf(ts: xr.Dataset, path: str | Path) -> Path:
+    """Write ``ts`` as a CF-1.8 NetCDF-4 cube with a ``spatial_ref`` grid mapping."""
+    ds = ts.copy()
+    crs = ds.attrs.get("crs")
+    attrs = {
+        "Conventions": "CF-1.8",
+        "title": "TIO displacement time series",
+        "institution": "TIO",
+        "source": f"tio {__version__}",
+        "history": f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ} created by tio {__version__}",
+        "references": "Bontemps, Lacroix & Doin 2018, Remote Sensing of Environment 210:144-158",
+    }
+    for key, value in ts.attrs.items():
+        if key in ("crs", "transform"):
+            continue
+        attrs[f"tio_{key}"] = value if isinstance(value, int | float | str) else str(value)
+    ds.attrs = attrs
+    if crs:
+        from rasterio.crs import CRS
+
+        c = CRS.from_wkt(crs)
+        gm = {
+            "crs_wkt": crs,
+            "spatial_ref": crs,
+            "GeoTransform": " ".join(
+                str(v)
+                for v in (
+                    ts.attrs["transform"][2],
+                    ts.attrs["transform"][0],
+                    ts.attrs["transform"][1],
+                    ts.attrs["transform"][5],
+                    ts.attrs["transform"][3],
+                    ts.attrs["transform"][4],
+                )
+            ),
+        }
+        if c.is_projected:
+            gm["grid_mapping_name"] = "transverse_mercator" if "UTM" in c.to_wkt() else "unknown"
+        ds["spatial_ref"] = xr.DataArray(np.int32(0), attrs=gm)
+        ds["x"].attrs.update(
+            standard_name="projection_x_coordinate",
+            long_name="x coordinate of pixel centre",
+            units="m",
+        )
+        ds["y"].attrs.update(
+            standard_name="projection_y_coordinate",
+            long_name="y coordinate of pixel centre",
+            units="m",
+        )
+        for name, var in ds.data_vars.items():
+            if name != "spatial_ref" and {"x", "y"} <= set(var.dims):
+                var.attrs["grid_mapping"] = "spatial_ref"
+    ds["time"].attrs.update(standard_name="time", long_name="acquisition date")
+    for name, (long_name, std) in _CF.items():
+        if name in ds:
+            ds[name].attrs["long_name"] = long_name
+            if std:
+                ds[name].attrs["standard_name"] = std
+    for name in list(ds.data_vars):
+        if ds[name].dtype == bool:
+            ds[name] = ds[name].astype("uint8")
+            ds[name].attrs.update(flag_values=np.array([0, 1], "uint8"), flag_meanings="false true")
+    encoding = {
+        name: {"zlib": True, "complevel": 4, "_FillValue": np.float32(np.nan)}
+        for name, v in ds.data_vars.items()
+        if v.dtype == np.float32
+    }
+    encoding["time"] = {
+        "units": "days since 1970-01-01",
+        "calendar": "proleptic_gregorian",
+        "dtype": "float64",
+    }
+    for k in ("date1", "date2"):
+        if k in ds.coords:
+            encoding[k] = {
+                "units": "days since 1970-01-01",
+                "calendar": "proleptic_gregorian",
+                "dtype": "float64",
+            }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding)
+    return path

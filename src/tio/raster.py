@@ -1,0 +1,270 @@
+"""Raster files in and out: thin, explicit wrappers around rasterio.
+
+Conventions shared by every stage (see ``docs/DATA.md``):
+
+* an image or map in memory is an :class:`xarray.DataArray` (or a Dataset of them)
+  with dims ``("y", "x")``, coords ``x``/``y`` = map coordinates of pixel centres,
+  attrs ``crs`` (WKT, or ``None`` for images without georeferencing) and
+  ``transform`` (6 floats, rasterio ``Affine`` order a, b, c, d, e, f);
+* every file is written under a temporary name in its destination folder and
+  renamed when complete, so a product that exists is a complete product;
+* float rasters use NaN as nodata and carry band descriptions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+import xarray as xr
+from affine import Affine
+from rasterio.errors import RasterioError
+
+from .errors import InputError, OutputError
+
+__all__ = [
+    "atomic_path",
+    "coords_from_transform",
+    "dates_from_name",
+    "read_pair",
+    "write_geotiff",
+    "write_pair",
+]
+
+_DATE_RE = re.compile(r"(?<!\d)(\d{4})-?(\d{2})-?(\d{2})(?!\d)")
+_DATE_PAIR_RE = re.compile(
+    r"(?<!\d)(\d{4}-?\d{2}-?\d{2})(?:T\d{6})?[_-](\d{4}-?\d{2}-?\d{2})(?:T\d{6})?(?!\d)"
+)
+
+
+def _parse_date(text: str) -> dt.date | None:
+    m = _DATE_RE.search(text)
+    if not m:
+        return None
+    try:
+        return dt.date(int(m[1]), int(m[2]), int(m[3]))
+    except ValueError:
+        return None
+
+
+def date_from_name(name: str) -> dt.date | None:
+    """First valid ``YYYYMMDD`` or ``YYYY-MM-DD`` date in a file name, or None."""
+    for m in _DATE_RE.finditer(name):
+        try:
+            return dt.date(int(m[1]), int(m[2]), int(m[3]))
+        except ValueError:
+            continue
+    return None
+
+
+def dates_from_name(name: str) -> tuple[dt.date, dt.date] | None:
+    """``(date1, date2)`` from ``YYYYMMDD_YYYYMMDD`` or ``YYYY-MM-DD_YYYY-MM-DD`` in a name."""
+    m = _DATE_PAIR_RE.search(name)
+    if not m:
+        return None
+    d1, d2 = _parse_date(m[1]), _parse_date(m[2])
+    return (d1, d2) if d1 and d2 else None
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it to ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is left as it was,
+    so an existing output is always complete. Folder errors become OutputError.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create folder {path.parent}: {exc.strerror}") from None
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def coords_from_transform(transform: Sequence[float], shape: tuple[int, int]):
+    """Map coordinates ``(x, y)`` of pixel centres for a north-up grid."""
+    t = Affine(*transform[:6])
+    rows, cols = shape
+    x = t.c + t.a * (np.arange(cols) + 0.5)
+    y = t.f + t.e * (np.arange(rows) + 0.5)
+    return x, y
+
+
+def write_geotiff(
+    path: str | Path,
+    data: np.ndarray,
+    *,
+    transform: Sequence[float],
+    crs: str | None,
+    descriptions: Sequence[str] | None = None,
+    tags: dict[str, str] | None = None,
+    band_tags: Sequence[dict[str, str]] | None = None,
+    cog: bool = True,
+) -> Path:
+    """Write a float32 raster (``(bands, rows, cols)`` or ``(rows, cols)``), NaN nodata.
+
+    Written as a cloud-optimised GeoTIFF (DEFLATE, internal tiles, overviews)
+    unless ``cog=False``, under a temporary name then renamed.
+    """
+    arr = np.asarray(data, dtype="float32")
+    if arr.ndim == 2:
+        arr = arr[None]
+    count, rows, cols = arr.shape
+    profile = dict(
+        driver="GTiff",
+        width=cols,
+        height=rows,
+        count=count,
+        dtype="float32",
+        nodata=float("nan"),
+        crs=crs or None,
+        transform=Affine(*transform[:6]),
+    )
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with rasterio.MemoryFile() as mem:
+            with mem.open(**profile) as dst:
+                dst.write(arr)
+                for i, desc in enumerate(descriptions or [], start=1):
+                    dst.set_band_description(i, desc)
+                if tags:
+                    dst.update_tags(**tags)
+                for i, bt in enumerate(band_tags or [], start=1):
+                    dst.update_tags(i, **bt)
+            with mem.open() as src:
+                if cog:
+                    rasterio.shutil.copy(
+                        src,
+                        tmp,
+                        driver="COG",
+                        compress="DEFLATE",
+                        predictor="YES",
+                        blocksize=256,
+                        overview_resampling="average" if min(rows, cols) > 512 else "nearest",
+                    )
+                else:
+                    rasterio.shutil.copy(src, tmp, driver="GTiff", compress="DEFLATE")
+    return path
+
+
+# ---------------------------------------------------------------------------
+# pair products: the ``tio correlate`` contract
+
+PAIR_BANDS = (
+    ("ew", "east-west displacement (m, positive east)"),
+    ("ns", "north-south displacement (m, positive north)"),
+    ("score", "correlation score (0-1)"),
+)
+
+
+def write_pair(
+    path: str | Path,
+    ds: xr.Dataset,
+    date1: dt.date | None = None,
+    date2: dt.date | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> Path:
+    """Write a pair map (``ew``, ``ns``, ``score``) as a 3-band GeoTIFF.
+
+    Band 1 EW metres positive east, band 2 NS metres positive north, band 3 score
+    in [0, 1]; tags ``TIO_DATE1``/``TIO_DATE2`` (ISO dates) when known and
+    ``TIO_UNITS`` (``m`` or ``pixel``).
+    """
+    units = ds.attrs.get("units", "m")
+    descs = [d if units == "m" else d.replace("(m,", "(pixel,") for _, d in PAIR_BANDS]
+    tags = {"TIO_UNITS": units}
+    if date1:
+        tags["TIO_DATE1"] = date1.isoformat()
+    if date2:
+        tags["TIO_DATE2"] = date2.isoformat()
+    for key in ("window", "step", "search", "prefilter"):
+        if key in ds.attrs:
+            tags[f"TIO_{key.upper()}"] = str(ds.attrs[key])
+    tags.update(extra_tags or {})
+    data = np.stack([ds[name].values for name, _ in PAIR_BANDS])
+    return write_geotiff(
+        path,
+        data,
+        transform=ds.attrs["transform"],
+        crs=ds.attrs.get("crs"),
+        descriptions=descs,
+        tags=tags,
+    )
+
+
+def read_pair(path: str | Path) -> xr.Dataset:
+    """Read a pair map written by :func:`write_pair` (or ``tio correlate``).
+
+    Returns a Dataset with ``ew``, ``ns``, ``score`` (y, x), attrs ``crs``,
+    ``transform``, ``units``, ``date1``, ``date2`` (ISO strings), ``path``.
+    Dates come from the ``TIO_DATE1``/``TIO_DATE2`` tags, else from the file name.
+    """
+    path = Path(path)
+    try:
+        with rasterio.open(path) as src:
+            if src.count < 2:
+                raise InputError(
+                    f"{path}: a pair map needs bands EW, NS (and score); found {src.count}"
+                )
+            data = src.read(masked=False).astype("float32")
+            tags = src.tags()
+            transform = tuple(src.transform)[:6]
+            crs = src.crs.to_wkt() if src.crs else None
+            if src.nodata is not None and not np.isnan(src.nodata):
+                data[data == src.nodata] = np.nan
+    except RasterioError as exc:
+        raise InputError(f"cannot read pair map {path}: {exc}") from None
+    d1 = tags.get("TIO_DATE1")
+    d2 = tags.get("TIO_DATE2")
+    if not (d1 and d2):
+        found = dates_from_name(path.name)
+        if not found:
+            raise InputError(
+                f"{path}: no dates: expected tags TIO_DATE1/TIO_DATE2 or YYYYMMDD_YYYYMMDD "
+                "in the file name"
+            )
+        d1, d2 = found[0].isoformat(), found[1].isoformat()
+    rows, cols = data.shape[1:]
+    x, y = coords_from_transform(transform, (rows, cols))
+    score = data[2] if data.shape[0] >= 3 else np.where(np.isfinite(data[0]), 1.0, np.nan)
+    ds = xr.Dataset(
+        {
+            "ew": (("y", "x"), data[0]),
+            "ns": (("y", "x"), data[1]),
+            "score": (("y", "x"), score.astype("float32")),
+        },
+        coords={"x": x, "y": y},
+        attrs={
+            "crs": crs,
+            "transform": list(transform),
+            "units": tags.get("TIO_UNITS", "m"),
+            "date1": d1,
+            "date2": d2,
+            "path": str(path),
+        },
+    )
+    return ds
+
+
+def read_tags(path: str | Path) -> dict[str, str]:
+    """Dataset-level tags of a raster (empty dict if it cannot be opened)."""
+    try:
+        with rasterio.open(path) as src:
+            return src.tags()
+    except RasterioError:
+        return {}

@@ -1,0 +1,230 @@
+"""Put every date on one grid: read only the area of interest, resample when needed.
+
+:func:`build_stack` reads each :class:`tio.ingest.Scene` into a common grid and
+returns an :class:`xarray.Dataset`:
+
+``image`` (time, y, x) float32
+    Pixel values (digital numbers), NaN where there is no data.
+coords ``time`` (datetime64), ``x``, ``y`` (map coordinates of pixel centres)
+attrs ``crs`` (WKT or None), ``transform`` (6 floats), ``resampling``, ``grid``
+
+The grid is the first scene's pixel grid, cut to the area of interest (a lon/lat
+box, converted to the image CRS and snapped outward to whole pixels). A scene on
+another grid (other CRS, resolution or alignment) is resampled onto it through a
+GDAL warped VRT, so only the blocks covering the area are read.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import rasterio
+import xarray as xr
+from affine import Affine
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window, from_bounds
+
+from .errors import InputError, NoOverlapError
+from .ingest import Scene
+from .raster import coords_from_transform
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Grid", "build_stack", "grid_for", "load_stack", "save_stack"]
+
+
+class Grid:
+    """A north-up pixel grid: CRS (WKT or None), transform and shape."""
+
+    def __init__(self, crs: str | None, transform: Affine, shape: tuple[int, int]):
+        self.crs = crs
+        self.transform = transform
+        self.shape = shape
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        t, (rows, cols) = self.transform, self.shape
+        xs = (t.c, t.c + t.a * cols)
+        ys = (t.f, t.f + t.e * rows)
+        return min(xs), min(ys), max(xs), max(ys)
+
+    def describe(self) -> str:
+        t = self.transform
+        return (
+            f"{self.shape[1]} x {self.shape[0]} px of {abs(t.a):g} x {abs(t.e):g}, "
+            f"origin ({t.c:.3f}, {t.f:.3f})"
+        )
+
+
+def _open(scene: Scene):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(scene.path)
+    except RasterioError as exc:
+        raise InputError(f"cannot open {scene.source}: {exc}") from None
+
+
+def grid_for(scene: Scene, aoi: Sequence[float] | None = None) -> Grid:
+    """The output grid: ``scene``'s pixel grid, cut to the lon/lat ``aoi`` if given."""
+    with _open(scene) as src:
+        crs = src.crs.to_wkt() if src.crs else None
+        if aoi is None:
+            return Grid(crs, src.transform, (src.height, src.width))
+        if not src.crs:
+            raise InputError(
+                f"{scene.source} has no georeferencing, so a lon/lat area of interest "
+                "cannot be placed on it"
+            )
+        left, bottom, right, top = transform_bounds("EPSG:4326", src.crs, *aoi, densify_pts=21)
+        b = src.bounds
+        if right <= b.left or left >= b.right or top <= b.bottom or bottom >= b.top:
+            raise NoOverlapError(
+                f"the area of interest {tuple(aoi)} (lon/lat) is outside {scene.source}: "
+                f"AOI in the image CRS is x {left:.0f}..{right:.0f}, y {bottom:.0f}..{top:.0f}; "
+                f"image covers x {b.left:.0f}..{b.right:.0f}, y {b.bottom:.0f}..{b.top:.0f}"
+            )
+        win = from_bounds(
+            max(left, b.left),
+            max(bottom, b.bottom),
+            min(right, b.right),
+            min(top, b.top),
+            src.transform,
+        )
+        win = win.round_offsets("floor").round_lengths("ceil")
+        win = win.intersection(Window(0, 0, src.width, src.height))
+        return Grid(crs, src.window_transform(win), (int(win.height), int(win.width)))
+
+
+def _to_grey(data: np.ndarray, src) -> np.ndarray:
+    """Single band: band 1, or the mean of R, G, B for colour images."""
+    if data.shape[0] >= 3 and src.colorinterp[:3] == (
+        ColorInterp.red,
+        ColorInterp.green,
+        ColorInterp.blue,
+    ):
+        return data[:3].mean(axis=0)
+    return data[0]
+
+
+def _read_on_grid(scene: Scene, grid: Grid, resampling: Resampling) -> np.ndarray:
+    with _open(scene) as src:
+        nodata = src.nodata if src.nodata is not None else scene.nodata
+        same_grid = (src.crs.to_wkt() if src.crs else None) == grid.crs and np.allclose(
+            tuple(src.transform)[:6:4], tuple(grid.transform)[:6:4]
+        )
+        if same_grid:
+            col_off = (grid.transform.c - src.transform.c) / src.transform.a
+            row_off = (grid.transform.f - src.transform.f) / src.transform.e
+            aligned = abs(col_off - round(col_off)) < 1e-3 and abs(row_off - round(row_off)) < 1e-3
+        else:
+            aligned = False
+        bands = [1, 2, 3] if src.count >= 3 else [1]
+        if aligned:
+            win = Window(round(col_off), round(row_off), grid.shape[1], grid.shape[0])
+            data = src.read(bands, window=win, boundless=True, masked=True, fill_value=0)
+            data = data.astype("float32").filled(np.nan)
+        else:
+            if src.crs is None or grid.crs is None:
+                raise InputError(
+                    f"{scene.source} is not on the grid of the first image and one of them "
+                    "has no georeferencing: cannot resample"
+                )
+            with WarpedVRT(
+                src,
+                crs=grid.crs,
+                transform=grid.transform,
+                width=grid.shape[1],
+                height=grid.shape[0],
+                resampling=resampling,
+                src_nodata=nodata,
+                nodata=nodata if nodata is not None else 0,
+                add_alpha=nodata is None,
+            ) as vrt:
+                data = vrt.read(bands, masked=True).astype("float32").filled(np.nan)
+            log.info(
+                "%s resampled onto the grid of the first image (%s)", scene.source, resampling.name
+            )
+        if nodata is not None:
+            data[data == nodata] = np.nan
+        return _to_grey(data, src)
+
+
+def build_stack(
+    scenes: Sequence[Scene],
+    *,
+    aoi: Sequence[float] | None = None,
+    resampling: str = "cubic",
+    progress=None,
+) -> xr.Dataset:
+    """Read ``scenes`` onto one grid (the first scene's, cut to ``aoi``).
+
+    Parameters
+    ----------
+    scenes
+        From :func:`tio.ingest.find_scenes`, sorted by date.
+    aoi
+        Lon/lat box (west, south, east, north) or None for the whole first image.
+    resampling
+        Name of a rasterio resampler used for scenes on another grid.
+    progress
+        Optional callable called once per scene read (for progress bars).
+
+    Raises
+    ------
+    NoOverlapError
+        The AOI is outside the first scene.
+    InputError
+        A scene cannot be read, or holds no data at all inside the grid.
+    """
+    if not scenes:
+        raise InputError("no scene to read")
+    grid = grid_for(scenes[0], aoi)
+    rs = Resampling[resampling]
+    cube = np.empty((len(scenes), *grid.shape), dtype="float32")
+    for i, scene in enumerate(scenes):
+        try:
+            cube[i] = _read_on_grid(scene, grid, rs)
+        except RasterioError as exc:
+            raise InputError(f"cannot read {scene.source}: {exc}") from None
+        if not np.isfinite(cube[i]).any():
+            raise InputError(f"{scene.source} holds no valid pixel inside the area of interest")
+        if progress:
+            progress()
+    x, y = coords_from_transform(tuple(grid.transform), grid.shape)
+    times = np.array([np.datetime64(s.date.isoformat(), "ns") for s in scenes])
+    return xr.Dataset(
+        {"image": (("time", "y", "x"), cube)},
+        coords={"time": times, "x": x, "y": y, "source": ("time", [s.source for s in scenes])},
+        attrs={
+            "crs": grid.crs,
+            "transform": list(tuple(grid.transform)[:6]),
+            "resampling": resampling,
+            "grid": grid.describe(),
+        },
+    )
+
+
+def save_stack(stack: xr.Dataset, path) -> None:
+    """Write a stack to NetCDF (temporary name, then renamed)."""
+    from .raster import atomic_path
+
+    ds = stack.copy()
+    ds.attrs = {**stack.attrs, "crs": stack.attrs.get("crs") or ""}
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, engine="h5netcdf", encoding={"image": {"zlib": True, "complevel": 1}})
+
+
+def load_stack(path) -> xr.Dataset:
+    """Read a stack written by :func:`save_stack` into memory."""
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        stack = ds.load()
+    stack.attrs["crs"] = stack.attrs.get("crs") or None
+    stack.attrs["transform"] = [float(v) for v in np.atleast_1d(stack.attrs["transform"])]
+    return stack
