@@ -12,6 +12,9 @@ The grid is the first scene's pixel grid, cut to the area of interest (a lon/lat
 box, converted to the image CRS and snapped outward to whole pixels). A scene on
 another grid (other CRS, resolution or alignment) is resampled onto it through a
 GDAL warped VRT, so only the blocks covering the area are read.
+
+No-data: the file's declared nodata value or mask; for SAFE products and for
+16-bit images that declare none (Sentinel-2, Landsat digital numbers), 0.
 """
 
 from __future__ import annotations
@@ -97,7 +100,10 @@ def grid_for(scene: Scene, aoi: Sequence[float] | None = None) -> Grid:
             min(top, b.top),
             src.transform,
         )
-        win = win.round_offsets("floor").round_lengths("ceil")
+        c0, r0 = np.floor(win.col_off + 1e-6), np.floor(win.row_off + 1e-6)
+        c1 = np.ceil(win.col_off + win.width - 1e-6)
+        r1 = np.ceil(win.row_off + win.height - 1e-6)
+        win = Window(int(c0), int(r0), int(c1 - c0), int(r1 - r0))
         win = win.intersection(Window(0, 0, src.width, src.height))
         return Grid(crs, src.window_transform(win), (int(win.height), int(win.width)))
 
@@ -116,6 +122,8 @@ def _to_grey(data: np.ndarray, src) -> np.ndarray:
 def _read_on_grid(scene: Scene, grid: Grid, resampling: Resampling) -> np.ndarray:
     with _open(scene) as src:
         nodata = src.nodata if src.nodata is not None else scene.nodata
+        if nodata is None and src.dtypes[0] == "uint16":
+            nodata = 0.0  # fill value of Sentinel-2 and Landsat digital numbers
         same_grid = (src.crs.to_wkt() if src.crs else None) == grid.crs and np.allclose(
             tuple(src.transform)[:6:4], tuple(grid.transform)[:6:4]
         )

@@ -1,0 +1,131 @@
+"""Scene discovery and the common grid, on real Sentinel-2 and Landsat files."""
+
+import datetime as dt
+import shutil
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.warp import Resampling, reproject, transform_bounds
+
+from tio.errors import InputError, NoOverlapError
+from tio.ingest import find_scenes
+from tio.stack import build_stack, load_stack, save_stack
+
+L2A = "sentinel2_safe/S2A_MSIL2A_20221005T115411_N0400_R023_T29UNU_20221005T164454.SAFE"
+L1C = "sentinel2_safe/S2A_MSIL1C_20180101T105441_N0206_R051_T31TDH_20180101T124911.SAFE"
+
+
+def test_safe_products_band_and_date(shared_data):
+    scenes = find_scenes([shared_data / L1C, shared_data / L2A], band="B01")
+    assert [s.date for s in scenes] == [dt.date(2018, 1, 1), dt.date(2022, 10, 5)]
+    assert scenes[0].path.endswith("_B01.jp2")
+    assert scenes[1].path.endswith("_B01_60m.jp2")
+    with rasterio.open(scenes[0].path) as src:
+        assert src.width == 1830
+
+
+def test_safe_zip_is_read_through_vsizip(shared_data, tmp_path):
+    z = shutil.make_archive(str(tmp_path / L1C.split("/")[-1]), "zip", shared_data / "sentinel2_safe", L1C.split("/")[-1])
+    other = tmp_path / "x_20190101.tif"
+    _copy_with_date(shared_data / "landsat8_pan_p020r039" / "l8_B8.tif", other)
+    scenes = find_scenes([z, other], band="B01")
+    assert scenes[0].path.startswith("/vsizip/") and scenes[0].date == dt.date(2018, 1, 1)
+    with rasterio.open(scenes[0].path) as src:
+        assert src.count == 1
+
+
+def test_missing_band_is_a_clear_error(shared_data):
+    # the 10 m bands of this product are not in the test data
+    with pytest.raises(InputError, match="band B08 not found"):
+        find_scenes([shared_data / L2A, shared_data / L1C], band="B08")
+
+
+def _copy_with_date(src_path, dst_path, **changes):
+    with rasterio.open(src_path) as src:
+        profile = src.profile | {"driver": "GTiff"} | changes
+        data = src.read()
+    with rasterio.open(dst_path, "w", **profile) as dst:
+        dst.write(data)
+
+
+def test_bad_inputs_name_the_file(tmp_path, shared_data):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no image"):
+        find_scenes([tmp_path / "empty"])
+    with pytest.raises(InputError, match="input not found"):
+        find_scenes([tmp_path / "nope.tif"])
+    corrupt = tmp_path / "broken_20200101.tif"
+    corrupt.write_bytes(b"II*\x00garbage" * 10)
+    with pytest.raises(InputError, match="broken_20200101.tif"):
+        find_scenes([corrupt])
+    nodate = tmp_path / "image.tif"
+    _copy_with_date(shared_data / "landsat7_khumbu" / "LE71400412000304SGS00_B4_crop.TIF", nodate)
+    with pytest.raises(InputError, match="image.tif: no acquisition date"):
+        find_scenes([nodate])
+    with pytest.raises(InputError, match="at least 2 dates"):
+        find_scenes([_dated(tmp_path, shared_data, "20200101")])
+
+
+def _dated(tmp_path, shared_data, date):
+    p = tmp_path / f"scene_{date}.tif"
+    _copy_with_date(shared_data / "landsat8_pan_p020r039" / "l8_B8.tif", p)
+    return p
+
+
+def test_aoi_window_on_real_sentinel2_pair(shared_data, tmp_path):
+    folder = shared_data / "sentinel2_l1c_pair_T33UUU"
+    scenes = find_scenes([folder])
+    assert [s.date for s in scenes] == [dt.date(2016, 5, 29), dt.date(2016, 6, 8)]
+    # a 2 km x 1.5 km box inside both images
+    aoi = transform_bounds("EPSG:32633", "EPSG:4326", 340000, 5845000, 342000, 5846500)
+    stack = build_stack(scenes, aoi=aoi)
+    t = stack.attrs["transform"]
+    assert t[0] == 10 and t[4] == -10
+    # snapped outward to whole pixels of the first image: origin on its 10 m grid
+    assert (t[2] - 335440) % 10 == 0 and (t[5] - 5866490) % 10 == 0
+    assert t[2] <= 340000 and t[5] >= 5846500
+    ny, nx = stack["image"].shape[1:]
+    assert 200 <= nx <= 215 and 150 <= ny <= 165  # the box grows a little in lon/lat
+    assert np.isfinite(stack["image"].values).all()
+    # the second date is read at the same pixels as a direct windowed read
+    with rasterio.open(scenes[1].path) as src:
+        win = rasterio.windows.from_bounds(t[2], t[5] + ny * t[4], t[2] + nx * t[0], t[5], src.transform)
+        direct = src.read(1, window=win.round_offsets().round_lengths())
+    np.testing.assert_array_equal(stack["image"].values[1], direct.astype("float32"))
+    path = tmp_path / "stack.nc"
+    save_stack(stack, path)
+    again = load_stack(path)
+    np.testing.assert_array_equal(again["image"].values, stack["image"].values)
+    assert again.attrs["transform"] == stack.attrs["transform"]
+
+
+def test_aoi_outside_image(shared_data):
+    scenes = find_scenes([shared_data / "sentinel2_l1c_pair_T33UUU"])
+    with pytest.raises(NoOverlapError, match="outside"):
+        build_stack(scenes, aoi=(2.0, 48.0, 2.1, 48.1))
+
+
+def test_other_grid_is_resampled(shared_data, tmp_path):
+    src_path = shared_data / "landsat8_pan_p020r039" / "l8_B8.tif"
+    first = tmp_path / "l8_20150804.tif"
+    _copy_with_date(src_path, first)
+    # the same scene on a 20 m grid shifted by half a pixel
+    with rasterio.open(src_path) as src:
+        data = src.read(1)
+        t = src.transform
+        new_t = rasterio.Affine(20, 0, t.c + 7.5, 0, -20, t.f - 7.5)
+        out = np.zeros((src.height * 15 // 20, src.width * 15 // 20), "uint16")
+        reproject(data, out, src_transform=t, src_crs=src.crs, dst_transform=new_t,
+                  dst_crs=src.crs, resampling=Resampling.average, src_nodata=0, dst_nodata=0)
+        profile = src.profile | {"driver": "GTiff", "transform": new_t, "width": out.shape[1],
+                                 "height": out.shape[0], "nodata": 0}
+    second = tmp_path / "l8_20150820.tif"
+    with rasterio.open(second, "w", **profile) as dst:
+        dst.write(out, 1)
+    aoi = transform_bounds("EPSG:32616", "EPSG:4326", 455000, 3395000, 465000, 3405000)
+    stack = build_stack(find_scenes([first, second]), aoi=aoi, resampling="cubic")
+    a, b = stack["image"].values
+    ok = np.isfinite(a) & np.isfinite(b)
+    assert ok.mean() > 0.95
+    assert np.corrcoef(a[ok], b[ok])[0, 1] > 0.9
