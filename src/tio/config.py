@@ -68,7 +68,8 @@ class InputConfig(_Section):
     )
     band: str = Field(
         "B04",
-        description="Band read from Sentinel-2 SAFE products (B02, B03, B04, B08 are 10 m).",
+        description="Band read from Sentinel-2 SAFE products: B01 to B12 or B8A "
+        "(B02, B03, B04, B08 are 10 m).",
         pattern=r"^B(0[1-9]|1[0-2]|8A)$",
     )
     aoi: tuple[float, float, float, float] | None = Field(
@@ -344,8 +345,6 @@ def _allowed(field) -> str:
         for name, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
             if getattr(meta, name, None) is not None:
                 parts.append(f"{sym} {getattr(meta, name)}")
-        if getattr(meta, "pattern", None):
-            parts.append(f"matching {meta.pattern}")
     ann = str(field.annotation)
     if "Literal" in ann:
         inner = ann[ann.index("Literal[") + 8 : ann.rindex("]")]
@@ -384,3 +383,25 @@ def dump_toml(config: RunConfig | None = None) -> str:
                 lines.append(f"{name} = {_toml_value(dumped)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def markdown_table() -> str:
+    """Every parameter as a Markdown table (the README's parameter table is this)."""
+    rows = ["| parameter | default | meaning |", "| --- | --- | --- |"]
+    defaults = RunConfig()
+    for section in RunConfig.model_fields:
+        sub = getattr(defaults, section)
+        for name, field in type(sub).model_fields.items():
+            value = getattr(sub, name)
+            if value is None:
+                shown = "unset"
+            elif isinstance(value, bool):
+                shown = "true" if value else "false"
+            elif isinstance(value, list):
+                shown = "[]"
+            else:
+                shown = str(value)
+            allowed = _allowed(field)
+            meaning = field.description + (f" ({allowed})" if allowed else "")
+            rows.append(f"| `{section}.{name}` | `{shown}` | {meaning.replace('|', '/')} |")
+    return "\n".join(rows)
