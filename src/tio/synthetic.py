@@ -559,7 +559,14 @@ def _replace(tmp: Path, final: Path) -> None:
         raise OutputError(f"cannot write {final}: {exc}") from exc
 
 
-def _write_tif(path: Path, dn: np.ndarray, crs: CRS, transform: Affine, date: _dt.date) -> None:
+def _write_tif(
+    path: Path,
+    dn: np.ndarray,
+    crs: CRS,
+    transform: Affine,
+    date: _dt.date,
+    valid: np.ndarray | None = None,
+) -> None:
     tmp = path.with_name(f".{path.name}.part")
     profile = {
         "driver": "GTiff",
@@ -578,6 +585,8 @@ def _write_tif(path: Path, dn: np.ndarray, crs: CRS, transform: Affine, date: _d
     try:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(dn, 1)
+            if valid is not None:  # the product's cloud mask, as a GDAL mask band
+                dst.write_mask(np.where(valid, 255, 0).astype(np.uint8))
             dst.set_band_description(1, BAND_DESCRIPTION)
             dst.update_tags(
                 TIO_DATE=date.isoformat(),
@@ -613,6 +622,7 @@ def make_scene(
     misregistration: float = 3.0,
     noise: float = 0.01,
     cloudy_dates: int = 3,
+    cloud_mask: bool = True,
 ) -> SyntheticScene:
     """Write a synthetic image time series with a moving landslide and its truth.
 
@@ -622,6 +632,11 @@ def make_scene(
     reflectance range (1st to 99th percentile). ``cloudy_dates`` dates (never
     the first) get clouds and their shadows. See the module docstring for the
     image model and sign conventions.
+
+    With ``cloud_mask`` (default), each image carries the cloud mask a product
+    would give, as a GDAL mask band: the opaque part of the clouds and their dark
+    shadows (``alpha > 0.2`` or shadow > 0.2); thin cloud edges stay unmasked, as
+    real masks miss them.
     """
     rows_n, cols_n = (int(v) for v in shape)
     _check("shape", min(rows_n, cols_n) >= _MIN_SIDE, shape, f"both sides >= {_MIN_SIDE}")
@@ -757,7 +772,10 @@ def make_scene(
             img += noise_rng.normal(0.0, noise * (hi - lo), img.shape).astype(np.float32)
         dn = np.clip(np.rint(img * DN_SCALE), 1, 65535).astype(np.uint16)
         path = out / f"S2_{date:%Y%m%d}.tif"
-        _write_tif(path, dn, crs_obj, transform, date)
+        valid = None
+        if cloud_mask and k in cloudy:
+            valid = ~((alpha > 0.2) | (shadow > 0.2))
+        _write_tif(path, dn, crs_obj, transform, date, valid)
         paths.append(path)
 
     # ---- truth file

@@ -1,0 +1,475 @@
+"""Time-series inversion of a redundant network of displacement pairs.
+
+Each correlated image pair gives an east-west and a north-south displacement
+map between its two dates. :func:`invert` turns the redundant pair network,
+pixel by pixel, into the cumulative displacement at every acquisition date,
+with uncertainties, residuals and a mean velocity.
+
+The method follows Bontemps, Lacroix & Doin (2018), "Inversion of deformation
+fields time-series from optical images, and application to the long term
+kinematics of slow-moving landslides in Peru", Remote Sensing of Environment
+210:144-158, which adapts the NSBAS ``invers_pixel`` scheme (Doin et al. 2011;
+Lopez-Quiroz et al. 2009): weighted least squares on the increments between
+successive dates, iterative re-weighting against outliers, and a weak
+temporal smoothing that ties sub-networks the pairs leave unconnected.
+
+The numerics are in :mod:`tio._inversion` (numpy only).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+import xarray as xr
+
+from . import _inversion as _inv
+from .errors import ConfigError, InversionError
+
+__all__ = ["invert"]
+
+_PAIR_WEIGHTINGS = ("std", "none")
+_COMPONENTS = {"ew": ("east-west", "positive east"), "ns": ("north-south", "positive north")}
+
+
+def invert(
+    pairs: xr.Dataset,
+    *,
+    residual_scale: float = 2.0,
+    gross_outlier: float = 5.0,
+    reweight_iterations: int = 1,
+    smoothing_gamma2: float = 0.003,
+    min_valid_fraction: float = 0.3,
+    pair_weighting: str = "std",
+    score_weighting: bool = False,
+    block_size: int = 20000,
+) -> xr.Dataset:
+    """Invert a network of displacement pairs into displacement time series.
+
+    Every pixel is inverted on its own, the east-west and north-south
+    components separately, following Bontemps, Lacroix & Doin (2018, Remote
+    Sensing of Environment 210:144-158) and the NSBAS ``invers_pixel`` scheme.
+    The unknowns are the ``N - 1`` increments between successive dates; pair
+    ``p`` observes the sum of the increments between its two dates. The
+    cumulative displacement is the running sum of the increments, 0 at the
+    first date.
+
+    1. A pair is *valid* at a pixel where both ``ew`` and ``ns`` are finite
+       (and, with ``score_weighting``, the score is finite and > 0). A pixel
+       is inverted only if at least ``min_valid_fraction`` of the pairs are
+       valid there.
+    2. A priori weights ``w0``: ``1 / sigma_p**2`` with ``sigma_p`` the robust
+       spatial standard deviation (1.4826 MAD over the valid pixels of the
+       map) of pair ``p``, per component (``pair_weighting="std"``), or 1
+       (``"none"``); times the score if ``score_weighting``.
+    3. Weighted least squares, then ``reweight_iterations`` passes with
+       ``w = w0 / (residual_scale**2 + r**2)``, ``r`` the residuals of the
+       previous solution; pairs with ``|r| > gross_outlier`` have their weight
+       multiplied by 1e-3. Weights are normalised to a mean of 1 over the
+       valid pairs of each pixel.
+    4. Where a pixel's valid pairs do not connect all its dates (several
+       connected components of the date graph, "sub-networks"; a date without
+       any valid pair is one on its own), and only there, the temporal
+       smoothing ``S u = 0`` ties the sub-networks together. ``S`` is the
+       time-aware second difference of the cumulative displacement ``u``
+       (change of mean velocity between successive intervals times their mean
+       length, in metres; zero for a constant velocity on any dates). It is
+       applied in the limit of a vanishing weight: the data alone fix every
+       displacement inside each sub-network (exactly as at a connected
+       pixel), and the smoothing only sets the constant offsets between
+       sub-networks, those that minimise ``|S u|^2``. ``smoothing_gamma2``
+       weights the rows ``sqrt(gamma2) * S u = 0`` relative to data rows of
+       unit weight (weights are normalised to a mean of 1 over the valid pairs
+       of a pixel) in the covariance of those pixels, so it sets how uncertain
+       the offsets are, not their value. With ``smoothing_gamma2 = 0`` no
+       smoothing is used: dates outside the largest sub-network are NaN, and
+       the series is relative to the first date of the largest sub-network
+       (so it is NaN at the first date if that date is not in it).
+
+    Parameters
+    ----------
+    pairs : xarray.Dataset
+        Dims ``("pair", "y", "x")``; variables ``ew`` and ``ns``, displacement
+        in metres (+ east, + north) from ``date1`` to ``date2``, NaN where
+        invalid; optional ``score`` (0..1). Coords ``date1`` and ``date2``
+        (datetime64, dim ``pair``), ``x`` and ``y``. Pairs may come in any
+        order. Attributes (crs, transform...) are copied to the output.
+    residual_scale : float, default 2.0
+        ``s`` (metres) of the re-weighting ``1 / (s**2 + r**2)``: residuals
+        well below ``s`` keep their weight, larger ones lose it.
+    gross_outlier : float, default 5.0
+        Residual (metres) above which a pair's weight is divided by 1000 in a
+        re-weighting pass.
+    reweight_iterations : int, default 1
+        Number of re-weighting passes; 0 gives plain weighted least squares.
+    smoothing_gamma2 : float, default 0.003
+        Weight (squared) of the smoothing rows relative to data rows of unit
+        weight, used only at pixels whose network is disconnected; it sets the
+        uncertainty of the offsets between sub-networks (larger: smaller
+        sigma), not their value. 0 disables the smoothing (dates outside the
+        largest sub-network become NaN).
+    min_valid_fraction : float, default 0.3
+        Minimum share (0..1) of the pairs that must be valid at a pixel.
+    pair_weighting : {"std", "none"}, default "std"
+        A priori pair weights, see above.
+    score_weighting : bool, default False
+        Multiply the weights by the variable ``score``.
+    block_size : int, default 20000
+        Number of pixels solved at once, at most (blocks are whole rows, at
+        least one; fewer pixels when there are many dates, to keep each stack
+        of normal matrices below ~64 MB). Memory, not results, depends on it.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``("time", "y", "x")`` and ``"pair"``; ``time`` holds the sorted
+        unique dates, ``pair`` keeps the input order (and its ``date1``,
+        ``date2`` coords). NaN wherever a pixel is not inverted.
+
+        ``cumulative_ew``, ``cumulative_ns`` (time, y, x) float32
+            Displacement since the first date (m); 0 at the first date.
+        ``sigma_ew``, ``sigma_ns`` (time, y, x) float32
+            Formal 1-sigma of the cumulative displacement (m), 0 at the first
+            date: ``sqrt(diag(L C L^T))`` with ``C = (G^T W G)^-1 * s0^2`` the
+            covariance of the increments, ``W`` the final weights (normalised),
+            ``L`` the cumulative sum and ``s0^2 = sum(w r^2) / dof`` the a
+            posteriori variance of unit weight, with
+            ``dof = n_valid - n_gross_outliers - (N - n_sub_networks)``
+            (``n_valid - (N - 1)`` for a connected network). If ``dof <= 0`` (no
+            redundancy) the a priori weights are trusted instead (variance
+            factor 1): the variance of a pair is ``1 / w0``, i.e. the robust
+            ``sigma_p**2`` of its map with ``"std"`` weighting and 1 m² with
+            ``"none"``. Where the network is disconnected, ``G^T W G`` gets
+            ``+ smoothing_gamma2 * S^T S``: the smoothing rows act as
+            pseudo-observations of variance ``s0^2 / smoothing_gamma2``, which
+            mostly measures the strength of that prior, not the true motion
+            across the gap. The sigma assumes independent pair errors: errors
+            shared by pairs (an image badly co-registered or distorted enters
+            every pair of its date), misregistration, topographic and
+            orthorectification effects in general are not included; the
+            re-weighting is treated as fixed weights.
+        ``velocity_ew``, ``velocity_ns`` (y, x) float32
+            Slope (m/year) of a straight line fitted to the cumulative series
+            with weights ``1 / sigma**2`` (the first date, whose sigma is 0,
+            gets the pixel's smallest positive sigma).
+        ``velocity_sigma_ew``, ``velocity_sigma_ns`` (y, x) float32
+            Formal standard error of that slope, inflated by the square root
+            of the reduced chi-square of the fit when above 1 (so non-linear
+            motion widens it); ignores correlations between dates.
+        ``rms_date_ew``, ``rms_date_ns`` (time, y, x) float32
+            RMS of the final residuals of the valid pairs that have this date
+            as one of their two dates (m); NaN if there is none.
+        ``residual_ew``, ``residual_ns`` (pair, y, x) float32
+            Final residual, data minus model (m), at every valid pair of every
+            inverted pixel (gross outliers included); NaN elsewhere.
+        ``rms_pair_ew``, ``rms_pair_ns`` (pair) float32
+            RMS of each pair's residual over the inverted pixels (m).
+        ``n_pairs`` (y, x) int16
+            Number of valid pairs at the pixel, whether or not it was
+            inverted (a pixel is inverted when ``n_pairs >= min_valid_fraction
+            * P``); pairs later down-weighted as gross outliers are counted
+            (they stay in the system with weight / 1000).
+        ``n_outliers_ew``, ``n_outliers_ns`` (y, x) int16
+            Pairs down-weighted as gross outliers in the last re-weighting pass.
+        ``smoothed`` (time, y, x) bool
+            True at the dates of a pixel that are not in its largest connected
+            sub-network (ties: the one with the earliest date), i.e. whose
+            position relative to the bulk of the series comes only from the
+            temporal smoothing (NaN if ``smoothing_gamma2 = 0``). Dates
+            without any valid pair count as sub-networks of their own. When
+            the first date is flagged, every later value of the pixel carries
+            the smoothed offset (the series is referred to the first date),
+            which its ``sigma`` shows. False where the pixel is not inverted.
+
+        Attributes of ``pairs`` are copied, plus the parameters used
+        (``inversion_*``). Every variable has ``units`` and ``long_name``.
+
+    Raises
+    ------
+    InversionError
+        No pairs, missing ``ew``/``ns`` (or ``score`` with
+        ``score_weighting``), variables not on the same ``("pair", "y", "x")``
+        grid, missing or non-datetime ``date1``/``date2``, ``date1 >= date2``,
+        fewer than 2 dates.
+    ConfigError
+        A parameter is out of range (names it).
+
+    Notes
+    -----
+    ``pair_weighting="std"`` measures each map's spread over the whole scene:
+    it is the noise of the pair only if most of the scene is stable. Where
+    most pixels move, long pairs (larger motion) get lower weights.
+
+    Pixels whose normal matrix is numerically singular are left NaN instead
+    of raising. The smoothing adds no information: across a gap of the
+    network the series is interpolated (or extrapolated, at its ends), not
+    measured, so an accelerating motion gets an offset error there. The
+    pixels are solved in blocks with batched normal equations; the Python
+    loops run over blocks, pairs and re-weighting passes only.
+    """
+    _check_parameters(
+        residual_scale,
+        gross_outlier,
+        reweight_iterations,
+        smoothing_gamma2,
+        min_valid_fraction,
+        pair_weighting,
+        block_size,
+    )
+    ew, ns, score, date1, date2 = _read_pairs(pairs, score_weighting)
+    n_pairs, ny, nx = ew.shape
+
+    dates, inv = np.unique(np.concatenate([date1, date2]), return_inverse=True)
+    if dates.size < 2:
+        raise InversionError(f"the pairs span {dates.size} date(s); at least 2 are needed")
+    i1, i2 = inv[:n_pairs], inv[n_pairs:]
+    t_years = (dates - dates[0]) / np.timedelta64(1, "D") / _inv.DAYS_PER_YEAR
+    net = _inv.build_network(i1, i2, t_years)
+    n_dates = dates.size
+
+    # A priori weights of each pair, per component (need whole maps).
+    if pair_weighting == "std":
+        sig = {c: np.empty(n_pairs) for c in ("ew", "ns")}
+        for p in range(n_pairs):
+            a, b = np.asarray(ew[p], np.float64), np.asarray(ns[p], np.float64)
+            ok = _valid(a, b, None if score is None else np.asarray(score[p], np.float64))
+            sig["ew"][p] = _inv.robust_std(a[ok])
+            sig["ns"][p] = _inv.robust_std(b[ok])
+        pair_w = {c: 1.0 / _inv.pair_sigmas(s) ** 2 for c, s in sig.items()}
+    else:
+        pair_w = {c: np.ones(n_pairs) for c in ("ew", "ns")}
+
+    min_valid = max(1, math.ceil(min_valid_fraction * n_pairs - 1e-9))
+    f4 = np.float32
+    res = {
+        "cumulative": {c: np.full((n_dates, ny, nx), np.nan, f4) for c in _COMPONENTS},
+        "sigma": {c: np.full((n_dates, ny, nx), np.nan, f4) for c in _COMPONENTS},
+        "rms_date": {c: np.full((n_dates, ny, nx), np.nan, f4) for c in _COMPONENTS},
+        "residual": {c: np.full((n_pairs, ny, nx), np.nan, f4) for c in _COMPONENTS},
+        "velocity": {c: np.full((ny, nx), np.nan, f4) for c in _COMPONENTS},
+        "velocity_sigma": {c: np.full((ny, nx), np.nan, f4) for c in _COMPONENTS},
+        "n_outliers": {c: np.zeros((ny, nx), np.int16) for c in _COMPONENTS},
+    }
+    sum_sq = {c: np.zeros(n_pairs) for c in _COMPONENTS}
+    count = np.zeros(n_pairs)
+    n_valid = np.zeros((ny, nx), np.int16)
+    smoothed = np.zeros((n_dates, ny, nx), bool)
+
+    # Keep each stack of (N-1)^2 normal matrices below ~64 MB.
+    max_pixels = max(256, (64 * 2**20) // (8 * max(n_dates - 1, 1) ** 2))
+    rows = max(1, min(block_size, max_pixels) // max(nx, 1))
+    for r0 in range(0, ny, rows):
+        r1 = min(ny, r0 + rows)
+        m = (r1 - r0) * nx
+
+        def block(arr, r0=r0, r1=r1, m=m):
+            return np.asarray(arr[:, r0:r1, :], np.float64).reshape(n_pairs, m).T
+
+        e, n_ = block(ew), block(ns)
+        s = None if score is None else block(score)
+        valid = _valid(e, n_, s)
+        w0 = {c: np.broadcast_to(pair_w[c], (m, n_pairs)) for c in _COMPONENTS}
+        if s is not None:
+            w0 = {c: w * np.where(valid, s, 0.0) for c, w in w0.items()}
+        out = _inv.invert_block(
+            net,
+            e,
+            n_,
+            valid,
+            w0["ew"],
+            w0["ns"],
+            min_valid=min_valid,
+            residual_scale=residual_scale,
+            gross_outlier=gross_outlier,
+            reweight_iterations=reweight_iterations,
+            smoothing_gamma2=smoothing_gamma2,
+        )
+
+        def put(dst, src, first, r0=r0, r1=r1):
+            dst[..., r0:r1, :] = src.T.reshape(first + (r1 - r0, nx))
+
+        n_valid[r0:r1] = out["n_valid"].reshape(r1 - r0, nx)
+        put(smoothed, out["smoothed"], (n_dates,))
+        inverted = out["inverted"]
+        count += valid[inverted].sum(axis=0)
+        for c in _COMPONENTS:
+            put(res["cumulative"][c], out[f"cum_{c}"], (n_dates,))
+            put(res["sigma"][c], out[f"sigma_{c}"], (n_dates,))
+            put(res["rms_date"][c], out[f"rms_date_{c}"], (n_dates,))
+            put(res["residual"][c], out[f"res_{c}"], (n_pairs,))
+            res["velocity"][c][r0:r1] = out[f"vel_{c}"].reshape(r1 - r0, nx)
+            res["velocity_sigma"][c][r0:r1] = out[f"vel_sigma_{c}"].reshape(r1 - r0, nx)
+            res["n_outliers"][c][r0:r1] = out[f"n_out_{c}"].reshape(r1 - r0, nx)
+            r = out[f"res_{c}"][inverted]
+            sum_sq[c] += np.nansum(r**2, axis=0)
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rms_pair = {
+            c: np.where(count > 0, np.sqrt(sum_sq[c] / count), np.nan).astype(f4)
+            for c in _COMPONENTS
+        }
+    params = {
+        "residual_scale": float(residual_scale),
+        "gross_outlier": float(gross_outlier),
+        "reweight_iterations": int(reweight_iterations),
+        "smoothing_gamma2": float(smoothing_gamma2),
+        "min_valid_fraction": float(min_valid_fraction),
+        "pair_weighting": str(pair_weighting),
+        "score_weighting": int(bool(score_weighting)),
+    }
+    return _assemble(pairs, dates, res, rms_pair, n_valid, smoothed, params)
+
+
+def _valid(ew, ns, score):
+    ok = np.isfinite(ew) & np.isfinite(ns)
+    if score is not None:
+        with np.errstate(invalid="ignore"):
+            ok &= np.isfinite(score) & (score > 0)
+    return ok
+
+
+def _check_parameters(
+    residual_scale, gross_outlier, reweight_iterations, gamma2, min_fraction, weighting, block
+):
+    def positive(name, value):
+        if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+
+    positive("residual_scale", residual_scale)
+    positive("gross_outlier", gross_outlier)
+    if not isinstance(reweight_iterations, numbers.Integral) or reweight_iterations < 0:
+        raise ConfigError(
+            f"reweight_iterations must be an integer >= 0, got {reweight_iterations!r}"
+        )
+    if not (isinstance(gamma2, numbers.Real) and math.isfinite(gamma2) and gamma2 >= 0):
+        raise ConfigError(f"smoothing_gamma2 must be a finite number >= 0, got {gamma2!r}")
+    if not (isinstance(min_fraction, numbers.Real) and 0 <= min_fraction <= 1):
+        raise ConfigError(f"min_valid_fraction must be between 0 and 1, got {min_fraction!r}")
+    if weighting not in _PAIR_WEIGHTINGS:
+        raise ConfigError(f"pair_weighting must be one of {_PAIR_WEIGHTINGS}, got {weighting!r}")
+    if not isinstance(block, numbers.Integral) or block < 1:
+        raise ConfigError(f"block_size must be an integer >= 1, got {block!r}")
+
+
+def _read_pairs(pairs, score_weighting):
+    """Check the input Dataset; return ew, ns, score (or None), date1, date2."""
+    if not isinstance(pairs, xr.Dataset):
+        raise InversionError(f"pairs must be an xarray.Dataset, got {type(pairs).__name__}")
+    names = ["ew", "ns"] + (["score"] if score_weighting else [])
+    missing = [v for v in names if v not in pairs.data_vars]
+    if missing:
+        why = " (score_weighting=True needs it)" if "score" in missing else ""
+        raise InversionError(f"pairs lacks the variable(s) {', '.join(missing)}{why}")
+    arrays = []
+    for v in names:
+        da = pairs[v]
+        if set(da.dims) != {"pair", "y", "x"}:
+            raise InversionError(
+                f"variable {v!r} has dims {da.dims}; every pair map must be on the same "
+                "('pair', 'y', 'x') grid"
+            )
+        arrays.append(da.transpose("pair", "y", "x").data)
+    if pairs.sizes["pair"] == 0:
+        raise InversionError("no pairs to invert (the 'pair' dimension is empty)")
+    for c in ("x", "y"):
+        if c not in pairs.coords:
+            raise InversionError(f"pairs lacks the {c!r} coordinate")
+    dates = []
+    for c in ("date1", "date2"):
+        if c not in pairs.coords or pairs[c].dims != ("pair",):
+            raise InversionError(f"pairs lacks the coordinate {c!r} along 'pair'")
+        values = pairs[c].values
+        if not np.issubdtype(values.dtype, np.datetime64):
+            raise InversionError(f"coordinate {c!r} must be datetime64, got {values.dtype}")
+        values = values.astype("datetime64[ns]")
+        if np.isnat(values).any():
+            raise InversionError(f"coordinate {c!r} has missing dates (NaT)")
+        dates.append(values)
+    bad = np.flatnonzero(dates[0] >= dates[1])
+    if bad.size:
+        shown = ", ".join(
+            f"#{k} ({np.datetime_as_string(dates[0][k], 'D')} -> "
+            f"{np.datetime_as_string(dates[1][k], 'D')})"
+            for k in bad[:5]
+        )
+        raise InversionError(
+            f"{bad.size} pair(s) have date1 >= date2, e.g. {shown}; every pair must go forward "
+            "in time"
+        )
+    ew, ns = arrays[:2]
+    score = arrays[2] if score_weighting else None
+    return ew, ns, score, dates[0], dates[1]
+
+
+def _assemble(pairs, dates, res, rms_pair, n_valid, smoothed, params):
+    txy = ("time", "y", "x")
+    data = {}
+    for c, (name, sign) in _COMPONENTS.items():
+        data[f"cumulative_{c}"] = (
+            txy,
+            res["cumulative"][c],
+            {
+                "units": "m",
+                "long_name": f"cumulative {name} displacement since the first date, {sign}",
+            },
+        )
+        data[f"sigma_{c}"] = (
+            txy,
+            res["sigma"][c],
+            {"units": "m", "long_name": f"formal 1-sigma uncertainty of cumulative_{c}"},
+        )
+        data[f"velocity_{c}"] = (
+            ("y", "x"),
+            res["velocity"][c],
+            {"units": "m/year", "long_name": f"mean {name} velocity (weighted linear fit), {sign}"},
+        )
+        data[f"velocity_sigma_{c}"] = (
+            ("y", "x"),
+            res["velocity_sigma"][c],
+            {"units": "m/year", "long_name": f"1-sigma uncertainty of velocity_{c}"},
+        )
+        data[f"rms_date_{c}"] = (
+            txy,
+            res["rms_date"][c],
+            {
+                "units": "m",
+                "long_name": f"RMS {name} residual of the valid pairs through each date",
+            },
+        )
+        data[f"rms_pair_{c}"] = (
+            ("pair",),
+            rms_pair[c],
+            {"units": "m", "long_name": f"spatial RMS of each pair's {name} residual"},
+        )
+        data[f"residual_{c}"] = (
+            ("pair", "y", "x"),
+            res["residual"][c],
+            {"units": "m", "long_name": f"{name} pair residual, data minus model"},
+        )
+        data[f"n_outliers_{c}"] = (
+            ("y", "x"),
+            res["n_outliers"][c],
+            {"units": "1", "long_name": f"pairs down-weighted as gross {name} outliers"},
+        )
+    data["n_pairs"] = (
+        ("y", "x"),
+        n_valid,
+        {"units": "1", "long_name": "number of valid pairs (ew and ns finite) at the pixel"},
+    )
+    data["smoothed"] = (
+        txy,
+        smoothed,
+        {
+            "units": "1",
+            "long_name": "date outside the pixel's largest connected sub-network "
+            "(tied by temporal smoothing only)",
+        },
+    )
+    coords = {"time": ("time", dates.astype("datetime64[ns]"), {"long_name": "acquisition date"})}
+    for name, coord in pairs.coords.items():
+        if set(coord.dims) <= {"x", "y", "pair"}:
+            coords[name] = coord.variable.copy()
+    attrs = dict(pairs.attrs)
+    attrs.update({f"inversion_{k}": v for k, v in params.items()})
+    return xr.Dataset(data, coords=coords, attrs=attrs)
