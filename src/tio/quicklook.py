@@ -66,6 +66,8 @@ def _panels(ew, ns, x, y, *, background, units, title, path: Path, attribution: 
         fig.colorbar(im, ax=ax, shrink=0.85, label=units)
         ax.set_title(label)
         ax.set_xlabel("x (m)" if units.startswith("m") else "column")
+        ax.set_xlim(ext[0], ext[1])
+        ax.set_ylim(ext[2], ext[3])
         ax.set_aspect("equal")
     # arrows on the magnitude panel, about 20 across
     sub = max(1, int(max(ew.shape) / 20))
@@ -73,15 +75,17 @@ def _panels(ew, ns, x, y, *, background, units, title, path: Path, attribution: 
     u, v = ew[::sub, ::sub], ns[::sub, ::sub]
     big = np.isfinite(u) & (np.hypot(u, v) > 0.2 * _symmetric_limit(mag))
     if big.any():
+        # the longest arrow spans about a tenth of the panel
+        scale = float(np.nanmax(np.hypot(u[big], v[big]))) / (0.1 * abs(ext[1] - ext[0]))
         axes[2].quiver(
             xx[big],
             yy[big],
             u[big],
             v[big],
             color="cyan",
-            angles="uv",
-            scale_units="inches",
-            scale=lim * 3 if lim > 0 else 1,
+            angles="xy",
+            scale_units="xy",
+            scale=scale,
             width=0.004,
         )
     fig.suptitle(title)
