@@ -1,0 +1,874 @@
+"""Numerical core of TIO's image correlation (private; use :mod:`tio.correlation`).
+
+The offset of every correlation window is measured in two stages, each vectorised
+with numpy over a batch of windows (no Python loop per window):
+
+1. **Integer stage** - zero-normalised cross-correlation (ZNCC) of the reference
+   window against every position of the secondary within ``[-search, +search]``
+   pixels, computed in the Fourier domain (Lewis 1995): the numerator is an FFT
+   correlation of the window with the secondary sub-image of side
+   ``window + 2 * search``, the local energies come from integral images. Windows
+   that contain unusable pixels use the masked formulation of Padfield (2012), in
+   which unusable pixels have zero weight. The integer offset is the ZNCC maximum;
+   a maximum on the border of the search range is rejected.
+2. **Sub-pixel stage** - the shift between the reference window and the secondary
+   block at the integer offset is measured by a (partially whitened) phase
+   correlation whose peak is located by the matrix-multiply upsampled DFT of
+   Guizar-Sicairos et al. (2008). The estimate is then iterated with the taper (and
+   the mask weight) of the secondary *moved by the current estimate*, so the two
+   weighted windows become exact shifted copies: no image re-sampling is needed, and
+   the bias of a fixed taper (toward zero shift) disappears. A cos^2 roll-off of the
+   cross-power spectrum toward Nyquist removes the pixel-locking caused by aliased
+   high frequencies.
+
+Measured on Landsat-8 pan crops (32-px windows, 2 % noise, gain/offset/gamma change):
+bias < 0.003 px for every fractional shift, random error ~0.013 px RMS.
+
+Windows are processed in rectangular blocks whose working memory is bounded by
+``_BATCH_BYTES``. FFTs use :mod:`scipy.fft`; wrap calls in
+``scipy.fft.set_workers(n)`` to use several threads.
+
+Conventions: images are indexed ``[row, col]``; an offset ``(dy, dx)`` means that the
+content of the secondary image is displaced by ``dy`` rows and ``dx`` columns
+relative to the reference, i.e. ``secondary(r, c) = reference(r - dy, c - dx)``.
+
+References
+----------
+.. [1] J. P. Lewis, "Fast normalized cross-correlation", Vision Interface, 1995.
+.. [2] D. Padfield, "Masked object registration in the Fourier domain",
+       IEEE Trans. Image Process. 21(5):2706-2718, 2012.
+.. [3] M. Guizar-Sicairos, S. T. Thurman and J. R. Fienup, "Efficient subpixel
+       image registration algorithms", Opt. Lett. 33(2):156-158, 2008.
+.. [4] H. Knutsson and C.-F. Westin, "Normalized and differential convolution",
+       CVPR 1993 (normalised convolution, used to smooth images with holes).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy import fft as sfft
+from scipy import ndimage
+
+from tio.errors import CorrelationError
+
+#: Working-memory budget of one batch of windows, in bytes (besides the float32
+#: copies of the two images).
+_BATCH_BYTES = 128 * 2**20
+
+#: Minimum number of common valid pixels for a ZNCC value to be trusted.
+_MIN_OVERLAP = 16
+
+#: Relative variance (and relative std of a whole window) below which a window is
+#: considered flat, i.e. without usable texture.
+_FLAT = 1e-6
+
+PREFILTERS = ("none", "highpass")
+
+
+# --------------------------------------------------------------------------------------
+# Pre-processing
+# --------------------------------------------------------------------------------------
+def normalised_smooth(image, valid, sigma):
+    """Gaussian smoothing of an image with holes (normalised convolution).
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W), float
+        Image; values where ``valid`` is False are ignored (may be NaN).
+    valid : ndarray of bool, shape (H, W)
+        True where the pixel is usable.
+    sigma : float
+        Standard deviation of the Gaussian, in pixels.
+
+    Returns
+    -------
+    smooth : ndarray of float32, shape (H, W)
+        ``G * (valid * image) / G * valid`` (Knutsson & Westin 1993); NaN where
+        no valid pixel lies within about ``4 * sigma``.
+    """
+    num = ndimage.gaussian_filter(np.where(valid, image, 0).astype(np.float32), sigma)
+    den = ndimage.gaussian_filter(valid.astype(np.float32), sigma)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = num / den
+    out[den < 1e-4] = np.nan
+    return out
+
+
+def prepare_image(image, mask, prefilter, window):
+    """Convert an image to float32, find its usable pixels, pre-filter and fill holes.
+
+    Parameters
+    ----------
+    image : array_like, shape (H, W)
+        Image (any real dtype). Non-finite values are unusable.
+    mask : array_like of bool or None
+        True where the pixel is unusable (cloud, nodata...).
+    prefilter : {"none", "highpass"}
+        ``"highpass"`` subtracts a Gaussian-smoothed copy (sigma = ``window / 4``,
+        normalised convolution so holes do not bleed), which removes illumination
+        gradients and makes the correlation rely on texture.
+    window : int
+        Correlation window size (sets the high-pass sigma).
+
+    Returns
+    -------
+    filled : ndarray of float32, shape (H, W)
+        Pre-filtered image whose unusable pixels are replaced by a smooth local
+        estimate (normalised convolution, else the mean). The correlation gives
+        them zero weight (integer stage) or a weight below 0.5 % (sub-pixel stage),
+        so the fill only keeps the arithmetic finite and harmless.
+    valid : ndarray of bool, shape (H, W)
+        True where the pixel is usable.
+    """
+    img = np.array(image, dtype=np.float32, copy=True)
+    valid = np.isfinite(img)
+    if mask is not None:
+        valid &= ~np.asarray(mask, dtype=bool)
+    if not valid.any():
+        return np.zeros_like(img), valid
+    sigma = max(window / 4.0, 1.0)
+    if prefilter == "highpass":
+        img = img - normalised_smooth(img, valid, sigma)
+    if not valid.all():
+        fill = normalised_smooth(img, valid, sigma)
+        fill[~np.isfinite(fill)] = np.mean(img[valid], dtype=np.float64)
+        img = np.where(valid, img, fill)
+    img[~np.isfinite(img)] = 0.0
+    return img, valid
+
+
+# --------------------------------------------------------------------------------------
+# Integer stage
+# --------------------------------------------------------------------------------------
+def _box_sums(a, w):
+    """Sums of ``a`` over every ``w x w`` sub-window (integral image), batched.
+
+    ``a`` has shape (K, M, M); the result (float64) has shape (K, M - w + 1, M - w + 1)
+    and element ``[k, v, u]`` is ``a[k, v:v + w, u:u + w].sum()``.
+    """
+    k, m, _ = a.shape
+    c = np.zeros((k, m + 1, m + 1))
+    np.cumsum(a, axis=1, out=c[:, 1:, 1:])
+    np.cumsum(c[:, 1:, 1:], axis=2, out=c[:, 1:, 1:])
+    return c[:, w:, w:] - c[:, :-w, w:] - c[:, w:, :-w] + c[:, :-w, :-w]
+
+
+def _standardise(a, weight=None):
+    """Standardise each image of a batch over its (weighted) pixels, as float32.
+
+    Returns ``(a - mean) / std`` (times ``weight``), a boolean array telling which
+    images are flat (std below ``_FLAT`` times their mean absolute value, or zero;
+    flat images are returned as zeros) and the std (float64).
+    """
+    axes = (1, 2)
+    if weight is None:
+        n = a.shape[1] * a.shape[2]
+        mean = a.sum(axis=axes, dtype=np.float64) / n
+        out = a.astype(np.float32)
+        out -= mean.astype(np.float32)[:, None, None]
+        ss = np.einsum("kij,kij->k", out, out)
+        sd = np.sqrt(ss.astype(np.float64) / n)
+    else:
+        n = np.maximum(weight.sum(axis=axes), 1.0)
+        mean = (a * weight).sum(axis=axes) / n
+        out = ((a - mean[:, None, None]) * weight).astype(np.float32)
+        sd = np.sqrt(np.einsum("kij,kij->k", out, out).astype(np.float64) / n)
+    flat = (sd <= _FLAT * np.abs(mean)) | (sd == 0)
+    out *= np.where(flat, 0.0, 1.0 / np.where(flat, 1.0, sd)).astype(np.float32)[:, None, None]
+    return out, flat, sd
+
+
+@functools.lru_cache(maxsize=16)
+def _box_spectrum(window, size):
+    """Conjugate rfft2 of a ``window x window`` box of ones in an ``size x size`` array."""
+    box = np.zeros((size, size), dtype=np.float32)
+    box[:window, :window] = 1.0
+    out = np.conj(sfft.rfft2(box))
+    out.flags.writeable = False
+    return out
+
+
+def local_variance_map(image, w):
+    """Sum of squared deviations from the local mean over every ``w x w`` window.
+
+    Integral images (Lewis 1995) in float64 after removing the mean of ``image``.
+    Element ``[y, x]`` of the result (shape ``(H - w + 1, W - w + 1)``) is for the
+    window whose top-left pixel is ``image[y, x]``.
+    """
+    a = np.asarray(image, dtype=np.float64)
+    a = a - a.mean()
+    h, wd = a.shape
+    c1 = np.zeros((h + 1, wd + 1))
+    c2 = np.zeros((h + 1, wd + 1))
+    np.cumsum(np.cumsum(a, axis=0), axis=1, out=c1[1:, 1:])
+    np.cumsum(np.cumsum(a * a, axis=0), axis=1, out=c2[1:, 1:])
+
+    def box(c):
+        return c[w:, w:] - c[:-w, w:] - c[w:, :-w] + c[:-w, :-w]
+
+    s1 = box(c1)
+    return np.maximum(box(c2) - s1 * s1 / (w * w), 0.0)
+
+
+def zncc_surfaces(
+    ref, sec, window, search, ref_valid=None, sec_valid=None, min_overlap=None, sec_local_var=None
+):
+    """ZNCC of reference windows against secondary sub-images for all integer offsets.
+
+    Fast normalised cross-correlation (Lewis 1995): the numerator is an FFT
+    correlation of the zero-mean reference window against the secondary sub-image
+    of side ``window + 2 * search`` (no wrap-around is possible since the FFT size is
+    at least the sub-image size), the local means and energies of the secondary come
+    from integral images. With masks, the masked normalised cross-correlation of
+    Padfield (2012) is used: six FFT correlations of the weighted images and weights
+    give, for each offset, the sums over the pixels valid in *both* windows. The
+    images are standardised in float64 and transformed in float32 (ZNCC accurate to
+    about 1e-5, ample to locate the integer peak).
+
+    Parameters
+    ----------
+    ref : ndarray, shape (K, w, w)
+        Reference windows.
+    sec : ndarray, shape (K, w + 2 s, w + 2 s)
+        Secondary sub-images; offset ``(dy, dx)`` aligns ``ref[k]`` with
+        ``sec[k, s + dy : s + dy + w, s + dx : s + dx + w]``.
+    window, search : int
+        ``w`` and ``s``.
+    ref_valid, sec_valid : ndarray of bool or None
+        Usable pixels (same shapes as ``ref``/``sec``). Both None -> unmasked path.
+    min_overlap : int, optional
+        Minimum number of pixels valid in both windows (masked path).
+    sec_local_var : ndarray, shape (K, 2 s + 1, 2 s + 1), optional
+        Unmasked path only: sum of squared deviations of the secondary window at
+        every offset (e.g. gathered from :func:`local_variance_map`, which is much
+        cheaper on a block of overlapping windows); computed here if omitted.
+
+    Returns
+    -------
+    zncc : ndarray of float64, shape (K, 2 s + 1, 2 s + 1)
+        ZNCC in [-1, 1] at offset ``(v - s, u - s)`` for element ``[k, v, u]``; NaN
+        where the reference or the secondary window is flat (its variance is below
+        ``_FLAT`` times that of the sub-image, or the whole window is constant) or
+        the overlap is too small.
+    sec_valid_fraction : ndarray of float64, shape (K, 2 s + 1, 2 s + 1)
+        Fraction of usable pixels in the secondary window at each offset.
+    """
+    w, s = window, search
+    n = 2 * s + 1
+    size = sfft.next_fast_len(w + 2 * s, real=True)
+    shape = (size, size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if ref_valid is None and sec_valid is None:
+            r, flat_r, _ = _standardise(ref)
+            if sec_local_var is None:
+                q, flat_q, _ = _standardise(sec)
+                fr = sfft.rfft2(r, s=shape)
+                fq = sfft.rfft2(np.stack([q, q * q], axis=1), s=shape)
+                box = _box_spectrum(w, size)
+                prod = np.empty((fq.shape[0], 3) + fq.shape[2:], dtype=fq.dtype)
+                np.multiply(np.conj(fr), fq[:, 0], out=prod[:, 0])
+                np.multiply(box, fq[:, 0], out=prod[:, 1])
+                np.multiply(box, fq[:, 1], out=prod[:, 2])
+                del fq, fr
+                c = sfft.irfft2(prod, s=shape)[:, :, :n, :n].astype(np.float64)
+                num, s1, s2 = c[:, 0], c[:, 1], c[:, 2]
+                var_q = s2 - s1 * s1 / (w * w)
+            else:
+                q, flat_q, sd = _standardise(sec)
+                sd2 = sd * sd
+                fr = sfft.rfft2(r, s=shape)
+                fr = np.conj(fr, out=fr)
+                fr *= sfft.rfft2(q, s=shape)
+                num = sfft.irfft2(fr, s=shape)[:, :n, :n].astype(np.float64)
+                var_q = sec_local_var / np.where(sd2 > 0, sd2, 1.0)[:, None, None]
+            var_r = np.float64(w * w)
+            ok = (var_q > _FLAT * w * w) & ~(flat_r | flat_q)[:, None, None]
+            zncc = np.where(ok, num / np.sqrt(var_r * var_q), np.nan)
+            return np.clip(zncc, -1.0, 1.0), np.ones_like(zncc)
+
+        ref = np.asarray(ref, dtype=np.float64)
+        sec = np.asarray(sec, dtype=np.float64)
+        wr = np.ones(ref.shape) if ref_valid is None else ref_valid.astype(np.float64)
+        wq = np.ones(sec.shape) if sec_valid is None else sec_valid.astype(np.float64)
+        r, flat_r, _ = _standardise(ref, wr)
+        q, flat_q, _ = _standardise(sec, wq)
+        wr32 = wr.astype(np.float32)
+        wq32 = wq.astype(np.float32)
+        fa = sfft.rfft2(np.stack([wr32, r, r * r], axis=1), s=shape)
+        fb = sfft.rfft2(np.stack([wq32, q, q * q], axis=1), s=shape)
+        prod = np.conj(fa[:, [0, 1, 2, 0, 0, 1]]) * fb[:, [0, 0, 0, 1, 2, 1]]
+        del fa, fb
+        c = sfft.irfft2(prod, s=shape)[:, :, :n, :n].astype(np.float64)
+        del prod
+        cnt = np.rint(c[:, 0])
+        sr, sr2, sq, sq2, srq = c[:, 1], c[:, 2], c[:, 3], c[:, 4], c[:, 5]
+        var_r = sr2 - sr * sr / cnt
+        var_q = sq2 - sq * sq / cnt
+        cov = srq - sr * sq / cnt
+        if min_overlap is None:
+            min_overlap = _MIN_OVERLAP
+        ok = (cnt >= max(min_overlap, _MIN_OVERLAP)) & (var_r > _FLAT * cnt) & (var_q > _FLAT * cnt)
+        ok &= ~(flat_r | flat_q)[:, None, None]
+        zncc = np.where(ok, cov / np.sqrt(var_r * var_q), np.nan)
+        frac = _box_sums(wq, w) / (w * w)
+    return np.clip(zncc, -1.0, 1.0), frac
+
+
+def integer_peaks(zncc):
+    """Integer peak of each ZNCC surface, rejecting peaks that may lie outside it.
+
+    Parameters
+    ----------
+    zncc : ndarray, shape (K, n, n)
+        ZNCC surfaces (NaN = offset not evaluated / invalid).
+
+    Returns
+    -------
+    iy, ix : ndarray of int, shape (K,)
+        Row and column index of the maximum.
+    ok : ndarray of bool, shape (K,)
+        False if the surface is all-NaN, if the maximum is on the border of the
+        search range (the true peak is probably outside it), or if one of its four
+        neighbours is NaN (peak not bracketed).
+    """
+    k, n, _ = zncc.shape
+    z = np.where(np.isfinite(zncc), zncc, -np.inf)
+    flat = z.reshape(k, -1).argmax(axis=1)
+    iy, ix = np.divmod(flat, n)
+    kk = np.arange(k)
+    ok = np.isfinite(z[kk, iy, ix])
+    ok &= (iy > 0) & (iy < n - 1) & (ix > 0) & (ix < n - 1)
+    cy0, cy1 = np.clip(iy - 1, 0, n - 1), np.clip(iy + 1, 0, n - 1)
+    cx0, cx1 = np.clip(ix - 1, 0, n - 1), np.clip(ix + 1, 0, n - 1)
+    for a, b in ((cy0, ix), (cy1, ix), (iy, cx0), (iy, cx1)):
+        ok &= np.isfinite(z[kk, a, b])
+    return iy, ix, ok
+
+
+# --------------------------------------------------------------------------------------
+# Sub-pixel stage
+# --------------------------------------------------------------------------------------
+def hann(x, w):
+    """Continuous Hann taper of a ``w``-pixel window, zero at ``x = -1`` and ``x = w``.
+
+    At the integer positions ``0 ... w - 1`` it equals ``np.hanning(w + 2)[1:-1]``;
+    it can be evaluated at any real position, which lets the taper follow a
+    sub-pixel shift of the content.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    inside = (x > -1.0) & (x < w)
+    return np.where(inside, 0.5 - 0.5 * np.cos(2.0 * np.pi * (x + 1.0) / (w + 1.0)), 0.0)
+
+
+def _weighted_demean(a, weight):
+    """``(a - weighted mean) * weight`` for each image of a batch."""
+    sw = np.maximum(weight.sum(axis=(1, 2), keepdims=True), 1e-12)
+    mean = (a * weight).sum(axis=(1, 2), keepdims=True) / sw
+    return (a - mean) * weight
+
+
+def mask_weight(valid, frac_y, frac_x, erode=2, sigma=0.75):
+    """Smooth weight of the usable pixels, evaluated at positions moved by a sub-pixel shift.
+
+    The usable-pixel mask is eroded by ``erode`` pixels and blurred by a Gaussian of
+    standard deviation ``sigma``; the blurred function is evaluated exactly at the
+    positions ``(y - frac_y, x - frac_x)`` (separable convolution with per-window
+    shifted Gaussian taps). Multiplying a window by this weight (with shift 0) and
+    the matching secondary block by the shifted weight keeps the two weighted signals
+    shifted copies of each other, like the moving taper of
+    :func:`phase_correlation_shift`, while giving unusable pixels a weight below
+    0.5 % for ``|frac| <= 0.5``.
+
+    Parameters
+    ----------
+    valid : ndarray of bool, shape (K, n, n)
+        Usable pixels.
+    frac_y, frac_x : ndarray, shape (K,)
+        Shift of the evaluation positions.
+    erode, sigma : float
+        Erosion (pixels) and Gaussian standard deviation (pixels).
+
+    Returns
+    -------
+    ndarray of float64, shape (K, n, n)
+        Weight in [0, 1] (1 far from unusable pixels).
+    """
+    k, n, _ = valid.shape
+    e = ndimage.minimum_filter(valid, size=(1, 2 * erode + 1, 2 * erode + 1), mode="nearest")
+    rad = int(np.ceil(4 * sigma)) + 1
+    e = np.pad(e, ((0, 0), (rad, rad), (rad, rad)), mode="edge").astype(np.float64)
+    taps = np.arange(-rad, rad + 1, dtype=np.float64)
+    norm = 1.0 / (sigma * np.sqrt(2.0 * np.pi))
+
+    def weights(frac):
+        t = taps[None, :] - np.asarray(frac, np.float64)[:, None]
+        return norm * np.exp(-0.5 * (t / sigma) ** 2)  # (K, taps)
+
+    # M(y) = sum_t E(y - t) g(t - frac)
+    wy = weights(frac_y)
+    rows = np.zeros((k, n, e.shape[2]))
+    for i, t in enumerate(range(-rad, rad + 1)):
+        rows += wy[:, i, None, None] * e[:, rad - t : rad - t + n, :]
+    wx = weights(frac_x)
+    out = np.zeros((k, n, n))
+    for i, t in enumerate(range(-rad, rad + 1)):
+        out += wx[:, i, None, None] * rows[:, :, rad - t : rad - t + n]
+    return np.clip(out, 0.0, 1.0)
+
+
+def _parabolic(ym, y0, yp):
+    """Vertex offset and height of the parabola through (-1, ym), (0, y0), (1, yp).
+
+    The offset is clipped to [-0.5, 0.5] and is 0 (height ``y0``) when the three
+    points are not concave.
+    """
+    den = ym - 2.0 * y0 + yp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        concave = den < 0
+        d = np.where(concave, 0.5 * (ym - yp) / den, 0.0)
+    d = np.clip(np.nan_to_num(d), -0.5, 0.5)
+    height = y0 - 0.25 * (ym - yp) * d
+    return d, height
+
+
+@functools.lru_cache(maxsize=16)
+def spectral_weight(size):
+    """Weights of the half spectrum (``rfft2`` layout) used by the sub-pixel estimator.
+
+    Separable cos^2 roll-off, 1 at DC and 0 at Nyquist, times the Hermitian
+    multiplicity (2 for the columns whose conjugate is not stored). Frequencies near
+    Nyquist are aliased in most satellite images and are spread by the taper; phase
+    correlation that trusts them locks onto integer shifts. Measured on Landsat-8
+    windows of 32 px shifted by 0.25 px: bias -0.012 px with a flat weight,
+    -0.001 px with this one (and 25 % less noise).
+    """
+    fy = np.abs(sfft.fftfreq(size)) * 2.0  # 1 at Nyquist
+    fx = sfft.rfftfreq(size) * 2.0
+    gy = np.cos(0.5 * np.pi * fy) ** 2
+    gx = np.cos(0.5 * np.pi * fx) ** 2
+    gx[1:] *= 2.0
+    if size % 2 == 0:
+        gx[-1] = 0.0
+        gy[size // 2] = 0.0
+    out = np.outer(gy, gx)
+    out.flags.writeable = False
+    return out
+
+
+def reference_spectra(ref, valid=None):
+    """Conjugate half spectra of the weighted reference windows, for
+    :func:`phase_correlation_shift`.
+
+    Parameters
+    ----------
+    ref : ndarray, shape (K, w, w)
+        Reference windows.
+    valid : ndarray of bool, shape (K, w + 2, w + 2), or None
+        Pixels usable in both images, in the coordinates of the secondary block
+        (see :func:`phase_correlation_shift`); None if all are usable.
+
+    Returns
+    -------
+    ndarray of complex64, shape (K, L, L // 2 + 1)
+        ``conj(rfft2(a))`` where ``a`` is the window times its weight (Hann taper,
+        times :func:`mask_weight` if ``valid`` is given), minus its weighted mean,
+        placed at ``[1:w + 1, 1:w + 1]`` of an ``L x L`` array,
+        ``L = next_fast_len(w + 2)``.
+    """
+    k, w, _ = ref.shape
+    size = sfft.next_fast_len(w + 2)
+    taper = hann(np.arange(w), w)
+    weight = np.broadcast_to(np.outer(taper, taper), (k, w, w))
+    if valid is not None:
+        z = np.zeros(k)
+        weight = weight * mask_weight(valid, z, z)[:, 1:-1, 1:-1]
+    a = np.zeros((k, w + 2, w + 2), dtype=np.float32)
+    a[:, 1:-1, 1:-1] = _weighted_demean(np.asarray(ref, np.float64), weight)
+    return np.conj(sfft.rfft2(a, s=(size, size)))
+
+
+def phase_correlation_shift(
+    ref_spectra,
+    sec,
+    frac_y,
+    frac_x,
+    valid=None,
+    *,
+    centre=None,
+    half_width=0.6,
+    upsample=10,
+):
+    """Sub-pixel shift between windows by tapered, upsampled phase correlation.
+
+    The reference window is multiplied by a Hann taper (:func:`reference_spectra`);
+    the secondary block (one pixel larger on every side) by the same taper moved by
+    the current estimate ``(frac_y, frac_x)`` of the shift, so that when the estimate
+    is right the two weighted signals are shifted copies (the bias of a fixed taper,
+    which pulls the estimate toward zero, disappears; iterate to converge). Unusable
+    pixels are handled the same way with a smooth, moving weight
+    (:func:`mask_weight`). The cross-power spectrum is partially whitened (divided
+    by the square root of its modulus: a compromise between phase correlation, sharp
+    but noisy, and plain correlation) and weighted by :func:`spectral_weight`; its
+    inverse DFT is evaluated around the peak on a grid ``upsample`` times finer than
+    a pixel by the matrix-multiply DFT of Guizar-Sicairos, Thurman & Fienup (2008,
+    Opt. Lett. 33:156), and the grid maximum is refined by a parabola through its
+    neighbours.
+
+    Parameters
+    ----------
+    ref_spectra : ndarray, shape (K, L, L // 2 + 1)
+        Output of :func:`reference_spectra` (with the same ``valid``).
+    sec : ndarray, shape (K, w + 2, w + 2)
+        Secondary blocks: ``sec[k, 1:-1, 1:-1]`` is the secondary window at the
+        current integer offset.
+    frac_y, frac_x : ndarray, shape (K,)
+        Current estimate of the sub-pixel shift (|value| <= 0.5), where the taper of
+        the secondary is centred. Zero for a first estimate.
+    valid : ndarray of bool, shape (K, w + 2, w + 2), or None
+        Pixels usable in both the secondary block and the reference window (padded
+        with True); None if all are usable.
+    centre : tuple of two ndarray (K,) or None
+        Centre of the upsampled search region; None uses the integer maximum of the
+        inverse FFT of the weighted cross-power spectrum.
+    half_width : float
+        Half-size (pixels) of the upsampled search region.
+    upsample : int
+        Upsampling factor.
+
+    Returns
+    -------
+    dy, dx : ndarray of float64, shape (K,)
+        Shift of the secondary window relative to the reference, in pixels
+        (``sec(r, c) ~ ref(r - dy, c - dx)``), measured from the integer offset.
+        NaN for a window without texture (zero cross-power spectrum).
+    """
+    k = sec.shape[0]
+    w = sec.shape[1] - 2
+    size = ref_spectra.shape[1]
+    x = np.arange(-1, w + 1, dtype=np.float64)
+    ty = hann(x[None, :] - np.asarray(frac_y, np.float64)[:, None], w)  # (K, w + 2)
+    tx = hann(x[None, :] - np.asarray(frac_x, np.float64)[:, None], w)
+    weight = ty[:, :, None] * tx[:, None, :]
+    if valid is not None:
+        weight *= mask_weight(valid, frac_y, frac_x)
+    b = _weighted_demean(np.asarray(sec, np.float64), weight)
+    cross = sfft.rfft2(b.astype(np.float32), s=(size, size))
+    cross *= ref_spectra
+    mag2 = cross.real**2 + cross.imag**2
+    tiny = 1e-24 * mag2.max(axis=(1, 2), keepdims=True)
+    flat = ~(mag2 > tiny).any(axis=(1, 2))
+    np.maximum(mag2, tiny, out=mag2)
+    np.sqrt(mag2, out=mag2)
+    np.sqrt(mag2, out=mag2)  # |cross| ** 0.5
+    np.divide(spectral_weight(size).astype(np.float32), mag2, out=mag2)
+    cross *= mag2
+    if centre is None:
+        c = sfft.irfft2(cross, s=(size, size)).reshape(k, -1).argmax(axis=1)
+        cy, cx = np.divmod(c, size)
+        cy = np.where(cy > size // 2, cy - size, cy).astype(np.float64)
+        cx = np.where(cx > size // 2, cx - size, cx).astype(np.float64)
+    else:
+        cy = np.broadcast_to(np.asarray(centre[0], np.float64), (k,)).copy()
+        cx = np.broadcast_to(np.asarray(centre[1], np.float64), (k,)).copy()
+    # Upsampled DFT: exp(2i pi (c + g) f / L) = exp(2i pi c f / L) * exp(2i pi g f / L);
+    # the per-window factor scales the spectrum, the grid factor is one shared matrix.
+    # The half spectrum suffices: the correlation is real (Hermitian spectrum).
+    m = 2 * int(np.ceil(half_width * upsample)) + 1
+    grid = (np.arange(m) - (m - 1) / 2) / upsample
+    fy = sfft.fftfreq(size) * size
+    fx = sfft.rfftfreq(size) * size
+    gy = np.exp((2j * np.pi / size) * grid[:, None] * fy[None, :]).astype(np.complex64)
+    gx = np.exp((2j * np.pi / size) * fx[:, None] * grid[None, :]).astype(np.complex64)
+    cross *= np.exp((2j * np.pi / size) * cy[:, None] * fy[None, :]).astype(np.complex64)[
+        :, :, None
+    ]
+    cross *= np.exp((2j * np.pi / size) * cx[:, None] * fx[None, :]).astype(np.complex64)[
+        :, None, :
+    ]
+    surf = np.matmul(np.matmul(gy, cross), gx).real.astype(np.float64)  # (K, m, m)
+    p = surf.reshape(k, -1).argmax(axis=1)
+    py, px = np.divmod(p, m)
+    kk = np.arange(k)
+    pyc, pxc = np.clip(py, 1, m - 2), np.clip(px, 1, m - 2)
+    sub_y = _parabolic(surf[kk, pyc - 1, px], surf[kk, pyc, px], surf[kk, pyc + 1, px])[0]
+    sub_x = _parabolic(surf[kk, py, pxc - 1], surf[kk, py, pxc], surf[kk, py, pxc + 1])[0]
+    sub_y = np.where((py > 0) & (py < m - 1), sub_y, 0.0)
+    sub_x = np.where((px > 0) & (px < m - 1), sub_x, 0.0)
+    dy = cy + grid[py] + sub_y / upsample
+    dx = cx + grid[px] + sub_x / upsample
+    dy[flat] = np.nan
+    dx[flat] = np.nan
+    return dy, dx
+
+
+def peak_score(zncc, iy, ix):
+    """Peak ZNCC interpolated by parabolas through the integer maximum (clipped to [0, 1])."""
+    kk = np.arange(zncc.shape[0])
+    z0 = zncc[kk, iy, ix]
+    hy = _parabolic(zncc[kk, iy - 1, ix], z0, zncc[kk, iy + 1, ix])[1] - z0
+    hx = _parabolic(zncc[kk, iy, ix - 1], z0, zncc[kk, iy, ix + 1])[1] - z0
+    return np.clip(z0 + hy + hx, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------
+def _bytes_per_window(window, search, upsample_points):
+    """Upper bound of the working memory per window (bytes), measured with tracemalloc.
+
+    The masked integer stage dominates: float64 copies and float32 stacks of the
+    sub-image, 2 x 3 half spectra, 6 products and 6 correlation planes.
+    """
+    p = sfft.next_fast_len(window + 2 * search, real=True)
+    integer = 110 * p * p
+    q = sfft.next_fast_len(window + 2)
+    subpix = 40 * q * q + 8 * upsample_points * (q + upsample_points)
+    return integer + subpix
+
+
+def offset_field(
+    reference,
+    secondary,
+    reference_mask=None,
+    secondary_mask=None,
+    *,
+    window,
+    step,
+    search,
+    prefilter,
+    max_masked_fraction,
+    iterations=2,
+    upsample=10,
+):
+    """Offsets of the secondary image relative to the reference on a regular grid.
+
+    See :func:`tio.correlation.correlate_arrays` for the meaning of the arguments.
+    ``iterations`` is the number of sub-pixel estimates (the first with the same
+    taper on both windows, the next ones with the secondary taper moved to the
+    previous estimate); ``upsample`` is the upsampling factor of the first estimate,
+    made over +-0.6 px around the coarse peak (later ones use ``3 * upsample`` over
+    +-0.2 px around the previous estimate); the grid maximum is refined by a
+    parabola, so these factors need not be large.
+
+    Returns
+    -------
+    dy, dx, score : ndarray of float32, shape (ny, nx)
+        Offsets in pixels and quality (peak ZNCC, parabola-interpolated, clipped to
+        [0, 1]); NaN where the window is rejected: too many unusable pixels in the
+        reference window or in every candidate secondary window, flat texture,
+        correlation peak on the border of the search range or not bracketed by
+        evaluated offsets, matched secondary window with too many unusable pixels,
+        or sub-pixel refinement moving the integer offset onto the border of the
+        search range or the estimate more than 1.5 px from the integer peak.
+    """
+    w, s = int(window), int(search)
+    h, wd = reference.shape
+    ny = (h - w) // step + 1
+    nx = (wd - w) // step + 1
+    ref, ref_valid = prepare_image(reference, reference_mask, prefilter, w)
+    sec, sec_valid = prepare_image(secondary, secondary_mask, prefilter, w)
+    # Secondary padded by ``search`` so every window has a full sub-image; the pad is
+    # unusable (zero weight), which lets edge windows use what lies inside the image.
+    sec = np.pad(sec, s, mode="edge")
+    sec_valid = np.pad(sec_valid, s, mode="constant", constant_values=False)
+    all_valid = bool(ref_valid.all())
+
+    ref_view = sliding_window_view(ref, (w, w))[::step, ::step]
+    rval_view = sliding_window_view(ref_valid, (w, w))[::step, ::step]
+    p0 = w + 2 * s
+    sec_view = sliding_window_view(sec, (p0, p0))[::step, ::step]
+    sval_view = sliding_window_view(sec_valid, (p0, p0))[::step, ::step]
+
+    out_dy = np.full((ny, nx), np.nan, dtype=np.float32)
+    out_dx = np.full((ny, nx), np.nan, dtype=np.float32)
+    out_sc = np.full((ny, nx), np.nan, dtype=np.float32)
+
+    m = 2 * int(np.ceil(0.6 * upsample)) + 1
+    per_chunk = max(1, _BATCH_BYTES // _bytes_per_window(w, s, m))
+    bj = min(nx, per_chunk)
+    bi = max(1, min(ny, per_chunk // bj))
+    opts = dict(
+        w=w,
+        s=s,
+        max_bad=float(max_masked_fraction),
+        min_overlap=max(_MIN_OVERLAP, int(np.ceil(0.1 * w * w))),
+        iterations=iterations,
+        upsample=upsample,
+    )
+    for i0 in range(0, ny, bi):
+        for j0 in range(0, nx, bj):
+            ii, jj = np.meshgrid(
+                np.arange(i0, min(i0 + bi, ny)), np.arange(j0, min(j0 + bj, nx)), indexing="ij"
+            )
+            ii, jj = ii.ravel(), jj.ravel()
+            rv = rval_view[ii, jj]
+            if not all_valid:
+                keep = 1.0 - rv.mean(axis=(1, 2)) <= opts["max_bad"]
+                if not keep.any():
+                    continue
+                ii, jj, rv = ii[keep], jj[keep], rv[keep]
+            # (the secondary sub-images of edge windows reach into the unusable pad)
+            qv = sval_view[ii, jj]
+            # Local variance of the secondary at every offset of every window, from
+            # integral images of the block's secondary box (windows overlap heavily).
+            ib, jb = ii.max(), jj.max()
+            box = sec[i0 * step : ib * step + p0, j0 * step : jb * step + p0]
+            lvm = local_variance_map(box, w)
+            rows = ((ii - i0) * step)[:, None] + np.arange(2 * s + 1)
+            cols = ((jj - j0) * step)[:, None] + np.arange(2 * s + 1)
+            lv = lvm[rows[:, :, None], cols[:, None, :]]
+            dy, dx, score = _process_block(ref_view[ii, jj], sec_view[ii, jj], rv, qv, lv, **opts)
+            out_dy[ii, jj] = dy
+            out_dx[ii, jj] = dx
+            out_sc[ii, jj] = score
+    return out_dy, out_dx, out_sc
+
+
+def _process_block(r, q, rv, qv, lv, *, w, s, max_bad, min_overlap, iterations, upsample):
+    """Integer and sub-pixel offsets of a batch of windows.
+
+    ``r`` (K, w, w) reference windows, ``q`` (K, w + 2s, w + 2s) secondary
+    sub-images, ``rv``/``qv`` their usable pixels, ``lv``
+    (K, 2s + 1, 2s + 1) local variance of the secondary windows at every offset.
+    """
+    k = r.shape[0]
+    n = 2 * s + 1
+    clean = rv.all(axis=(1, 2)) & qv.all(axis=(1, 2))
+    zncc = np.empty((k, n, n))
+    frac = np.ones((k, n, n))
+    if clean.any():
+        zncc[clean] = zncc_surfaces(r[clean], q[clean], w, s, sec_local_var=lv[clean])[0]
+    if not clean.all():
+        d = ~clean
+        zncc[d], frac[d] = zncc_surfaces(r[d], q[d], w, s, rv[d], qv[d], min_overlap=min_overlap)
+    iy, ix, ok = integer_peaks(zncc)
+    # The matched secondary window must be usable enough. Offsets are not excluded
+    # beforehand: a true match that is too masked must give NaN, not a false match.
+    ok &= 1.0 - frac[np.arange(k), iy, ix] <= max_bad + 1e-9
+
+    dy = np.full(k, np.nan)
+    dx = np.full(k, np.nan)
+    score = np.full(k, np.nan)
+    idx = np.flatnonzero(ok)
+    if idx.size == 0:
+        return dy, dx, score
+    score[idx] = peak_score(zncc[idx], iy[idx], ix[idx])
+
+    # ---- sub-pixel stage on the windows with a valid integer peak
+    r, q, rv, qv = r[idx], q[idx], rv[idx], qv[idx]
+    py, px = iy[idx].copy(), ix[idx].copy()  # integer offset + s (index in the sub-image)
+    fy = np.zeros(idx.size)
+    fx = np.zeros(idx.size)
+    alive = np.ones(idx.size, dtype=bool)
+    ar = np.arange(w + 2)
+    kk = np.arange(idx.size)[:, None, None]
+    rvp = np.pad(rv, ((0, 0), (1, 1), (1, 1)), constant_values=True)
+    spec = reference_spectra(r)  # for the windows without unusable pixels
+    for it in range(max(iterations, 1)):
+        # The block (one pixel larger than the window on every side) must lie in the
+        # sub-image: the integer offset must stay strictly inside the search range.
+        alive &= (py >= 1) & (py <= 2 * s - 1) & (px >= 1) & (px <= 2 * s - 1)
+        rows = (np.clip(py, 1, 2 * s - 1) - 1)[:, None, None] + ar[None, :, None]
+        cols = (np.clip(px, 1, 2 * s - 1) - 1)[:, None, None] + ar[None, None, :]
+        blk = q[kk, rows, cols]
+        uv = rvp & qv[kk, rows, cols]  # usable in both, in block coordinates
+        masked = ~uv.all(axis=(1, 2))
+        if it == 0:  # around the coarse peak
+            kw = dict(half_width=0.6, upsample=upsample)
+        else:  # around the previous estimate
+            kw = dict(half_width=0.2, upsample=3 * upsample)
+        ey = np.empty(idx.size)
+        ex = np.empty(idx.size)
+        for sel, has_mask in ((~masked, False), (masked, True)):
+            if not sel.any():
+                continue
+            if it:
+                kw["centre"] = (fy[sel], fx[sel])
+            if has_mask:
+                sp, valid = reference_spectra(r[sel], uv[sel]), uv[sel]
+            else:
+                sp, valid = spec[sel], None
+            ey[sel], ex[sel] = phase_correlation_shift(sp, blk[sel], fy[sel], fx[sel], valid, **kw)
+        alive &= np.isfinite(ey) & np.isfinite(ex)
+        ey = np.where(alive, ey, 0.0)
+        ex = np.where(alive, ex, 0.0)
+        ny_, nx_ = np.rint(ey).astype(int), np.rint(ex).astype(int)
+        py, px = py + ny_, px + nx_
+        fy, fx = ey - ny_, ex - nx_
+    ty = py - s + fy
+    tx = px - s + fx
+    alive &= (np.abs(ty - (iy[idx] - s)) <= 1.5) & (np.abs(tx - (ix[idx] - s)) <= 1.5)
+    dy[idx] = np.where(alive, ty, np.nan)
+    dx[idx] = np.where(alive, tx, np.nan)
+    score[idx] = np.where(alive, score[idx], np.nan)
+    return dy, dx, score
+
+
+def check_inputs(
+    reference,
+    secondary,
+    reference_mask,
+    secondary_mask,
+    window,
+    step,
+    search,
+    prefilter,
+    max_masked_fraction,
+):
+    """Validate the arguments of a correlation; raise CorrelationError with a clear message.
+
+    Returns the reference, secondary and masks as numpy arrays (masks may be None).
+    """
+    ref = np.asarray(reference)
+    sec = np.asarray(secondary)
+    for name, a in (("reference", ref), ("secondary", sec)):
+        if a.ndim != 2:
+            raise CorrelationError(f"the {name} image must be 2-D, got shape {a.shape}")
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+            raise CorrelationError(f"the {name} image must be numeric, got dtype {a.dtype}")
+        if np.iscomplexobj(a):
+            raise CorrelationError(f"the {name} image must be real-valued, got dtype {a.dtype}")
+    if ref.shape != sec.shape:
+        raise CorrelationError(
+            f"the reference ({ref.shape[0]} x {ref.shape[1]} px) and secondary "
+            f"({sec.shape[0]} x {sec.shape[1]} px) images have different shapes; "
+            "resample them to the same grid first"
+        )
+    masks = []
+    for name, m in (("reference_mask", reference_mask), ("secondary_mask", secondary_mask)):
+        if m is not None:
+            m = np.asarray(m)
+            if m.shape != ref.shape:
+                raise CorrelationError(
+                    f"{name} has shape {m.shape} but the images have shape {ref.shape}"
+                )
+            m = m.astype(bool)
+        masks.append(m)
+    for name, v in (("window", window), ("step", step), ("search", search)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer):
+            raise CorrelationError(f"{name} must be an integer, got {v!r}")
+    if window < 8:
+        raise CorrelationError(f"window must be at least 8 px, got {window}")
+    if step < 1:
+        raise CorrelationError(f"step must be at least 1 px, got {step}")
+    if search < 1:
+        raise CorrelationError(f"search must be at least 1 px, got {search}")
+    if window > min(ref.shape):
+        raise CorrelationError(
+            f"the correlation window ({window} px) is larger than the image "
+            f"({ref.shape[0]} x {ref.shape[1]} px); use a smaller window or a larger image"
+        )
+    if prefilter not in PREFILTERS:
+        raise CorrelationError(f"prefilter must be one of {PREFILTERS}, got {prefilter!r}")
+    try:
+        f = float(max_masked_fraction)
+    except (TypeError, ValueError):
+        f = np.nan
+    if not 0.0 <= f < 1.0:
+        raise CorrelationError(
+            f"max_masked_fraction must be in [0, 1), got {max_masked_fraction!r}"
+        )
+    return ref, sec, masks[0], masks[1]

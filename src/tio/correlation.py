@@ -1,0 +1,378 @@
+"""Sub-pixel image correlation: offset fields between two images on the same grid.
+
+Two entry points:
+
+* :func:`correlate_arrays` works on numpy arrays and returns an :class:`OffsetField`
+  in pixels (``dx`` toward increasing column, ``dy`` toward increasing row).
+* :func:`correlate` works on TIO DataArrays (dims ``("y", "x")``, attrs ``crs`` and
+  ``transform``) and returns an :class:`xarray.Dataset` of east-west / north-south
+  displacements in map units, placed at the window centres.
+
+The numerics (FFT-based zero-normalised cross-correlation after Lewis 1995 and
+Padfield 2012 for the integer offset; upsampled-DFT phase correlation after
+Guizar-Sicairos et al. 2008, iterated with a taper that follows the estimated shift,
+for the sub-pixel part) live in :mod:`tio._correlation`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from tio import _correlation as _c
+from tio.errors import CorrelationError
+
+__all__ = ["OffsetField", "correlate", "correlate_arrays"]
+
+
+@dataclass(frozen=True)
+class OffsetField:
+    """Offsets of a secondary image relative to a reference, on a regular grid.
+
+    Attributes
+    ----------
+    dx : ndarray of float32, shape (ny, nx)
+        Offset in pixels; positive when the secondary content is displaced toward
+        increasing column index. NaN where invalid.
+    dy : ndarray of float32, shape (ny, nx)
+        Offset in pixels; positive toward increasing row index (south for north-up
+        images). NaN where invalid.
+    score : ndarray of float32, shape (ny, nx)
+        Quality in [0, 1]: zero-normalised cross-correlation of the reference window
+        and the secondary window re-sampled at the measured offset, clipped at 0.
+        NaN where invalid.
+    row0, col0 : float
+        Pixel-index coordinates of the centre of output cell (0, 0) (pixel centres
+        are at integer indices); ``(window - 1) / 2``.
+    step : int
+        Spacing of the output grid in pixels: cell ``(i, j)`` is centred at
+        ``(row0 + i * step, col0 + j * step)``.
+    """
+
+    dx: np.ndarray
+    dy: np.ndarray
+    score: np.ndarray
+    row0: float
+    col0: float
+    step: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Shape (ny, nx) of the output grid."""
+        return self.dx.shape
+
+    def centres(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel-index (row, col) coordinates of the window centres (1-D each)."""
+        ny, nx = self.dx.shape
+        return (
+            self.row0 + self.step * np.arange(ny, dtype=np.float64),
+            self.col0 + self.step * np.arange(nx, dtype=np.float64),
+        )
+
+
+def correlate_arrays(
+    reference,
+    secondary,
+    *,
+    window: int = 32,
+    step: int = 8,
+    search: int = 8,
+    reference_mask=None,
+    secondary_mask=None,
+    prefilter: str = "none",
+    max_masked_fraction: float = 0.25,
+) -> OffsetField:
+    """Measure the sub-pixel offset field between two images on the same grid.
+
+    Window ``(i, j)`` covers reference rows ``[i*step, i*step + window)`` and columns
+    ``[j*step, j*step + window)``. Its offset is found in two stages:
+
+    1. integer offset: maximum of the zero-normalised cross-correlation (ZNCC) over
+       all offsets in ``[-search, search]`` in each direction, computed with FFTs
+       (Lewis 1995); unusable pixels get zero weight (masked ZNCC, Padfield 2012);
+    2. sub-pixel offset: phase correlation of the Hann-tapered windows with the
+       matrix-multiply upsampled DFT of Guizar-Sicairos et al. (2008, Opt. Lett.
+       33:156). A second estimate is made with the taper (and the weight of unusable
+       pixels) of the secondary moved by the first estimate, so both weighted windows
+       are exact shifted copies; with a cos^2 roll-off of the cross-power spectrum
+       toward Nyquist (aliased frequencies) this removes the bias toward integer
+       values ("pixel locking"): measured bias < 0.003 px at every fractional shift,
+       random error ~0.013 px RMS for 32-px windows of Landsat-8 pan with 2 % noise.
+
+    Parameters
+    ----------
+    reference, secondary : array_like, shape (H, W)
+        Real images on the same grid. Non-finite values are no data.
+    window : int, default 32
+        Side of the square correlation window, in pixels (>= 8).
+    step : int, default 8
+        Spacing of the windows (and of the output grid), in pixels.
+    search : int, default 8
+        Largest offset looked for, in pixels, in each direction. A correlation peak
+        on the border of the search range is rejected (NaN) because the true peak is
+        probably outside it, so offsets are measured up to about ``search - 0.5``
+        px: choose ``search`` at least 1 px larger than the largest expected
+        displacement.
+    reference_mask, secondary_mask : array_like of bool, shape (H, W), optional
+        True where a pixel is unusable (cloud, shadow, nodata).
+    prefilter : {"none", "highpass"}, default "none"
+        ``"highpass"`` subtracts from both images a Gaussian-smoothed copy
+        (sigma = ``window / 4``, ignoring unusable pixels); it helps when the
+        illumination or the radiometry differ at scales larger than the window.
+    max_masked_fraction : float, default 0.25
+        A window is rejected (NaN) if more than this fraction of its reference
+        pixels, or of the secondary window matched at the correlation peak, is
+        unusable (the ZNCC itself uses only the pixels usable in both).
+
+    Returns
+    -------
+    OffsetField
+        ``dx``, ``dy`` (pixels) and ``score`` of shape
+        ``((H - window) // step + 1, (W - window) // step + 1)``, with
+        ``row0 = col0 = (window - 1) / 2``.
+
+    Raises
+    ------
+    CorrelationError
+        If the images are not 2-D, differ in shape, a mask's shape differs, the
+        window is larger than the image, or a parameter is out of range.
+
+    Notes
+    -----
+    Edges: the secondary window is allowed to reach outside the image; the pixels
+    outside count as unusable, so edge windows are measured from what is available
+    as long as at most ``max_masked_fraction`` of the matched secondary window lies
+    outside (or is otherwise unusable). The output is NaN where the reference
+    window has too many unusable pixels, where its texture is flat, where the
+    correlation peak is on the border of the search range or next to an offset
+    that could not be evaluated, where the matched secondary window is too masked,
+    or where the sub-pixel refinement drifts more than 1.5 px from the integer peak.
+    For unrelated images most windows are NaN; the few chance peaks left have low
+    scores (median ~0.3): filter on ``score`` (e.g. > 0.5) downstream.
+
+    The windows are processed in batches whose working memory stays under about
+    130 MB (measured ~70 MB), besides a few float32 copies of the two images.
+    Single-threaded speed: ~5000 windows/s (window 32, search 8). FFTs honour
+    ``scipy.fft.set_workers``.
+    """
+    ref, sec, rmask, smask = _c.check_inputs(
+        reference,
+        secondary,
+        reference_mask,
+        secondary_mask,
+        window,
+        step,
+        search,
+        prefilter,
+        max_masked_fraction,
+    )
+    dy, dx, score = _c.offset_field(
+        ref,
+        sec,
+        rmask,
+        smask,
+        window=int(window),
+        step=int(step),
+        search=int(search),
+        prefilter=prefilter,
+        max_masked_fraction=float(max_masked_fraction),
+    )
+    centre = (int(window) - 1) / 2.0
+    return OffsetField(dx=dx, dy=dy, score=score, row0=centre, col0=centre, step=int(step))
+
+
+# --------------------------------------------------------------------------------------
+# xarray wrapper
+# --------------------------------------------------------------------------------------
+def _as_yx(da: xr.DataArray, name: str) -> xr.DataArray:
+    if not isinstance(da, xr.DataArray):
+        raise CorrelationError(f"{name} must be an xarray.DataArray, got {type(da).__name__}")
+    extra = [d for d in da.dims if d not in ("y", "x")]
+    for d in extra:
+        if da.sizes[d] != 1:
+            raise CorrelationError(
+                f"{name} must have dims ('y', 'x'), got {da.dims} with {d} of size {da.sizes[d]}"
+            )
+    if extra:
+        da = da.squeeze(extra, drop=True)
+    if set(da.dims) != {"y", "x"}:
+        raise CorrelationError(f"{name} must have dims ('y', 'x'), got {da.dims}")
+    return da.transpose("y", "x")
+
+
+def _transform_of(da: xr.DataArray) -> tuple[float, ...]:
+    """Affine (a, b, c, d, e, f) of a DataArray: its attribute, else its coords."""
+    t = da.attrs.get("transform")
+    if t is not None:
+        t = tuple(float(v) for v in list(t)[:6])
+        if len(t) != 6:
+            raise CorrelationError(f"the transform attribute must have 6 numbers, got {t}")
+        return t
+    if "x" in da.coords and "y" in da.coords and da.sizes["x"] > 1 and da.sizes["y"] > 1:
+        x = np.asarray(da["x"], dtype=np.float64)
+        y = np.asarray(da["y"], dtype=np.float64)
+        a, e = x[1] - x[0], y[1] - y[0]
+        return (a, 0.0, x[0] - a / 2, 0.0, e, y[0] - e / 2)
+    return (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def _mask_array(mask, like: xr.DataArray, name: str, pixel: tuple[float, float]):
+    """A mask given as DataArray (checked to be on the grid of ``like``) or array."""
+    if mask is None:
+        return None
+    if isinstance(mask, xr.DataArray):
+        mask = _as_yx(mask, name)
+        if mask.shape != like.shape:
+            raise CorrelationError(
+                f"{name} has shape {mask.shape} but the images have shape {like.shape}"
+            )
+        for dim, size in zip(("y", "x"), pixel, strict=True):
+            if dim in mask.coords and dim in like.coords:
+                if np.any(np.abs(mask[dim].values - like[dim].values) > 1e-3 * size):
+                    raise CorrelationError(
+                        f"{name} is not on the grid of the images ({dim} coordinates differ)"
+                    )
+        mask = mask.values
+    return np.asarray(mask)
+
+
+def _default(name: str):
+    return inspect.signature(correlate_arrays).parameters[name].default
+
+
+def correlate(reference: xr.DataArray, secondary: xr.DataArray, **kwargs) -> xr.Dataset:
+    """Correlate two TIO DataArrays and return displacements in map units.
+
+    Parameters
+    ----------
+    reference, secondary : xarray.DataArray
+        Images with dims ``("y", "x")`` on the same grid (same shape and
+        coordinates), coords ``x``/``y`` at pixel centres, attrs ``crs`` (WKT, or
+        absent/None if not georeferenced) and ``transform`` (a, b, c, d, e, f in
+        rasterio Affine order; derived from the coords if absent). Rotated
+        transforms (b or d non-zero) are not supported.
+    **kwargs
+        Keyword arguments of :func:`correlate_arrays` (``window``, ``step``,
+        ``search``, ``reference_mask``, ``secondary_mask``, ``prefilter``,
+        ``max_masked_fraction``); masks may be DataArrays on the same grid or numpy
+        arrays.
+
+    Returns
+    -------
+    xarray.Dataset
+        float32 variables ``ew`` (positive east), ``ns`` (positive north) and
+        ``score`` on dims ``("y", "x")``, with coords ``x``/``y`` the map
+        coordinates of the window centres. Georeferenced input (``crs`` set):
+        ``ew = dx * a``, ``ns = dy * e`` in metres (units ``"m"``). Otherwise
+        ``ew = dx``, ``ns = -dy`` in pixels (units ``"pixel"``; north is up the
+        image). Attributes: ``crs`` (copied when the input has one), ``transform``
+        of the output grid (pixel size ``step * a`` by ``step * e``, each output
+        pixel centred on its window centre), ``units``, ``window``, ``step``,
+        ``search``, ``prefilter``, ``max_masked_fraction``.
+
+    Raises
+    ------
+    CorrelationError
+        If the inputs are not on the same grid, have a rotated transform, or any
+        condition listed in :func:`correlate_arrays`.
+    """
+    allowed = {
+        "window",
+        "step",
+        "search",
+        "reference_mask",
+        "secondary_mask",
+        "prefilter",
+        "max_masked_fraction",
+    }
+    unknown = set(kwargs) - allowed
+    if unknown:
+        raise CorrelationError(f"unknown argument(s) to correlate: {sorted(unknown)}")
+    ref = _as_yx(reference, "reference")
+    sec = _as_yx(secondary, "secondary")
+    if ref.shape != sec.shape:
+        raise CorrelationError(
+            f"the reference ({ref.shape[0]} x {ref.shape[1]} px) and secondary "
+            f"({sec.shape[0]} x {sec.shape[1]} px) images have different shapes; "
+            "resample them to the same grid first"
+        )
+    t = _transform_of(ref)
+    if t[1] != 0 or t[3] != 0:
+        raise CorrelationError(f"rotated transforms are not supported, got {t}")
+    ts = _transform_of(sec)
+    # same grid: transforms and coordinates equal to a thousandth of a pixel
+    tol = 1e-3 * np.array([abs(t[0]), abs(t[0]), abs(t[0]), abs(t[4]), abs(t[4]), abs(t[4])])
+    if np.any(np.abs(np.subtract(t, ts)) > tol):
+        raise CorrelationError(
+            f"the reference and secondary images are not on the same grid (transforms "
+            f"{t} and {ts}); resample them to a common grid first"
+        )
+    for dim, size in (("x", abs(t[0])), ("y", abs(t[4]))):
+        if dim in ref.coords and dim in sec.coords:
+            if np.any(np.abs(ref[dim].values - sec[dim].values) > 1e-3 * size):
+                raise CorrelationError(
+                    f"the reference and secondary images are not on the same grid ({dim} "
+                    "coordinates differ); resample them to a common grid first"
+                )
+    a, _, c, _, e, f = t
+    kwargs = dict(kwargs)
+    for name in ("reference_mask", "secondary_mask"):
+        kwargs[name] = _mask_array(kwargs.get(name), ref, name, (abs(e), abs(a)))
+    field = correlate_arrays(ref.values, sec.values, **kwargs)
+
+    georef = reference.attrs.get("crs") is not None
+    if georef:
+        ew = field.dx * np.float32(a)
+        ns = field.dy * np.float32(e)
+        units = "m"
+    else:
+        ew = field.dx.copy()
+        ns = -field.dy
+        units = "pixel"
+    rows, cols = field.centres()
+    xs = c + a * (cols + 0.5)
+    ys = f + e * (rows + 0.5)
+    step = field.step
+    out_t = [
+        step * a,
+        0.0,
+        c + a * (field.col0 + 0.5) - step * a / 2,
+        0.0,
+        step * e,
+        f + e * (field.row0 + 0.5) - step * e / 2,
+    ]
+    attrs = {
+        "transform": [float(v) for v in out_t],
+        "units": units,
+        "window": int(kwargs.get("window", _default("window"))),
+        "step": int(step),
+        "search": int(kwargs.get("search", _default("search"))),
+        "prefilter": kwargs.get("prefilter", _default("prefilter")),
+        "max_masked_fraction": float(
+            kwargs.get("max_masked_fraction", _default("max_masked_fraction"))
+        ),
+    }
+    if "crs" in reference.attrs:
+        attrs = {"crs": reference.attrs["crs"], **attrs}
+    desc = {
+        "ew": "east-west displacement of the secondary relative to the reference, east positive",
+        "ns": "north-south displacement of the secondary relative to the reference, north positive",
+        "score": "correlation quality (zero-normalised cross-correlation, clipped to [0, 1])",
+    }
+    ds = xr.Dataset(
+        {
+            "ew": (("y", "x"), ew.astype(np.float32), {"units": units, "long_name": desc["ew"]}),
+            "ns": (("y", "x"), ns.astype(np.float32), {"units": units, "long_name": desc["ns"]}),
+            "score": (
+                ("y", "x"),
+                field.score.astype(np.float32),
+                {"units": "1", "long_name": desc["score"]},
+            ),
+        },
+        coords={"y": ys, "x": xs},
+        attrs=attrs,
+    )
+    return ds
