@@ -37,3 +37,20 @@ def test_low_score_masked_and_ramp_removed():
     assert np.nanmax(np.abs(fixed["ew"].values)) < 1e-4
     assert rec["valid_fraction"] == 25 / 30
     assert "ramp_ew" in rec
+
+
+def test_median_test_rejects_isolated_wrong_matches_only():
+    from tio.corrections import median_test
+
+    y, x = np.mgrid[0:40, 0:40]
+    rng = np.random.default_rng(0)
+    ew = 0.05 * x + rng.normal(0, 0.1, x.shape)  # smooth motion plus noise
+    ns = np.where((x - 20) ** 2 + (y - 20) ** 2 < 64, 12.0, 0.0)  # a moving block with sharp edges
+    wrong = [(5, 5), (30, 8), (12, 33)]
+    for r, c in wrong:
+        ew[r, c] += 40.0
+    bad = median_test(ew, ns, eps=1.0)
+    assert all(bad[r, c] for r, c in wrong)
+    assert bad.sum() <= len(wrong) + 4  # the block and the noise pass
+    ns[20, 20] = -30.0  # a wrong match inside the moving block
+    assert median_test(ew, ns, eps=1.0)[20, 20]

@@ -133,10 +133,11 @@ class CorrelationConfig(_Section):
         "none", description="Filter applied to both images before matching."
     )
     min_score: float = Field(
-        0.2,
+        0.4,
         ge=0.0,
         le=1.0,
-        description="Offsets whose correlation score is below this are discarded.",
+        description="Offsets whose correlation score is below this are discarded "
+        "(unrelated textures reach about 0.3 by chance).",
     )
     max_masked_fraction: float = Field(
         0.25,
@@ -155,6 +156,14 @@ class CorrectionConfig(_Section):
     )
     ramp: bool = Field(
         False, description="Also remove a robustly fitted plane (long-wavelength ramp)."
+    )
+    outlier_test: bool = Field(
+        True,
+        description="Discard offsets that disagree with their 3x3 neighbours (normalised "
+        "median test, Westerweel & Scarano 2005).",
+    )
+    outlier_threshold: float = Field(
+        2.0, gt=0, description="Threshold of the normalised median test (residual / spread)."
     )
 
 

@@ -4,7 +4,11 @@ A correlation map between two optical images carries a misregistration of the
 whole image (several metres for Sentinel-2) and sometimes a long-wavelength
 ramp. :func:`correct_pair`
 
-1. discards offsets whose correlation score is below ``min_score``;
+1. discards offsets whose correlation score is below ``min_score``, and
+   isolated offsets that disagree with their neighbours (the normalised median
+   test of Westerweel & Scarano 2005, Exp. Fluids 39:1096, used in particle-image
+   velocimetry: wrong matches on repetitive or changed texture often score well
+   but stand alone);
 2. subtracts each component's median over the map (the original TIO's only
    correction), assuming most of the area is stable;
 3. optionally removes a plane fitted robustly (iteratively trimmed at 3 MAD).
@@ -15,10 +19,41 @@ pipeline writes to ``pairs/corrections.csv`` so users can inspect it.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import xarray as xr
 
-__all__ = ["correct_pair", "robust_plane"]
+__all__ = ["correct_pair", "median_test", "robust_plane"]
+
+
+def median_test(
+    ew: np.ndarray, ns: np.ndarray, *, eps: float, threshold: float = 2.0
+) -> np.ndarray:
+    """Offsets that fail the normalised median test against their 3 x 3 neighbours.
+
+    For each component, ``r = |u - m| / (rm + eps)`` where ``m`` is the median of
+    the 8 neighbours and ``rm`` the median of their absolute deviations from
+    ``m`` (Westerweel & Scarano 2005). A vector fails when ``r > threshold`` for
+    either component, or when fewer than 3 of its neighbours are valid (an
+    isolated value cannot be checked). ``eps`` (same unit as the offsets) is the
+    noise floor, typically 0.1 pixel. Returns a boolean array, True = reject.
+    """
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    bad = np.zeros(ew.shape, dtype=bool)
+    for v in (ew, ns):
+        pad = np.pad(v.astype("float64"), 1, mode="constant", constant_values=np.nan)
+        win = sliding_window_view(pad, (3, 3)).reshape(*v.shape, 9).copy()
+        win[..., 4] = np.nan  # the centre is not its own neighbour
+        n_valid = np.isfinite(win).sum(axis=-1)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN neighbourhoods
+            med = np.nanmedian(win, axis=-1)
+            spread = np.nanmedian(np.abs(win - med[..., None]), axis=-1)
+            r = np.abs(v - med) / (spread + eps)
+        bad |= (r > threshold) | (n_valid < 3)
+    return bad & np.isfinite(ew) & np.isfinite(ns)
 
 
 def robust_plane(values: np.ndarray, x: np.ndarray, y: np.ndarray, n_iter: int = 4):
@@ -43,7 +78,14 @@ def robust_plane(values: np.ndarray, x: np.ndarray, y: np.ndarray, n_iter: int =
 
 
 def correct_pair(
-    ds: xr.Dataset, *, min_score: float = 0.2, median: bool = True, ramp: bool = False
+    ds: xr.Dataset,
+    *,
+    min_score: float = 0.4,
+    median: bool = True,
+    ramp: bool = False,
+    outlier_test: bool = True,
+    outlier_threshold: float = 2.0,
+    pixel_size: float | None = None,
 ) -> tuple[xr.Dataset, dict]:
     """Mask low scores, remove the median offset and optionally a ramp.
 
@@ -53,6 +95,11 @@ def correct_pair(
         A pair map: ``ew``, ``ns`` (m), ``score`` on (y, x).
     min_score
         Offsets with a lower score (or NaN score) become NaN.
+    outlier_test, outlier_threshold
+        Reject offsets failing :func:`median_test` at this threshold.
+    pixel_size
+        Image pixel size in the offsets' unit, for the test's noise floor
+        (0.1 pixel); default: the grid spacing divided by the ``step`` attribute.
     median, ramp
         Which corrections to apply (each component separately).
 
@@ -64,7 +111,21 @@ def correct_pair(
     """
     out = ds.copy(deep=True)
     bad = ~(ds["score"].values >= min_score)
-    record: dict = {"valid_fraction": float(1 - bad.mean())}
+    n_low = int((bad & np.isfinite(ds["ew"].values)).sum())
+    n_outliers = 0
+    if outlier_test:
+        if pixel_size is None:
+            pixel_size = abs(ds.attrs["transform"][0]) / float(ds.attrs.get("step", 1))
+        ew = np.where(bad, np.nan, ds["ew"].values)
+        ns = np.where(bad, np.nan, ds["ns"].values)
+        rejected = median_test(ew, ns, eps=0.1 * pixel_size, threshold=outlier_threshold)
+        n_outliers = int(rejected.sum())
+        bad |= rejected
+    record: dict = {
+        "valid_fraction": float(1 - bad.mean()),
+        "low_score": n_low,
+        "outliers": n_outliers,
+    }
     x = ds["x"].values.astype(float)
     y = ds["y"].values.astype(float)
     for comp in ("ew", "ns"):
@@ -82,7 +143,6 @@ def correct_pair(
                 record[f"ramp_{comp}"] = coef
         out[comp].values[:] = v.astype("float32")
     out["score"].values[bad] = np.nan
-    out.attrs["corrections"] = (
-        ",".join(k for k, on in (("median", median), ("ramp", ramp)) if on) or "none"
-    )
+    steps = (("outlier_test", outlier_test), ("median", median), ("ramp", ramp))
+    out.attrs["corrections"] = ",".join(k for k, on in steps if on) or "none"
     return out, record

@@ -303,7 +303,15 @@ def _run_stages(
     with _bar(len(todo_fix), "correct", "pair", progress) as bar:
         for p in todo_fix:
             ds = read_pair(raw_dir / f"{p.name}.tif")
-            fixed, rec = correct_pair(ds, min_score=cfg_c.min_score, median=cc.median, ramp=cc.ramp)
+            fixed, rec = correct_pair(
+                ds,
+                min_score=cfg_c.min_score,
+                median=cc.median,
+                ramp=cc.ramp,
+                outlier_test=cc.outlier_test,
+                outlier_threshold=cc.outlier_threshold,
+                pixel_size=abs(stack.attrs["transform"][0]),
+            )
             write_pair(
                 corr_dir / f"{p.name}.tif",
                 fixed,
@@ -375,6 +383,8 @@ def _write_corrections_csv(path: Path, records: list[dict], pairs: list[Pair]) -
         "date1",
         "date2",
         "valid_fraction",
+        "low_score",
+        "outliers",
         "median_ew",
         "median_ns",
         "ramp_ew",

@@ -1,0 +1,106 @@
+"""End to end: `tio run` on a generated scene with a known displacement history."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+
+from tio.config import load_config
+from tio.demo import compare_to_truth
+from tio.pipeline import run
+from tio.synthetic import make_scene
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    sc = make_scene(root / "scenes", shape=(256, 256), n_dates=8, seed=5)
+    return root, sc
+
+
+@pytest.fixture(scope="module")
+def first_run(scene):
+    root, sc = scene
+    cfg = load_config(None, {"input.paths": [str(root / "scenes")], "output.directory": str(root / "out")})
+    return cfg, run(cfg, progress=False)
+
+
+def test_recovers_the_displacement_history(scene, first_run):
+    root, sc = scene
+    cfg, result = first_run
+    with sc.truth() as truth:
+        stats = compare_to_truth(result.timeseries, truth.load(), cfg.correlation.window)
+    # stated tolerance of the end-to-end chain on this scene (README): see demo figures
+    assert stats["rmse_stable"] < 1.0, stats
+    assert stats["rmse_landslide"] < 3.0, stats
+    assert stats["max_truth"] > 20  # the scene really moves
+    assert stats["n_pixels"] > 0.8 * result.timeseries.sizes["x"] * result.timeseries.sizes["y"]
+
+
+def test_products_are_complete_and_described(first_run):
+    cfg, result = first_run
+    out = result.out_dir
+    for name in ["cumulative_ew.tif", "cumulative_ns.tif", "cumulative_magnitude.tif",
+                 "cumulative_ew_sigma.tif", "cumulative_ns_sigma.tif", "velocity.tif",
+                 "rms_date_ew.tif", "rms_date_ns.tif", "n_pairs.tif", "rms_pair.csv",
+                 "timeseries.nc", "quicklook_cumulative.png", "quicklook_velocity.png",
+                 "tio.log", "config.toml", "network.txt", "pairs/corrections.csv"]:
+        assert (out / name).is_file(), name
+    dates = [s.date.isoformat() for s in result.scenes]
+    with rasterio.open(out / "cumulative_ew.tif") as src:
+        assert list(src.descriptions) == dates
+        first = src.read(1)
+        assert np.nanmax(np.abs(first)) == 0  # first date is the reference
+        assert src.crs.to_epsg() == 32632
+        pair_t = rasterio.open(out / "pairs" / "raw" / f"{result.pairs[0].name}.tif").transform
+        assert src.transform == pair_t
+    with rasterio.open(out / "pairs" / "raw" / f"{result.pairs[0].name}.tif") as src:
+        assert src.tags()["TIO_DATE1"] == result.pairs[0].date1.isoformat()
+        assert "positive east" in src.descriptions[0] and "positive north" in src.descriptions[1]
+    ds = xr.open_dataset(out / "timeseries.nc")
+    assert ds.attrs["Conventions"] == "CF-1.8"
+    assert ds["cumulative_ew"].attrs["grid_mapping"] == "spatial_ref"
+    assert ds["cumulative_ew"].attrs["units"] == "m"
+    assert ds.sizes["time"] == len(dates)
+    ds.close()
+    assert "correlate" in (out / "tio.log").read_text()
+
+
+def test_rerun_skips_finished_stages_and_redoes_changed_ones(scene, first_run):
+    root, sc = scene
+    cfg, result = first_run
+    out = result.out_dir
+    raw = sorted((out / "pairs" / "raw").glob("*.tif"))
+    stamps = {p: p.stat().st_mtime_ns for p in raw}
+    again = run(cfg, progress=False)
+    assert set(again.skipped) >= {"stack", "correlate", "correct", "invert"}
+    # delete one pair map: only that one is recomputed
+    victim = raw[3]
+    victim.unlink()
+    cfg2 = load_config(None, {"input.paths": [str(root / "scenes")], "output.directory": str(out),
+                              "inversion.residual_scale": 3.0})
+    third = run(cfg2, progress=False)
+    assert victim.exists()
+    assert "invert" not in third.skipped  # inversion parameter changed
+    for p in raw:
+        if p != victim:
+            assert p.stat().st_mtime_ns == stamps[p], p.name
+    assert third.timeseries.attrs["residual_scale"] == 3.0
+
+
+def test_tio_run_command_line(scene, tmp_path):
+    root, sc = scene
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tio", "run", str(root / "scenes"), "-o", str(tmp_path / "o"),
+         "--pairs-per-date", "2", "--no-quicklooks", "-q"],
+        capture_output=True, text=True, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "o" / "cumulative_ns.tif").is_file()
+    assert not (tmp_path / "o" / "quicklook_velocity.png").exists()
+    assert "max_next = 2" in (tmp_path / "o" / "config.toml").read_text()
