@@ -69,9 +69,19 @@ def test_parse_override_types():
 def test_cli_rejects_bad_value_before_work(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "tio", "run", str(tmp_path), "-o", str(out),
-         "--set", "inversion.residual_scale=-1"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tio",
+            "run",
+            str(tmp_path),
+            "-o",
+            str(out),
+            "--set",
+            "inversion.residual_scale=-1",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -88,6 +98,8 @@ def test_cli_config_prints_defaults():
 
 @pytest.mark.parametrize("cmd", [[], ["run"], ["demo"], ["config"]])
 def test_every_command_has_help_with_examples(cmd):
-    proc = subprocess.run([sys.executable, "-m", "tio", *cmd, "--help"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tio", *cmd, "--help"], capture_output=True, text=True
+    )
     assert proc.returncode == 0
     assert "Examples:" in proc.stdout

@@ -7,8 +7,11 @@ from tio.corrections import correct_pair
 def _pair(ew, ns, score):
     ny, nx = ew.shape
     return xr.Dataset(
-        {"ew": (("y", "x"), ew.astype("float32")), "ns": (("y", "x"), ns.astype("float32")),
-         "score": (("y", "x"), score.astype("float32"))},
+        {
+            "ew": (("y", "x"), ew.astype("float32")),
+            "ns": (("y", "x"), ns.astype("float32")),
+            "score": (("y", "x"), score.astype("float32")),
+        },
         coords={"x": 100.0 * np.arange(nx), "y": -100.0 * np.arange(ny)},
         attrs={"crs": None, "transform": [100, 0, 0, 0, -100, 0], "units": "m"},
     )
@@ -22,7 +25,7 @@ def test_median_offset_removed_moving_area_kept():
     fixed, rec = correct_pair(ds)
     assert abs(rec["median_ew"] - 4.0) < 0.1
     assert abs(rec["median_ns"] + 7.0) < 1e-6
-    assert abs(np.median(fixed["ew"].values[:10]) ) < 0.1
+    assert abs(np.median(fixed["ew"].values[:10])) < 0.1
     assert abs(fixed["ew"].values[10:20, 10:20].mean() - 15) < 0.2
 
 

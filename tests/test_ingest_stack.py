@@ -26,7 +26,12 @@ def test_safe_products_band_and_date(shared_data):
 
 
 def test_safe_zip_is_read_through_vsizip(shared_data, tmp_path):
-    z = shutil.make_archive(str(tmp_path / L1C.split("/")[-1]), "zip", shared_data / "sentinel2_safe", L1C.split("/")[-1])
+    z = shutil.make_archive(
+        str(tmp_path / L1C.split("/")[-1]),
+        "zip",
+        shared_data / "sentinel2_safe",
+        L1C.split("/")[-1],
+    )
     other = tmp_path / "x_20190101.tif"
     _copy_with_date(shared_data / "landsat8_pan_p020r039" / "l8_B8.tif", other)
     scenes = find_scenes([z, other], band="B01")
@@ -90,7 +95,9 @@ def test_aoi_window_on_real_sentinel2_pair(shared_data, tmp_path):
     assert np.isfinite(stack["image"].values).all()
     # the second date is read at the same pixels as a direct windowed read
     with rasterio.open(scenes[1].path) as src:
-        win = rasterio.windows.from_bounds(t[2], t[5] + ny * t[4], t[2] + nx * t[0], t[5], src.transform)
+        win = rasterio.windows.from_bounds(
+            t[2], t[5] + ny * t[4], t[2] + nx * t[0], t[5], src.transform
+        )
         direct = src.read(1, window=win.round_offsets().round_lengths())
     np.testing.assert_array_equal(stack["image"].values[1], direct.astype("float32"))
     path = tmp_path / "stack.nc"
@@ -116,10 +123,24 @@ def test_other_grid_is_resampled(shared_data, tmp_path):
         t = src.transform
         new_t = rasterio.Affine(20, 0, t.c + 7.5, 0, -20, t.f - 7.5)
         out = np.zeros((src.height * 15 // 20, src.width * 15 // 20), "uint16")
-        reproject(data, out, src_transform=t, src_crs=src.crs, dst_transform=new_t,
-                  dst_crs=src.crs, resampling=Resampling.average, src_nodata=0, dst_nodata=0)
-        profile = src.profile | {"driver": "GTiff", "transform": new_t, "width": out.shape[1],
-                                 "height": out.shape[0], "nodata": 0}
+        reproject(
+            data,
+            out,
+            src_transform=t,
+            src_crs=src.crs,
+            dst_transform=new_t,
+            dst_crs=src.crs,
+            resampling=Resampling.average,
+            src_nodata=0,
+            dst_nodata=0,
+        )
+        profile = src.profile | {
+            "driver": "GTiff",
+            "transform": new_t,
+            "width": out.shape[1],
+            "height": out.shape[0],
+            "nodata": 0,
+        }
     second = tmp_path / "l8_20150820.tif"
     with rasterio.open(second, "w", **profile) as dst:
         dst.write(out, 1)

@@ -9,7 +9,10 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_parameter_table_matches_the_configuration():
     text = README.read_text()
-    assert markdown_table() in text, "regenerate the README table: python -c 'from tio.config import markdown_table; print(markdown_table())'"
+    assert markdown_table() in text, (
+        "regenerate the README table with "
+        "python -c 'from tio.config import markdown_table; print(markdown_table())'"
+    )
 
 
 def test_readme_test_command_is_what_ci_runs():

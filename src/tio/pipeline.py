@@ -262,6 +262,7 @@ def _run_stages(
         log.info("correlate: %d of %d pairs already done", len(pairs) - len(todo), len(pairs))
     if not todo:
         skipped.append("correlate")
+    matched = []
     with _bar(len(todo), "correlate", "pair", progress) as bar:
         for p in todo:
             ds = correlate(
@@ -278,7 +279,14 @@ def _run_stages(
                 raw_dir / f"{p.name}.tif", ds, p.date1, p.date2, {"TIO_KEY": raw_keys[p.name]}
             )
             log.debug("correlated %s: %.0f %% of windows matched", p.name, 100 * valid)
+            matched.append(valid)
             bar.update()
+    if todo:
+        log.info(
+            "correlate: %d pairs correlated, %.0f %% of windows matched on average",
+            len(todo),
+            100 * float(np.mean(matched)),
+        )
 
     # 5. correct -------------------------------------------------------------
     corr_dir = out / "pairs" / "corrected"
@@ -328,6 +336,14 @@ def _run_stages(
             records.append(rec)
             state.data.setdefault("corrections", {})[p.name] = rec
             bar.update()
+    if todo_fix:
+        log.info(
+            "correct: %d pairs; %.0f %% of offsets kept (score >= %g%s)",
+            len(todo_fix),
+            100 * float(np.mean([r["valid_fraction"] for r in records])),
+            cfg_c.min_score,
+            ", neighbour median test" if cc.outlier_test else "",
+        )
     if todo_fix:
         state.mark("corrections_done", _hash(sorted(fixed_keys.values())))
         _write_corrections_csv(out / "pairs" / "corrections.csv", records, pairs)

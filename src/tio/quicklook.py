@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from .raster import atomic_path  # noqa: E402
 
@@ -65,12 +66,21 @@ def _panels(ew, ns, x, y, *, background, units, title, path: Path, attribution: 
         )
         fig.colorbar(im, ax=ax, shrink=0.85, label=units)
         ax.set_title(label)
-        ax.set_xlabel("x (m)" if units.startswith("m") else "column")
+        if units.startswith("m"):  # map coordinates: kilometres, a few plain ticks
+            km = FuncFormatter(lambda v, _: f"{v / 1000:.1f}")
+            for axis in (ax.xaxis, ax.yaxis):
+                axis.set_major_locator(MaxNLocator(4))
+                axis.set_major_formatter(km)
+            ax.set_xlabel("easting (km)")
+            ax.set_ylabel("northing (km)")
+        else:
+            ax.set_xlabel("column")
+            ax.set_ylabel("row")
         ax.set_xlim(ext[0], ext[1])
         ax.set_ylim(ext[2], ext[3])
         ax.set_aspect("equal")
-    # arrows on the magnitude panel, about 20 across
-    sub = max(1, int(max(ew.shape) / 20))
+    # arrows on the magnitude panel, about 15 across
+    sub = max(1, int(max(ew.shape) / 15))
     xx, yy = np.meshgrid(x[::sub], y[::sub])
     u, v = ew[::sub, ::sub], ns[::sub, ::sub]
     big = np.isfinite(u) & (np.hypot(u, v) > 0.2 * _symmetric_limit(mag))
@@ -86,7 +96,8 @@ def _panels(ew, ns, x, y, *, background, units, title, path: Path, attribution: 
             angles="xy",
             scale_units="xy",
             scale=scale,
-            width=0.004,
+            width=0.006,
+            headwidth=4,
         )
     fig.suptitle(title)
     if attribution:
