@@ -137,12 +137,6 @@ def run(config: RunConfig, *, progress: bool = True, verbose: bool = False) -> R
     TioError
         Any stage's error (bad input, empty network...), after logging it.
     """
-    from .corrections import correct_pair
-    from .correlation import correlate
-    from .inversion import invert
-    from .products import write_products
-    from .stack import build_stack, load_stack, save_stack
-
     out = Path(config.output.directory)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -160,19 +154,7 @@ def run(config: RunConfig, *, progress: bool = True, verbose: bool = False) -> R
         with atomic_path(out / "config.toml") as tmp:
             tmp.write_text(dump_toml(config))
         state = _State(out)
-        result = _run_stages(
-            config,
-            out,
-            state,
-            progress,
-            build_stack,
-            load_stack,
-            save_stack,
-            correlate,
-            correct_pair,
-            invert,
-            write_products,
-        )
+        result = _run_stages(config, out, state, progress)
         log.info("done in %.1f s; products in %s", time.monotonic() - started, out.resolve())
         return result
     except Exception as exc:
@@ -185,19 +167,14 @@ def run(config: RunConfig, *, progress: bool = True, verbose: bool = False) -> R
             log.removeHandler(console)
 
 
-def _run_stages(
-    config,
-    out,
-    state,
-    progress,
-    build_stack,
-    load_stack,
-    save_stack,
-    correlate,
-    correct_pair,
-    invert,
-    write_products,
-) -> RunResult:
+def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> RunResult:
+    # the numerical stages are imported here so that `tio --help` stays instant
+    from .corrections import correct_pair
+    from .correlation import correlate
+    from .inversion import invert
+    from .products import write_products
+    from .stack import build_stack, load_stack, save_stack
+
     cfg_in, cfg_c = config.input, config.correlation
     skipped: list[str] = []
 

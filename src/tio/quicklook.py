@@ -108,6 +108,12 @@ def _panels(ew, ns, x, y, *, background, units, title, path: Path, attribution: 
     return path
 
 
+def _period(ts: xr.Dataset) -> tuple[str, str]:
+    """First and last date as ISO strings."""
+    t = ts["time"].values
+    return str(np.datetime_as_string(t[0], unit="D")), str(np.datetime_as_string(t[-1], unit="D"))
+
+
 def _background(stack: xr.Dataset | None):
     if stack is None:
         return None
@@ -123,8 +129,7 @@ def quicklook_displacement(
     attribution: str | None = None,
 ) -> Path:
     """PNG of the cumulative displacement between the first and the last date."""
-    t = ts["time"].values
-    d0, d1 = (str(np.datetime_as_string(v, unit="D")) for v in (t[0], t[-1]))
+    d0, d1 = _period(ts)
     units = ts.attrs.get("units", "m")
     return _panels(
         ts["cumulative_ew"].values[-1],
@@ -147,8 +152,7 @@ def quicklook_velocity(
     attribution: str | None = None,
 ) -> Path:
     """PNG of the mean velocity over the period."""
-    t = ts["time"].values
-    d0, d1 = (str(np.datetime_as_string(v, unit="D")) for v in (t[0], t[-1]))
+    d0, d1 = _period(ts)
     units = ts.attrs.get("units", "m") + "/year"
     return _panels(
         ts["velocity_ew"].values,
