@@ -82,7 +82,16 @@ def test_products_are_complete_and_described(first_run):
     assert ds["cumulative_ew"].attrs["grid_mapping"] == "spatial_ref"
     assert ds["cumulative_ew"].attrs["units"] == "m"
     assert ds.sizes["time"] == len(dates)
+    assert ds["spatial_ref"].attrs["grid_mapping_name"] == "transverse_mercator"
     ds.close()
+    # GDAL places the NetCDF cube exactly where the GeoTIFFs are
+    with (
+        rasterio.open(f"NETCDF:{out / 'timeseries.nc'}:cumulative_ew") as nc,
+        rasterio.open(out / "cumulative_ew.tif") as tif,
+    ):
+        assert nc.crs == tif.crs
+        assert nc.transform.almost_equals(tif.transform)
+        assert nc.count == len(dates)
     assert "correlate" in (out / "tio.log").read_text()
 
 

@@ -189,26 +189,12 @@ def write_netcdf(ts: xr.Dataset, path: str | Path) -> Path:
         attrs[f"tio_{key}"] = value if isinstance(value, int | float | str) else str(value)
     ds.attrs = attrs
     if crs:
-        from rasterio.crs import CRS
+        from affine import Affine
+        from pyproj import CRS
 
-        c = CRS.from_wkt(crs)
-        gm = {
-            "crs_wkt": crs,
-            "spatial_ref": crs,
-            "GeoTransform": " ".join(
-                str(v)
-                for v in (
-                    ts.attrs["transform"][2],
-                    ts.attrs["transform"][0],
-                    ts.attrs["transform"][1],
-                    ts.attrs["transform"][5],
-                    ts.attrs["transform"][3],
-                    ts.attrs["transform"][4],
-                )
-            ),
-        }
-        if c.is_projected:
-            gm["grid_mapping_name"] = "transverse_mercator" if "UTM" in c.to_wkt() else "unknown"
+        gm = CRS.from_wkt(crs).to_cf()  # grid_mapping_name and its parameters, crs_wkt
+        gm["spatial_ref"] = crs  # GDAL reads this one
+        gm["GeoTransform"] = " ".join(str(v) for v in Affine(*ts.attrs["transform"][:6]).to_gdal())
         ds["spatial_ref"] = xr.DataArray(np.int32(0), attrs=gm)
         ds["x"].attrs.update(
             standard_name="projection_x_coordinate",

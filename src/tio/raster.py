@@ -44,16 +44,6 @@ _DATE_PAIR_RE = re.compile(
 )
 
 
-def _parse_date(text: str) -> dt.date | None:
-    m = _DATE_RE.search(text)
-    if not m:
-        return None
-    try:
-        return dt.date(int(m[1]), int(m[2]), int(m[3]))
-    except ValueError:
-        return None
-
-
 def date_from_name(name: str) -> dt.date | None:
     """First valid ``YYYYMMDD`` or ``YYYY-MM-DD`` date in a file name, or None."""
     for m in _DATE_RE.finditer(name):
@@ -69,7 +59,7 @@ def dates_from_name(name: str) -> tuple[dt.date, dt.date] | None:
     m = _DATE_PAIR_RE.search(name)
     if not m:
         return None
-    d1, d2 = _parse_date(m[1]), _parse_date(m[2])
+    d1, d2 = date_from_name(m[1]), date_from_name(m[2])
     return (d1, d2) if d1 and d2 else None
 
 
