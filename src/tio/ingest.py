@@ -14,20 +14,21 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import warnings
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import rasterio
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from .errors import InputError
 from .raster import date_from_name
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_SUFFIXES", "Scene", "find_scenes"]
+__all__ = ["IMAGE_SUFFIXES", "Scene", "find_scenes", "open_scene"]
 
 IMAGE_SUFFIXES = {".tif", ".tiff", ".jp2", ".vrt", ".img", ".jpg", ".jpeg", ".png"}
 
@@ -41,7 +42,7 @@ class Scene:
     path
         What GDAL opens: a file path, or a ``/vsizip/`` path inside a SAFE archive.
     date
-        Acquisition date.
+        Acquisition date (None only from :func:`open_scene` when unknown).
     source
         What the user gave (the image, or the SAFE product).
     nodata
@@ -50,7 +51,7 @@ class Scene:
     """
 
     path: str
-    date: dt.date
+    date: dt.date | None
     source: str
     nodata: float | None = None
 
@@ -94,8 +95,10 @@ def _safe_band(path: Path, band: str) -> str:
 
 def _date_of_raster(path: str, shown: str) -> dt.date | None:
     try:
-        with rasterio.open(path) as src:
-            tags = src.tags()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                tags = src.tags()
     except RasterioError as exc:
         raise InputError(f"cannot open {shown}: {exc}") from None
     if tags.get("TIO_DATE"):
@@ -113,6 +116,26 @@ def _date_of_raster(path: str, shown: str) -> dt.date | None:
     if m:
         return dt.date(int(m[1]), int(m[2]), int(m[3]))
     return None
+
+
+def open_scene(path: str | Path, *, band: str = "B04") -> Scene:
+    """One image or SAFE product as a :class:`Scene`; its date is None when unknown.
+
+    Raises
+    ------
+    InputError
+        The path does not exist, cannot be opened, or a SAFE product lacks the band.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"input not found: {p}")
+    if _is_safe(p):
+        return Scene(
+            path=_safe_band(p, band), date=date_from_name(p.name), source=str(p), nodata=0.0
+        )
+    if p.is_dir():
+        raise InputError(f"{p} is a folder, not an image or a SAFE product")
+    return Scene(path=str(p), date=_date_of_raster(str(p), str(p)), source=str(p))
 
 
 def _expand(paths: Iterable[str | Path]) -> list[Path]:
@@ -160,14 +183,8 @@ def find_scenes(
     """
     scenes: dict[dt.date, Scene] = {}
     for p in _expand(paths):
-        if _is_safe(p):
-            target = _safe_band(p, band)
-            date = date_from_name(p.name)
-            nodata = 0.0
-        else:
-            target = str(p)
-            date = _date_of_raster(target, str(p))
-            nodata = None
+        scene = open_scene(p, band=band)
+        date = scene.date
         if date is None:
             raise InputError(
                 f"{p}: no acquisition date: add a TIO_DATE tag or put YYYYMMDD in the file name"
@@ -183,7 +200,7 @@ def find_scenes(
                 scenes[date].source,
             )
             continue
-        scenes[date] = Scene(path=target, date=date, source=str(p), nodata=nodata)
+        scenes[date] = scene
     result = [scenes[d] for d in sorted(scenes)]
     if len(result) < 2:
         raise InputError(

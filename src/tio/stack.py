@@ -39,7 +39,16 @@ from .raster import coords_from_transform
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Grid", "build_stack", "grid_for", "load_stack", "save_stack"]
+__all__ = [
+    "Grid",
+    "build_stack",
+    "grid_for",
+    "is_on_grid",
+    "load_stack",
+    "read_on_grid",
+    "save_stack",
+    "scene_bounds",
+]
 
 
 class Grid:
@@ -119,29 +128,55 @@ def _to_grey(data: np.ndarray, src) -> np.ndarray:
     return data[0]
 
 
-def _read_on_grid(scene: Scene, grid: Grid, resampling: Resampling) -> np.ndarray:
+def _window_on(src, grid: Grid) -> Window | None:
+    """The window of ``src`` that is exactly ``grid`` (same CRS, pixel size and lattice)."""
+    if (src.crs.to_wkt() if src.crs else None) != grid.crs:
+        return None
+    if not np.allclose(tuple(src.transform)[:6:4], tuple(grid.transform)[:6:4]):
+        return None
+    col_off = (grid.transform.c - src.transform.c) / src.transform.a
+    row_off = (grid.transform.f - src.transform.f) / src.transform.e
+    if abs(col_off - round(col_off)) > 1e-3 or abs(row_off - round(row_off)) > 1e-3:
+        return None
+    return Window(round(col_off), round(row_off), grid.shape[1], grid.shape[0])
+
+
+def is_on_grid(scene: Scene, grid: Grid) -> bool:
+    """True when ``scene`` can be read on ``grid`` without resampling."""
+    with _open(scene) as src:
+        return _window_on(src, grid) is not None
+
+
+def scene_bounds(scene: Scene, crs: str | None) -> tuple[float, float, float, float]:
+    """Bounds of ``scene`` (left, bottom, right, top) in ``crs`` (its own if None)."""
+    with _open(scene) as src:
+        left, bottom, right, top = src.bounds
+        box = (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
+        if crs is None or src.crs is None:
+            return box
+        return transform_bounds(src.crs, crs, *box, densify_pts=21)
+
+
+def read_on_grid(scene: Scene, grid: Grid, resampling: Resampling) -> np.ndarray:
+    """``scene`` as a float32 array on ``grid`` (NaN = no data), resampled if needed.
+
+    A scene already on the grid's pixel lattice is read through a window (blocks
+    outside the file are NaN); any other is warped through a GDAL WarpedVRT with
+    ``resampling``. Colour images become grey (mean of R, G, B).
+    """
     with _open(scene) as src:
         nodata = src.nodata if src.nodata is not None else scene.nodata
         if nodata is None and src.dtypes[0] == "uint16":
             nodata = 0.0  # fill value of Sentinel-2 and Landsat digital numbers
-        same_grid = (src.crs.to_wkt() if src.crs else None) == grid.crs and np.allclose(
-            tuple(src.transform)[:6:4], tuple(grid.transform)[:6:4]
-        )
-        if same_grid:
-            col_off = (grid.transform.c - src.transform.c) / src.transform.a
-            row_off = (grid.transform.f - src.transform.f) / src.transform.e
-            aligned = abs(col_off - round(col_off)) < 1e-3 and abs(row_off - round(row_off)) < 1e-3
-        else:
-            aligned = False
+        win = _window_on(src, grid)
         bands = [1, 2, 3] if src.count >= 3 else [1]
-        if aligned:
-            win = Window(round(col_off), round(row_off), grid.shape[1], grid.shape[0])
+        if win is not None:
             data = src.read(bands, window=win, boundless=True, masked=True, fill_value=0)
             data = data.astype("float32").filled(np.nan)
         else:
             if src.crs is None or grid.crs is None:
                 raise InputError(
-                    f"{scene.source} is not on the grid of the first image and one of them "
+                    f"{scene.source} is not on the common grid and one of them "
                     "has no georeferencing: cannot resample"
                 )
             with WarpedVRT(
@@ -156,9 +191,7 @@ def _read_on_grid(scene: Scene, grid: Grid, resampling: Resampling) -> np.ndarra
                 add_alpha=nodata is None,
             ) as vrt:
                 data = vrt.read(bands, masked=True).astype("float32").filled(np.nan)
-            log.info(
-                "%s resampled onto the grid of the first image (%s)", scene.source, resampling.name
-            )
+            log.info("%s resampled onto the common grid (%s)", scene.source, resampling.name)
         if nodata is not None:
             data[data == nodata] = np.nan
         return _to_grey(data, src)
@@ -198,7 +231,7 @@ def build_stack(
     cube = np.empty((len(scenes), *grid.shape), dtype="float32")
     for i, scene in enumerate(scenes):
         try:
-            cube[i] = _read_on_grid(scene, grid, rs)
+            cube[i] = read_on_grid(scene, grid, rs)
         except RasterioError as exc:
             raise InputError(f"cannot read {scene.source}: {exc}") from None
         if not np.isfinite(cube[i]).any():

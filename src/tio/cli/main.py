@@ -7,6 +7,7 @@ import click
 from tio import __version__
 
 from .config import config_cmd
+from .correlate import correlate_cmd
 from .demo import demo_cmd
 from .run import run_cmd
 
@@ -16,6 +17,7 @@ Examples:
   tio run scenes/ -o out/           process a folder of dated GeoTIFFs / SAFE products
   tio run S2*.SAFE --aoi 6.80,45.90,6.90,45.95 --band B04 -o out/
   tio config > tio.toml             write the defaults, edit, then: tio run --config tio.toml
+  tio correlate a.tif b.tif -o pair.tif   offsets between two images (EW, NS, score)
 """
 
 
@@ -32,4 +34,5 @@ def cli():
 
 cli.add_command(run_cmd)
 cli.add_command(demo_cmd)
+cli.add_command(correlate_cmd)
 cli.add_command(config_cmd)
