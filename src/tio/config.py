@@ -72,16 +72,27 @@ class InputConfig(_Section):
         "(B02, B03, B04, B08 are 10 m).",
         pattern=r"^B(0[1-9]|1[0-2]|8A)$",
     )
-    aoi: tuple[float, float, float, float] | None = Field(
+    aoi: tuple[float, float, float, float] | str | None = Field(
         None,
-        description="Area of interest as a lon/lat box: west, south, east, north (degrees, "
-        "WGS84). Only this window is read. Unset: the whole extent of the first image.",
+        description="Area of interest: a lon/lat box [west, south, east, north] (degrees, "
+        "WGS84), a GeoJSON file or a WKT geometry; only its bounding window is read. Unset: "
+        "the whole extent of the first image.",
+    )
+    crs: str | None = Field(
+        None,
+        description="CRS of the output grid, e.g. EPSG:32632. Unset: the first image's CRS, "
+        "or with an area of interest the UTM zone of its centre.",
+    )
+    resolution: float | None = Field(
+        None,
+        gt=0,
+        description="Pixel size of the output grid in CRS units. Unset: the first image's.",
     )
     start: dt.date | None = Field(None, description="First acquisition date kept (ISO 8601).")
     end: dt.date | None = Field(None, description="Last acquisition date kept (ISO 8601).")
     resampling: Literal["cubic", "cubic_spline", "lanczos", "bilinear"] = Field(
         "cubic",
-        description="Resampler used when an image is not on the grid of the first one.",
+        description="Resampler used when an image is not on the output grid.",
     )
 
     @field_validator("aoi")
@@ -89,9 +100,28 @@ class InputConfig(_Section):
     def _check_aoi(cls, v):
         if v is None:
             return v
-        w, s, e, n = v
-        if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
-            raise ValueError("must be west < east in [-180, 180] and south < north in [-90, 90]")
+        from .aoi import parse_aoi
+
+        try:
+            parse_aoi(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("crs")
+    @classmethod
+    def _check_crs(cls, v):
+        if v is None:
+            return v
+        from rasterio.crs import CRS
+        from rasterio.errors import CRSError
+
+        try:
+            crs = CRS.from_user_input(v)
+        except CRSError:
+            raise ValueError("not a CRS GDAL knows (give e.g. EPSG:32632)") from None
+        if not crs.is_projected:
+            raise ValueError("must be a projected CRS in metres (e.g. a UTM zone)")
         return v
 
     @model_validator(mode="after")

@@ -80,7 +80,7 @@ def correlate_files(
     reference_mask: str | Path | None = None,
     secondary_mask: str | Path | None = None,
     dates: tuple[dt.date, dt.date] | None = None,
-    aoi: Sequence[float] | None = None,
+    aoi=None,
     resampling: str = "cubic",
     **engine_options,
 ) -> PairResult:
@@ -100,7 +100,8 @@ def correlate_files(
     dates
         ``(date1, date2)``; default: from the files' metadata or names.
     aoi
-        Optional lon/lat box (west, south, east, north) to cut the reference grid.
+        Optional area of interest (lon/lat box, GeoJSON file or WKT, see
+        :func:`tio.aoi.parse_aoi`) to cut the reference grid.
     resampling
         Resampler for a secondary on another grid.
 

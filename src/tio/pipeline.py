@@ -198,7 +198,12 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
     else:
         with _bar(len(scenes), "read", "scene", progress) as bar:
             stack = build_stack(
-                scenes, aoi=cfg_in.aoi, resampling=cfg_in.resampling, progress=bar.update
+                scenes,
+                aoi=cfg_in.aoi,
+                resampling=cfg_in.resampling,
+                crs=cfg_in.crs,
+                resolution=cfg_in.resolution,
+                progress=bar.update,
             )
         save_stack(stack, stack_path)
         state.mark("stack", stack_key)

@@ -27,6 +27,7 @@ import numpy as np
 import rasterio
 import xarray as xr
 from affine import Affine
+from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
@@ -83,38 +84,93 @@ def _open(scene: Scene):
         raise InputError(f"cannot open {scene.source}: {exc}") from None
 
 
-def grid_for(scene: Scene, aoi: Sequence[float] | None = None) -> Grid:
-    """The output grid: ``scene``'s pixel grid, cut to the lon/lat ``aoi`` if given."""
+def grid_for(
+    scene: Scene,
+    aoi=None,
+    *,
+    crs: str | None = None,
+    resolution: float | None = None,
+) -> Grid:
+    """The output grid for ``scene`` and an optional area of interest.
+
+    * No AOI, no CRS/resolution: ``scene``'s own pixel grid.
+    * An AOI (anything :func:`tio.aoi.parse_aoi` takes): its bounds in the target CRS
+      (``crs``, else the UTM zone of the AOI's centre), snapped outward to whole
+      pixels. When the target CRS and pixel size are ``scene``'s, the grid keeps
+      ``scene``'s pixel lattice and is cut to its footprint, so nothing is resampled.
+      Otherwise pixels of ``resolution`` (default: ``scene``'s) are aligned on
+      multiples of the pixel size, like Sentinel-2 and Landsat tiles.
+
+    Raises
+    ------
+    NoOverlapError
+        The AOI is outside ``scene``.
+    InputError
+        An AOI or CRS is asked for an image without georeferencing, or the pixel
+        size cannot be derived (geographic image and no ``resolution``).
+    """
+    from .aoi import parse_aoi, utm_crs
+
     with _open(scene) as src:
-        crs = src.crs.to_wkt() if src.crs else None
-        if aoi is None:
-            return Grid(crs, src.transform, (src.height, src.width))
+        own_crs = src.crs.to_wkt() if src.crs else None
+        if aoi is None and crs is None and resolution is None:
+            return Grid(own_crs, src.transform, (src.height, src.width))
         if not src.crs:
             raise InputError(
-                f"{scene.source} has no georeferencing, so a lon/lat area of interest "
+                f"{scene.source} has no georeferencing, so an area of interest or a CRS "
                 "cannot be placed on it"
             )
-        left, bottom, right, top = transform_bounds("EPSG:4326", src.crs, *aoi, densify_pts=21)
-        b = src.bounds
-        if right <= b.left or left >= b.right or top <= b.bottom or bottom >= b.top:
-            raise NoOverlapError(
-                f"the area of interest {tuple(aoi)} (lon/lat) is outside {scene.source}: "
-                f"AOI in the image CRS is x {left:.0f}..{right:.0f}, y {bottom:.0f}..{top:.0f}; "
-                f"image covers x {b.left:.0f}..{b.right:.0f}, y {b.bottom:.0f}..{b.top:.0f}"
+        area = parse_aoi(aoi) if aoi is not None else None
+        if crs is not None:
+            target = CRS.from_user_input(crs)
+        elif area is not None:
+            target = CRS.from_user_input(utm_crs(*area.centre))
+        else:
+            target = src.crs
+        if resolution is None:
+            if not src.crs.is_projected and not target == src.crs:
+                raise InputError(
+                    f"{scene.source} is in degrees: give input.resolution for a grid in {target}"
+                )
+            resolution = abs(src.transform.a)
+        img_bounds = transform_bounds(src.crs, target, *src.bounds, densify_pts=21)
+        if area is not None:
+            box = transform_bounds("EPSG:4326", target, *area.bounds, densify_pts=21)
+            if not (
+                box[0] < img_bounds[2]
+                and img_bounds[0] < box[2]
+                and box[1] < img_bounds[3]
+                and img_bounds[1] < box[3]
+            ):
+                raise NoOverlapError(
+                    f"the area of interest {area.bounds} (lon/lat) is outside {scene.source}: "
+                    f"AOI x {box[0]:.0f}..{box[2]:.0f}, y {box[1]:.0f}..{box[3]:.0f}; image "
+                    f"x {img_bounds[0]:.0f}..{img_bounds[2]:.0f}, "
+                    f"y {img_bounds[1]:.0f}..{img_bounds[3]:.0f} (in {target.to_string()})"
+                )
+        else:
+            box = img_bounds
+        same_lattice = target == src.crs and np.isclose(resolution, abs(src.transform.a))
+        if same_lattice and abs(abs(src.transform.e) - abs(src.transform.a)) < 1e-9 * resolution:
+            b = src.bounds
+            win = from_bounds(
+                max(box[0], b.left),
+                max(box[1], b.bottom),
+                min(box[2], b.right),
+                min(box[3], b.top),
+                src.transform,
             )
-        win = from_bounds(
-            max(left, b.left),
-            max(bottom, b.bottom),
-            min(right, b.right),
-            min(top, b.top),
-            src.transform,
-        )
-        c0, r0 = np.floor(win.col_off + 1e-6), np.floor(win.row_off + 1e-6)
-        c1 = np.ceil(win.col_off + win.width - 1e-6)
-        r1 = np.ceil(win.row_off + win.height - 1e-6)
-        win = Window(int(c0), int(r0), int(c1 - c0), int(r1 - r0))
-        win = win.intersection(Window(0, 0, src.width, src.height))
-        return Grid(crs, src.window_transform(win), (int(win.height), int(win.width)))
+            c0, r0 = np.floor(win.col_off + 1e-6), np.floor(win.row_off + 1e-6)
+            c1 = np.ceil(win.col_off + win.width - 1e-6)
+            r1 = np.ceil(win.row_off + win.height - 1e-6)
+            win = Window(int(c0), int(r0), int(c1 - c0), int(r1 - r0))
+            win = win.intersection(Window(0, 0, src.width, src.height))
+            return Grid(own_crs, src.window_transform(win), (int(win.height), int(win.width)))
+        r = float(resolution)
+        left, bottom = np.floor(box[0] / r) * r, np.floor(box[1] / r) * r
+        right, top = np.ceil(box[2] / r) * r, np.ceil(box[3] / r) * r
+        shape = (int(round((top - bottom) / r)), int(round((right - left) / r)))
+        return Grid(target.to_wkt(), Affine(r, 0, left, 0, -r, top), shape)
 
 
 def _to_grey(data: np.ndarray, src) -> np.ndarray:
@@ -200,8 +256,10 @@ def read_on_grid(scene: Scene, grid: Grid, resampling: Resampling) -> np.ndarray
 def build_stack(
     scenes: Sequence[Scene],
     *,
-    aoi: Sequence[float] | None = None,
+    aoi=None,
     resampling: str = "cubic",
+    crs: str | None = None,
+    resolution: float | None = None,
     progress=None,
 ) -> xr.Dataset:
     """Read ``scenes`` onto one grid (the first scene's, cut to ``aoi``).
@@ -210,8 +268,9 @@ def build_stack(
     ----------
     scenes
         From :func:`tio.ingest.find_scenes`, sorted by date.
-    aoi
-        Lon/lat box (west, south, east, north) or None for the whole first image.
+    aoi, crs, resolution
+        Area of interest (lon/lat box, GeoJSON file, WKT) and output grid: see
+        :func:`grid_for`. None: the whole first image on its own grid.
     resampling
         Name of a rasterio resampler used for scenes on another grid.
     progress
@@ -226,7 +285,10 @@ def build_stack(
     """
     if not scenes:
         raise InputError("no scene to read")
-    grid = grid_for(scenes[0], aoi)
+    undated = [s.source for s in scenes if s.date is None]
+    if undated:
+        raise InputError(f"{undated[0]}: no acquisition date (needed to build a time series)")
+    grid = grid_for(scenes[0], aoi, crs=crs, resolution=resolution)
     rs = Resampling[resampling]
     cube = np.empty((len(scenes), *grid.shape), dtype="float32")
     for i, scene in enumerate(scenes):

@@ -31,22 +31,18 @@ def handle_errors(func):
     return wrapper
 
 
-def parse_bbox(text: str | None) -> list[float] | None:
-    """``W,S,E,N`` in degrees to a list of 4 floats (validated by the config model)."""
+def parse_bbox(text: str | None) -> list[float] | str | None:
+    """``W,S,E,N`` in degrees to 4 floats; a GeoJSON path or WKT string is kept as given.
+
+    The value is validated by the configuration model (:func:`tio.aoi.parse_aoi`).
+    """
     if text is None:
         return None
-    from tio.errors import ConfigError
-
     try:
         values = [float(v) for v in text.replace(" ", ",").split(",") if v]
     except ValueError:
-        values = []
-    if len(values) != 4:
-        raise ConfigError(
-            f"invalid value for input.aoi: {text!r}: "
-            "give 4 numbers WEST,SOUTH,EAST,NORTH in degrees"
-        )
-    return values
+        return text
+    return values if len(values) == 4 else text
 
 
 def collect_overrides(sets: tuple[str, ...], flags: dict[str, Any]) -> dict[str, Any]:

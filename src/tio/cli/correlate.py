@@ -81,7 +81,10 @@ def _dates(text):
     "--reference-mask", "ref_mask", type=click.Path(), help="Mask raster of the reference."
 )
 @click.option("--dates", help="DATE1,DATE2 (ISO) when the files do not say.")
-@click.option("--aoi", help="Only this lon/lat box WEST,SOUTH,EAST,NORTH of the reference.")
+@click.option(
+    "--aoi",
+    help="Only this area of the reference: WEST,SOUTH,EAST,NORTH (degrees), a GeoJSON file or WKT.",
+)
 @click.option(
     "--resampling",
     default="cubic",

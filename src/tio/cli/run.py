@@ -36,7 +36,9 @@ Running it again with the same output folder skips finished stages.
     metavar="SECTION.NAME=VALUE",
     help="Override any parameter; repeatable.",
 )
-@click.option("--aoi", help="Area of interest WEST,SOUTH,EAST,NORTH in degrees.")
+@click.option(
+    "--aoi", help="Area of interest: WEST,SOUTH,EAST,NORTH in degrees, a GeoJSON file or WKT."
+)
 @click.option("--start", help="First date kept (YYYY-MM-DD).")
 @click.option("--end", help="Last date kept (YYYY-MM-DD).")
 @click.option("--band", help="Band of SAFE products [default: B04].")
