@@ -12,6 +12,7 @@ from tio.errors import InputError, NoOverlapError
 from tio.ingest import find_scenes
 from tio.stack import build_stack, load_stack, save_stack
 
+S2PAIR = "sentinel2_l1c_pair_T33UUU"
 L2A = "sentinel2_safe/S2A_MSIL2A_20221005T115411_N0400_R023_T29UNU_20221005T164454.SAFE"
 L1C = "sentinel2_safe/S2A_MSIL1C_20180101T105441_N0206_R051_T31TDH_20180101T124911.SAFE"
 
@@ -150,3 +151,60 @@ def test_other_grid_is_resampled(shared_data, tmp_path):
     ok = np.isfinite(a) & np.isfinite(b)
     assert ok.mean() > 0.95
     assert np.corrcoef(a[ok], b[ok])[0, 1] > 0.9
+
+
+def test_landsat_dates_from_mtl_and_scene_id(shared_data):
+    from tio.ingest import open_scene
+
+    assert open_scene(shared_data / "landsat8_pan_p020r039" / "l8_B8.tif").date == dt.date(
+        2015, 8, 4
+    )
+    khumbu = shared_data / "landsat7_khumbu" / "LE71400412000304SGS00_B4_crop.TIF"
+    assert open_scene(khumbu).date == dt.date(2000, 10, 30)  # year 2000, day 304
+
+
+def test_bad_scenes_are_skipped_while_enough_remain(tmp_path, shared_data, caplog):
+    good = [_dated(tmp_path, shared_data, d) for d in ("20200101", "20200111")]
+    corrupt = tmp_path / "scene_20200121.tif"
+    corrupt.write_bytes(b"II*\x00" + b"\x00" * 100)
+    with caplog.at_level("WARNING"):
+        scenes = find_scenes([tmp_path])
+    assert [s.source for s in scenes] == [str(p) for p in good]
+    assert "scene_20200121.tif" in caplog.text
+    # a truncated JPEG 2000 opens but cannot be read: dropped from the stack, the rest goes on
+    src = shared_data / S2PAIR / "tgt_S2A_20160529T153631_T33UUU_sub.jp2"
+    truncated = tmp_path / "trunc" / "tgt_S2A_20160529T153631_T33UUU_sub.jp2"
+    truncated.parent.mkdir()
+    truncated.write_bytes(src.read_bytes()[: src.stat().st_size // 3])
+    ref = shared_data / S2PAIR / "ref_S2A_20160608T153121_T33UUU_sub.jp2"
+    third = tmp_path / "trunc" / "ref_copy_20160618.jp2"
+    third.write_bytes(ref.read_bytes())
+    aoi = transform_bounds("EPSG:32633", "EPSG:4326", 340000, 5845000, 341000, 5846000)
+    scenes = find_scenes([truncated, ref, third])
+    with caplog.at_level("WARNING"):
+        stack = build_stack(scenes, aoi=aoi)
+    assert stack.sizes["time"] == 2
+    assert "tgt_S2A_20160529T153631_T33UUU_sub.jp2" in stack.attrs["dropped"]
+
+
+def test_cloudy_date_dropped_by_max_cloud(tmp_path, shared_data):
+    paths = [_dated(tmp_path, shared_data, d) for d in ("20200101", "20200111", "20200121")]
+    with rasterio.open(paths[1], "r+") as dst:
+        data = dst.read(1)
+        data[: int(data.shape[0] * 0.7)] = 0  # 70 % empty (0 = nodata for 16-bit imagery)
+        dst.write(data, 1)
+    scenes = find_scenes(paths)
+    assert build_stack(scenes, max_cloud=0.5).sizes["time"] == 2
+    assert "max_cloud" in build_stack(scenes, max_cloud=0.5).attrs["dropped"]
+    assert build_stack(scenes, max_cloud=0.9).sizes["time"] == 3
+    with pytest.raises(InputError, match="at least 2 usable dates"):
+        build_stack(scenes[:2], max_cloud=0.5)
+
+
+def test_images_without_georeferencing_need_pixel_units(shared_data):
+    folder = shared_data / "perito_moreno_glacier"
+    scenes = find_scenes([folder / "20200207.jpg", folder / "20200210.jpg"])
+    with pytest.raises(InputError, match="--pixel-units"):
+        build_stack(scenes, pixel_units=False)
+    stack = build_stack(scenes, pixel_units=True)
+    assert stack.attrs["crs"] is None and stack["image"].shape == (2, 1231, 1731)

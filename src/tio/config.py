@@ -88,6 +88,18 @@ class InputConfig(_Section):
         gt=0,
         description="Pixel size of the output grid in CRS units. Unset: the first image's.",
     )
+    max_cloud: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="A date whose share of cloudy or empty pixels over the area is above this "
+        "is dropped (its other cloudy pixels are masked).",
+    )
+    pixel_units: bool = Field(
+        False,
+        description="Accept images without georeferencing (e.g. a JPEG series); results in "
+        "pixels, east = right, north = up.",
+    )
     start: dt.date | None = Field(None, description="First acquisition date kept (ISO 8601).")
     end: dt.date | None = Field(None, description="Last acquisition date kept (ISO 8601).")
     resampling: Literal["cubic", "cubic_spline", "lanczos", "bilinear"] = Field(

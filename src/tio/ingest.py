@@ -5,8 +5,9 @@
 date. It opens nothing but metadata; pixels are read by :mod:`tio.stack`.
 
 Dates come, in order of preference, from a ``TIO_DATE`` tag, from a
-``YYYYMMDD`` / ``YYYY-MM-DD`` date in the file (or SAFE product) name, or from the
-TIFF ``DATETIME`` tag. A file without any date is an error naming the file.
+``YYYYMMDD`` / ``YYYY-MM-DD`` date in the file (or SAFE product) name, from a
+Landsat scene id in the name, from the Landsat ``*_MTL.txt`` file beside the
+image, or from the TIFF ``DATETIME`` tag. A file without any date is an error naming the file.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .raster import date_from_name
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_SUFFIXES", "Scene", "find_scenes", "open_scene"]
+__all__ = ["IMAGE_SUFFIXES", "Found", "Scene", "find_scenes", "open_scene", "survey"]
 
 IMAGE_SUFFIXES = {".tif", ".tiff", ".jp2", ".vrt", ".img", ".jpg", ".jpeg", ".png"}
 
@@ -93,6 +94,23 @@ def _safe_band(path: Path, band: str) -> str:
     return prefix + found[0]
 
 
+def _date_from_mtl(path: Path) -> dt.date | None:
+    """``DATE_ACQUIRED`` of the Landsat ``*_MTL.txt`` beside ``path`` (same name prefix)."""
+    try:
+        candidates = sorted(path.parent.glob("*_MTL.txt"))
+    except OSError:
+        return None
+    for mtl in candidates:
+        prefix = mtl.name[: -len("MTL.txt")]
+        if path.name.startswith(prefix):
+            m = re.search(
+                r"DATE_ACQUIRED\s*=\s*(\d{4}-\d{2}-\d{2})", mtl.read_text(errors="replace")
+            )
+            if m:
+                return dt.date.fromisoformat(m[1])
+    return None
+
+
 def _date_of_raster(path: str, shown: str) -> dt.date | None:
     try:
         with warnings.catch_warnings():
@@ -108,7 +126,7 @@ def _date_of_raster(path: str, shown: str) -> dt.date | None:
             raise InputError(
                 f"{shown}: tag TIO_DATE={tags['TIO_DATE']!r} is not an ISO date"
             ) from None
-    d = date_from_name(Path(path).name)
+    d = date_from_name(Path(path).name) or _date_from_mtl(Path(path))
     if d:
         return d
     stamp = tags.get("TIFFTAG_DATETIME", "")
@@ -166,6 +184,61 @@ def _expand(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
+@dataclass(frozen=True)
+class Found:
+    """What :func:`survey` found at one path: the scene, or why it is left out."""
+
+    source: str
+    scene: Scene | None
+    kept: bool
+    reason: str = ""
+
+
+def survey(
+    paths: Iterable[str | Path],
+    *,
+    band: str = "B04",
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+) -> list[Found]:
+    """Every input path with its scene, and whether it is kept (and why not).
+
+    A path that cannot be used (unreadable, no date, band missing, outside the
+    date range, a second scene of the same date) is reported, not raised.
+
+    Raises
+    ------
+    InputError
+        A path given does not exist, or a folder holds no image.
+    """
+    found: list[Found] = []
+    seen: dict[dt.date, str] = {}
+    for p in _expand(paths):
+        try:
+            scene = open_scene(p, band=band)
+        except InputError as exc:
+            found.append(Found(str(p), None, False, str(exc)))
+            continue
+        date = scene.date
+        if date is None:
+            reason = (
+                f"{p}: no acquisition date: add a TIO_DATE tag or put YYYYMMDD in the file name"
+            )
+        elif (start and date < start) or (end and date > end):
+            reason = f"{date} is outside the date range"
+        elif date in seen:
+            reason = f"a scene of {date} was already given ({seen[date]})"
+        else:
+            seen[date] = str(p)
+            found.append(Found(str(p), scene, True))
+            continue
+        found.append(Found(str(p), scene, False, reason))
+    last = dt.date.max
+    return sorted(
+        found, key=lambda f: (f.scene.date if f.scene and f.scene.date else last, f.source)
+    )
+
+
 def find_scenes(
     paths: Iterable[str | Path],
     *,
@@ -175,36 +248,26 @@ def find_scenes(
 ) -> list[Scene]:
     """Scenes from files, folders and SAFE products, one per date, sorted by date.
 
+    Unusable inputs are skipped with a warning naming the file and the problem
+    (see :func:`survey`); the run goes on while at least two dates remain.
+
     Raises
     ------
     InputError
-        A path does not exist, a file cannot be opened or has no date, a SAFE
-        product lacks the band, or fewer than two dates remain.
+        A path does not exist, or fewer than two usable dates remain (the message
+        lists why the others were left out).
     """
-    scenes: dict[dt.date, Scene] = {}
-    for p in _expand(paths):
-        scene = open_scene(p, band=band)
-        date = scene.date
-        if date is None:
-            raise InputError(
-                f"{p}: no acquisition date: add a TIO_DATE tag or put YYYYMMDD in the file name"
-            )
-        if (start and date < start) or (end and date > end):
-            log.info("%s: %s is outside the date range, skipped", p, date)
-            continue
-        if date in scenes:
-            log.warning(
-                "%s: a scene of %s was already given (%s); this one is skipped",
-                p,
-                date,
-                scenes[date].source,
-            )
-            continue
-        scenes[date] = scene
-    result = [scenes[d] for d in sorted(scenes)]
+    found = survey(paths, band=band, start=start, end=end)
+    for f in found:
+        if not f.kept:
+            level = logging.INFO if "outside the date range" in f.reason else logging.WARNING
+            log.log(level, "%s skipped: %s", f.source, f.reason)
+    result = [f.scene for f in found if f.kept]
     if len(result) < 2:
+        why = "; ".join(f.reason for f in found if not f.kept)
         raise InputError(
             f"need at least 2 dates to measure displacement, found {len(result)}"
             + (" in the date range" if start or end else "")
+            + (f" (left out: {why})" if why else "")
         )
     return result

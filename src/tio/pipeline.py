@@ -194,7 +194,7 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
     if state.done("stack", stack_key, stack_path):
         stack = load_stack(stack_path)
         skipped.append("stack")
-        log.info("stack: up to date (%s)", stack.attrs.get("grid"))
+        log.info("stack: up to date")
     else:
         with _bar(len(scenes), "read", "scene", progress) as bar:
             stack = build_stack(
@@ -203,11 +203,15 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
                 resampling=cfg_in.resampling,
                 crs=cfg_in.crs,
                 resolution=cfg_in.resolution,
+                max_cloud=cfg_in.max_cloud,
+                pixel_units=cfg_in.pixel_units,
                 progress=bar.update,
             )
         save_stack(stack, stack_path)
         state.mark("stack", stack_key)
-        log.info("stack: %d dates on a grid of %s", len(scenes), stack.attrs["grid"])
+    kept = set(stack["source"].values.tolist())
+    scenes = [s for s in scenes if s.source in kept]  # without the dropped dates
+    log.info("stack: %d dates on a grid of %s", len(scenes), stack.attrs["grid"])
 
     # 3. pairs ---------------------------------------------------------------
     dates = [s.date for s in scenes]

@@ -44,13 +44,24 @@ _DATE_PAIR_RE = re.compile(
 )
 
 
+_LANDSAT_ID_RE = re.compile(r"(?<![A-Z0-9])L[COTEM]0?\d(\d{6})(\d{4})(\d{3})[A-Z]{3}\d{2}")
+
+
 def date_from_name(name: str) -> dt.date | None:
-    """First valid ``YYYYMMDD`` or ``YYYY-MM-DD`` date in a file name, or None."""
+    """Acquisition date written in a file name, or None.
+
+    The first valid ``YYYYMMDD`` or ``YYYY-MM-DD`` (Sentinel-2 and Landsat
+    Collection 2 product names hold it first), else the year and day of year of
+    a pre-collection Landsat scene id (``LC80200392015216LGN00``).
+    """
     for m in _DATE_RE.finditer(name):
         try:
             return dt.date(int(m[1]), int(m[2]), int(m[3]))
         except ValueError:
             continue
+    m = _LANDSAT_ID_RE.search(name.upper())
+    if m and 1 <= int(m[3]) <= 366:
+        return dt.date(int(m[2]), 1, 1) + dt.timedelta(days=int(m[3]) - 1)
     return None
 
 

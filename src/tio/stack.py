@@ -260,6 +260,8 @@ def build_stack(
     resampling: str = "cubic",
     crs: str | None = None,
     resolution: float | None = None,
+    max_cloud: float = 1.0,
+    pixel_units: bool = True,
     progress=None,
 ) -> xr.Dataset:
     """Read ``scenes`` onto one grid (the first scene's, cut to ``aoi``).
@@ -273,33 +275,84 @@ def build_stack(
         :func:`grid_for`. None: the whole first image on its own grid.
     resampling
         Name of a rasterio resampler used for scenes on another grid.
+    max_cloud
+        A date whose share of unusable pixels (cloud, shadow, no data) over the grid
+        is above this is dropped.
+    pixel_units
+        Accept images without georeferencing (processed in pixels).
     progress
         Optional callable called once per scene read (for progress bars).
+
+    Scenes that cannot be read, hold no valid pixel or are too cloudy are dropped
+    with a warning naming the file and the reason (also in the ``dropped``
+    attribute, one ``source: reason`` per line).
 
     Raises
     ------
     NoOverlapError
         The AOI is outside the first scene.
     InputError
-        A scene cannot be read, or holds no data at all inside the grid.
+        Fewer than two usable dates, or images without georeferencing and
+        ``pixel_units`` false.
     """
     if not scenes:
         raise InputError("no scene to read")
     undated = [s.source for s in scenes if s.date is None]
     if undated:
         raise InputError(f"{undated[0]}: no acquisition date (needed to build a time series)")
-    grid = grid_for(scenes[0], aoi, crs=crs, resolution=resolution)
+    dropped: list[tuple[str, str]] = []
+    grid = None
+    for scene in scenes:  # the first readable scene defines the grid
+        try:
+            grid = grid_for(scene, aoi, crs=crs, resolution=resolution)
+            break
+        except NoOverlapError:
+            raise
+        except InputError as exc:
+            dropped.append((scene.source, str(exc)))
+    if grid is None:
+        raise InputError("no scene can be read: " + "; ".join(r for _, r in dropped))
+    if grid.crs is None and not pixel_units:
+        raise InputError(
+            f"{scenes[0].source} has no georeferencing: pass --pixel-units (input.pixel_units) "
+            "to process such images in pixel units"
+        )
     rs = Resampling[resampling]
     cube = np.empty((len(scenes), *grid.shape), dtype="float32")
+    kept: list[int] = []
     for i, scene in enumerate(scenes):
+        if any(src == scene.source for src, _ in dropped):
+            continue
         try:
-            cube[i] = read_on_grid(scene, grid, rs)
-        except RasterioError as exc:
-            raise InputError(f"cannot read {scene.source}: {exc}") from None
-        if not np.isfinite(cube[i]).any():
-            raise InputError(f"{scene.source} holds no valid pixel inside the area of interest")
-        if progress:
-            progress()
+            cube[len(kept)] = read_on_grid(scene, grid, rs)
+        except (RasterioError, InputError) as exc:
+            dropped.append((scene.source, f"cannot be read: {exc}"))
+            continue
+        finally:
+            if progress:
+                progress()
+        unusable = 1.0 - float(np.isfinite(cube[len(kept)]).mean())
+        if unusable >= 1.0:
+            dropped.append((scene.source, "no valid pixel in the area"))
+        elif unusable > max_cloud:
+            dropped.append(
+                (
+                    scene.source,
+                    f"{100 * unusable:.0f} % of the area is cloud or no data "
+                    f"(more than input.max_cloud = {max_cloud:g})",
+                )
+            )
+        else:
+            kept.append(i)
+    for source, reason in dropped:
+        log.warning("%s dropped: %s", source, reason)
+    if len(kept) < 2:
+        raise InputError(
+            f"need at least 2 usable dates, {len(kept)} left: "
+            + "; ".join(f"{s}: {r}" for s, r in dropped)
+        )
+    cube = cube[: len(kept)]
+    scenes = [scenes[i] for i in kept]
     x, y = coords_from_transform(tuple(grid.transform), grid.shape)
     times = np.array([np.datetime64(s.date.isoformat(), "ns") for s in scenes])
     return xr.Dataset(
@@ -310,6 +363,7 @@ def build_stack(
             "transform": list(tuple(grid.transform)[:6]),
             "resampling": resampling,
             "grid": grid.describe(),
+            "dropped": "\n".join(f"{s}: {r}" for s, r in dropped),
         },
     )
 

@@ -14,6 +14,8 @@ Examples:
       a lon/lat area of a set of Sentinel-2 products, from a date on
   tio run scenes/ --config tio.toml --set inversion.residual_scale=3 -o out/
       parameters from a file, one overridden
+  tio run glacier_jpegs/ --pixel-units --window 64 -o out/
+      a series of images without georeferencing (dates in the file names)
 \b
 Running it again with the same output folder skips finished stages.
 """
@@ -48,6 +50,17 @@ Running it again with the same output folder skips finished stages.
 @click.option("--window", type=int, help="Correlation window, pixels [default: 32].")
 @click.option("--step", type=int, help="Output grid spacing, pixels [default: 8].")
 @click.option("--search", type=int, help="Search range, pixels [default: 8].")
+@click.option(
+    "--max-cloud",
+    type=float,
+    help="Drop dates with more cloud/no data than this share [default: 0.5].",
+)
+@click.option(
+    "--pixel-units",
+    is_flag=True,
+    default=None,
+    help="Accept images without georeferencing (results in pixels).",
+)
 @click.option("--no-quicklooks", is_flag=True, default=None, help="Do not draw PNG quicklooks.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or log lines on the terminal.")
 @click.option("-v", "--verbose", is_flag=True, help="More detail in the log.")
@@ -65,6 +78,8 @@ def run_cmd(
     window,
     step,
     search,
+    max_cloud,
+    pixel_units,
     no_quicklooks,
     quiet,
     verbose,
@@ -84,6 +99,8 @@ def run_cmd(
         "correlation.window": window,
         "correlation.step": step,
         "correlation.search": search,
+        "input.max_cloud": max_cloud,
+        "input.pixel_units": pixel_units,
         "output.quicklooks": False if no_quicklooks else None,
     }
     config = load_config(config_file, collect_overrides(sets, flags))
