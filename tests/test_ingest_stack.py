@@ -43,8 +43,16 @@ def test_safe_zip_is_read_through_vsizip(shared_data, tmp_path):
 
 def test_missing_band_is_a_clear_error(shared_data):
     # the 10 m bands of this product are not in the test data
-    with pytest.raises(InputError, match="band B08 not found"):
+    with pytest.raises(InputError, match="band B08 at 10 m is not available"):
         find_scenes([shared_data / L2A, shared_data / L1C], band="B08")
+    # B04 at its native 10 m is absent from both; the L2A has it at 60 m only on request
+    with pytest.raises(InputError, match="B04"):
+        find_scenes([shared_data / L2A, shared_data / L1C], band="B04")
+    from tio.ingest import open_scene
+
+    assert open_scene(shared_data / L2A, band="B04_60m").path.endswith("_B04_60m.jp2")
+    scene = open_scene(shared_data / L2A, band="B01")
+    assert (scene.tile, scene.orbit, scene.sensor) == ("29UNU", 23, "Sentinel-2A")
 
 
 def _copy_with_date(src_path, dst_path, **changes):

@@ -68,9 +68,9 @@ class InputConfig(_Section):
     )
     band: str = Field(
         "B04",
-        description="Band read from Sentinel-2 SAFE products: B01 to B12 or B8A "
-        "(B02, B03, B04, B08 are 10 m).",
-        pattern=r"^B(0[1-9]|1[0-2]|8A)$",
+        description="Band read from Sentinel-2 SAFE products: B01 to B12 or B8A, at its "
+        "native resolution (B02, B03, B04, B08 are 10 m), or with a resolution as in B04_60m.",
+        pattern=r"^B(0[1-9]|1[0-2]|8A)(_(10|20|60)m)?$",
     )
     aoi: tuple[float, float, float, float] | str | None = Field(
         None,

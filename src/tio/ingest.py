@@ -16,9 +16,8 @@ import datetime as dt
 import logging
 import re
 import warnings
-import zipfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import rasterio
@@ -26,6 +25,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from .errors import InputError
 from .raster import date_from_name
+from .safe import SafeProduct, band_path, read_safe
 
 log = logging.getLogger(__name__)
 
@@ -49,49 +49,27 @@ class Scene:
     nodata
         Pixel value meaning "no data" when the file does not declare one
         (0 for Sentinel-2 bands), else None.
+    sensor, tile, orbit, cloud_cover
+        What the metadata says, when it says it (cloud cover in percent of the
+        whole product, not of the area of interest).
+    product
+        The SAFE product's metadata (:class:`tio.safe.SafeProduct`), for SAFE inputs.
     """
 
     path: str
     date: dt.date | None
     source: str
     nodata: float | None = None
+    sensor: str = ""
+    tile: str = ""
+    orbit: int | None = None
+    cloud_cover: float | None = None
+    product: SafeProduct | None = field(default=None, compare=False, repr=False)
 
 
 def _is_safe(path: Path) -> bool:
     name = path.name.upper()
     return ".SAFE" in name and (path.is_dir() or name.endswith(".ZIP"))
-
-
-def _band_pattern(band: str) -> re.Pattern:
-    # current naming: T31TDH_20180101T105441_B04.jp2 or ..._B04_10m.jp2;
-    # old multi-granule naming: S2A_OPER_MSI_L1C_TL_..._B04.jp2
-    return re.compile(rf"IMG_DATA/(?:R\d+m/)?[^/]*_{band}(?:_\d+m)?\.jp2$", re.IGNORECASE)
-
-
-def _safe_band(path: Path, band: str) -> str:
-    """Path GDAL can open for ``band`` of a SAFE folder or zip (highest resolution)."""
-    pattern = _band_pattern(band)
-    if path.is_dir():
-        members = [p.relative_to(path).as_posix() for p in path.rglob("*.jp2")]
-        prefix = str(path) + "/"
-    else:
-        try:
-            with zipfile.ZipFile(path) as zf:
-                members = zf.namelist()
-        except (OSError, zipfile.BadZipFile) as exc:
-            raise InputError(f"{path}: not a readable SAFE zip archive ({exc})") from None
-        prefix = f"/vsizip/{path}/"
-    found = sorted(m for m in members if pattern.search(m))
-    if not found:
-        raise InputError(
-            f"{path}: band {band} not found in this SAFE product (looked for "
-            f"GRANULE/*/IMG_DATA/*_{band}*.jp2); choose another band with --band"
-        )
-    # prefer the finest resolution folder (R10m < R20m < R60m), then the first granule
-    found.sort(key=lambda m: (int(re.search(r"R(\d+)m/", m)[1]) if "/R" in m else 0, m))
-    if len({m.split("/IMG_DATA/")[0] for m in found}) > 1:
-        log.warning("%s holds several granules; using %s", path, found[0].split("/IMG_DATA/")[0])
-    return prefix + found[0]
 
 
 def _date_from_mtl(path: Path) -> dt.date | None:
@@ -148,12 +126,44 @@ def open_scene(path: str | Path, *, band: str = "B04") -> Scene:
     if not p.exists():
         raise InputError(f"input not found: {p}")
     if _is_safe(p):
+        product = read_safe(p)
         return Scene(
-            path=_safe_band(p, band), date=date_from_name(p.name), source=str(p), nodata=0.0
+            path=band_path(product, band, None if "_" in band else _NATIVE_RES.get(band.upper())),
+            date=product.sensing_time.date(),
+            source=str(p),
+            nodata=0.0,
+            sensor=product.spacecraft,
+            tile=product.tile,
+            orbit=product.relative_orbit,
+            cloud_cover=product.cloud_cover,
+            product=product,
         )
     if p.is_dir():
         raise InputError(f"{p} is a folder, not an image or a SAFE product")
-    return Scene(path=str(p), date=_date_of_raster(str(p), str(p)), source=str(p))
+    return Scene(
+        path=str(p), date=_date_of_raster(str(p), str(p)), source=str(p), sensor=_sensor(p.name)
+    )
+
+
+# native resolution of each Sentinel-2 band (m): a band asked for by name alone is read
+# at this resolution, never silently at a coarser one
+_NATIVE_RES = {
+    **dict.fromkeys(["B02", "B03", "B04", "B08"], 10),
+    **dict.fromkeys(["B05", "B06", "B07", "B8A", "B11", "B12"], 20),
+    **dict.fromkeys(["B01", "B09", "B10"], 60),
+}
+
+
+def _sensor(name: str) -> str:
+    """The platform a file name says, e.g. Sentinel-2A or Landsat 8, else empty."""
+    up = name.upper()
+    m = re.match(r"S2([ABCD])_", up)
+    if m:
+        return f"Sentinel-2{m[1]}"
+    m = re.match(r"L[COTEM]0?(\d)", up)
+    if m:
+        return f"Landsat {m[1]}"
+    return ""
 
 
 def _expand(paths: Iterable[str | Path]) -> list[Path]:
