@@ -216,3 +216,32 @@ def test_images_without_georeferencing_need_pixel_units(shared_data):
         build_stack(scenes, pixel_units=False)
     stack = build_stack(scenes, pixel_units=True)
     assert stack.attrs["crs"] is None and stack["image"].shape == (2, 1231, 1731)
+
+
+def test_tio_scenes_lists_what_a_run_would_keep(shared_data):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tio",
+            "scenes",
+            shared_data / L2A,
+            shared_data / L1C,
+            shared_data / S2PAIR,
+            "--band",
+            "B01",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    l2a = next(line for line in lines if "29UNU" in line)
+    assert "2022-10-05" in l2a and "Sentinel-2A" in l2a and " 23 " in l2a
+    # the Sentinel-2 subsets are on another continent than the first product: dropped, with why
+    s2 = next(line for line in lines if "ref_S2A_20160608" in line)
+    assert "Sentinel-2A" in s2 and "dropped" in s2
+    assert lines[-1].startswith("1 of 4 inputs kept") or "inputs kept" in lines[-1]

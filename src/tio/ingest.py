@@ -157,7 +157,7 @@ _NATIVE_RES = {
 def _sensor(name: str) -> str:
     """The platform a file name says, e.g. Sentinel-2A or Landsat 8, else empty."""
     up = name.upper()
-    m = re.match(r"S2([ABCD])_", up)
+    m = re.search(r"(?:^|_)S2([ABCD])_", up)
     if m:
         return f"Sentinel-2{m[1]}"
     m = re.match(r"L[COTEM]0?(\d)", up)

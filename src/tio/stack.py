@@ -385,3 +385,47 @@ def load_stack(path) -> xr.Dataset:
     stack.attrs["crs"] = stack.attrs.get("crs") or None
     stack.attrs["transform"] = [float(v) for v in np.atleast_1d(stack.attrs["transform"])]
     return stack
+
+
+def survey_area(cfg, *, read_pixels: bool = True) -> list[dict]:
+    """One row per input for ``tio scenes``: metadata, unusable share over the area, fate.
+
+    ``cfg`` is an :class:`tio.config.InputConfig`. Rows have ``source``, ``date`` (ISO
+    or None), ``sensor``, ``tile``, ``orbit``, ``cloud_cover`` (metadata, percent),
+    ``unusable`` (share of cloud or no data on the output grid, or None), ``kept``
+    and ``reason``. Nothing is written.
+    """
+    from .ingest import survey
+
+    found = survey(cfg.paths, band=cfg.band, start=cfg.start, end=cfg.end)
+    grid = None
+    rows = []
+    for f in found:
+        s = f.scene
+        row = {
+            "source": f.source,
+            "date": s.date.isoformat() if s and s.date else None,
+            "sensor": s.sensor if s else "",
+            "tile": s.tile if s else "",
+            "orbit": s.orbit if s else None,
+            "cloud_cover": s.cloud_cover if s else None,
+            "unusable": None,
+            "kept": f.kept,
+            "reason": f.reason,
+        }
+        if f.kept and read_pixels:
+            try:
+                if grid is None:
+                    grid = grid_for(s, cfg.aoi, crs=cfg.crs, resolution=cfg.resolution)
+                values = read_on_grid(s, grid, Resampling[cfg.resampling])
+                row["unusable"] = 1.0 - float(np.isfinite(values).mean())
+                if row["unusable"] > cfg.max_cloud:
+                    row["kept"] = False
+                    row["reason"] = (
+                        f"too cloudy or empty over the area (max_cloud {cfg.max_cloud:g})"
+                    )
+            except (InputError, RasterioError) as exc:
+                row["kept"] = False
+                row["reason"] = str(exc)
+        rows.append(row)
+    return rows

@@ -10,12 +10,14 @@ from .config import config_cmd
 from .correlate import correlate_cmd
 from .demo import demo_cmd
 from .run import run_cmd
+from .scenes import scenes_cmd
 
 EPILOG = """\b
 Examples:
   tio demo                          generate a scene with a landslide, process it, check the error
   tio run scenes/ -o out/           process a folder of dated GeoTIFFs / SAFE products
   tio run S2*.SAFE --aoi 6.80,45.90,6.90,45.95 --band B04 -o out/
+  tio scenes downloads/ --aoi 6.80,45.90,6.90,45.95   what a run would use, date by date
   tio config > tio.toml             write the defaults, edit, then: tio run --config tio.toml
   tio correlate a.tif b.tif -o pair.tif   offsets between two images (EW, NS, score)
 """
@@ -33,6 +35,7 @@ def cli():
 
 
 cli.add_command(run_cmd)
+cli.add_command(scenes_cmd)
 cli.add_command(demo_cmd)
 cli.add_command(correlate_cmd)
 cli.add_command(config_cmd)
