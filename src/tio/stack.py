@@ -419,7 +419,10 @@ def survey_area(cfg, *, read_pixels: bool = True) -> list[dict]:
                     grid = grid_for(s, cfg.aoi, crs=cfg.crs, resolution=cfg.resolution)
                 values = read_on_grid(s, grid, Resampling[cfg.resampling])
                 row["unusable"] = 1.0 - float(np.isfinite(values).mean())
-                if row["unusable"] > cfg.max_cloud:
+                if row["unusable"] >= 1.0:
+                    row["kept"] = False
+                    row["reason"] = "no valid pixel over the area (elsewhere, or all no data)"
+                elif row["unusable"] > cfg.max_cloud:
                     row["kept"] = False
                     row["reason"] = (
                         f"too cloudy or empty over the area (max_cloud {cfg.max_cloud:g})"
