@@ -241,7 +241,9 @@ def test_tio_scenes_lists_what_a_run_would_keep(shared_data):
     lines = proc.stdout.splitlines()
     l2a = next(line for line in lines if "29UNU" in line)
     assert "2022-10-05" in l2a and "Sentinel-2A" in l2a and " 23 " in l2a
-    # the Sentinel-2 subsets are on another continent than the first product: dropped, with why
+    # the earliest date (a Sentinel-2 subset near Berlin) sets the grid: both subsets are kept,
+    # the two products elsewhere in Europe are dropped, with why
     s2 = next(line for line in lines if "ref_S2A_20160608" in line)
-    assert "Sentinel-2A" in s2 and "dropped" in s2
-    assert lines[-1].startswith("1 of 4 inputs kept") or "inputs kept" in lines[-1]
+    assert "Sentinel-2A" in s2 and "kept" in s2
+    assert "dropped: no valid pixel over the area" in l2a
+    assert lines[-1].startswith("2 of 4 inputs kept")
