@@ -247,3 +247,22 @@ def test_tio_scenes_lists_what_a_run_would_keep(shared_data):
     assert "Sentinel-2A" in s2 and "kept" in s2
     assert "dropped: no valid pixel over the area" in l2a
     assert lines[-1].startswith("2 of 4 inputs kept")
+
+
+def test_sentinel2_cloud_mask_applied_when_reading(shared_data):
+    from rasterio.enums import Resampling
+
+    from tio.cloudmask import cloud_mask
+    from tio.ingest import open_scene
+    from tio.stack import grid_for, read_on_grid
+
+    scene = open_scene(shared_data / L2A, band="B04_60m")
+    aoi = transform_bounds("EPSG:32629", "EPSG:4326", 540000, 5840000, 560000, 5860000)
+    grid = grid_for(scene, aoi)
+    raw = read_on_grid(scene, grid, Resampling.nearest, mask_clouds=False)
+    masked = read_on_grid(scene, grid, Resampling.nearest)
+    clouds, source = cloud_mask(scene.product, grid)
+    assert source == "SCL"
+    assert 0.05 < clouds.mean() < 0.95  # a partly cloudy area
+    assert np.isnan(masked[clouds]).all()
+    np.testing.assert_array_equal(masked[~clouds], raw[~clouds])

@@ -95,6 +95,15 @@ class InputConfig(_Section):
         description="A date whose share of cloudy or empty pixels over the area is above this "
         "is dropped (its other cloudy pixels are masked).",
     )
+    mask_snow: bool = Field(
+        False, description="Mask snow as well as clouds and shadows (Sentinel-2 masks)."
+    )
+    b09_threshold: float = Field(
+        1200.0,
+        gt=0,
+        description="For products without a cloud mask: a date whose mean band B09 over the "
+        "area is above this (digital numbers) is dropped, as the original TIO did.",
+    )
     pixel_units: bool = Field(
         False,
         description="Accept images without georeferencing (e.g. a JPEG series); results in "

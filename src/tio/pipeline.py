@@ -205,6 +205,8 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
                 resolution=cfg_in.resolution,
                 max_cloud=cfg_in.max_cloud,
                 pixel_units=cfg_in.pixel_units,
+                mask_snow=cfg_in.mask_snow,
+                b09_threshold=cfg_in.b09_threshold,
                 progress=bar.update,
             )
         save_stack(stack, stack_path)

@@ -213,13 +213,57 @@ def scene_bounds(scene: Scene, crs: str | None) -> tuple[float, float, float, fl
         return transform_bounds(src.crs, crs, *box, densify_pts=21)
 
 
-def read_on_grid(scene: Scene, grid: Grid, resampling: Resampling) -> np.ndarray:
-    """``scene`` as a float32 array on ``grid`` (NaN = no data), resampled if needed.
+class CloudyDateError(InputError):
+    """A whole date is judged cloudy (the B09 rule of the original TIO)."""
+
+
+def read_on_grid(
+    scene: Scene,
+    grid: Grid,
+    resampling: Resampling,
+    *,
+    mask_clouds: bool = True,
+    mask_snow: bool = False,
+    b09_threshold: float = 1200.0,
+) -> np.ndarray:
+    """``scene`` as a float32 array on ``grid`` (NaN = no data or cloud), resampled if needed.
 
     A scene already on the grid's pixel lattice is read through a window (blocks
     outside the file are NaN); any other is warped through a GDAL WarpedVRT with
     ``resampling``. Colour images become grey (mean of R, G, B).
+
+    With ``mask_clouds``, a Sentinel-2 product's cloud mask (SCL for L2A, else
+    MSK_CLASSI, else the GML cloud mask; see :mod:`tio.cloudmask`) sets its cloudy
+    pixels to NaN (snow too with ``mask_snow``). A product without any cloud mask
+    falls back on the original TIO rule: when the mean of band B09 over the grid is
+    above ``b09_threshold`` the date is cloudy and :class:`CloudyDateError` is raised.
+    The GDAL mask band of other rasters (a cloud mask stored with the image) is
+    always honoured.
     """
+    values = _read_values(scene, grid, resampling)
+    product = scene.product
+    if mask_clouds and product is not None:
+        from .cloudmask import b09_cloudy, cloud_mask
+
+        found = cloud_mask(product, grid, snow=mask_snow)
+        if found is not None:
+            values[found[0]] = np.nan
+            log.debug("%s: cloud mask from %s", scene.source, found[1])
+        else:
+            try:
+                cloudy, mean = b09_cloudy(product, grid, threshold=b09_threshold)
+            except InputError as exc:
+                log.warning("%s: no cloud mask and no B09 to judge clouds (%s)", scene.source, exc)
+            else:
+                if cloudy:
+                    raise CloudyDateError(
+                        f"{scene.source}: cloudy by the B09 rule (mean {mean:.0f} above "
+                        f"input.b09_threshold = {b09_threshold:g})"
+                    )
+    return values
+
+
+def _read_values(scene: Scene, grid: Grid, resampling: Resampling) -> np.ndarray:
     with _open(scene) as src:
         nodata = src.nodata if src.nodata is not None else scene.nodata
         if nodata is None and src.dtypes[0] == "uint16":
@@ -262,6 +306,8 @@ def build_stack(
     resolution: float | None = None,
     max_cloud: float = 1.0,
     pixel_units: bool = True,
+    mask_snow: bool = False,
+    b09_threshold: float = 1200.0,
     progress=None,
 ) -> xr.Dataset:
     """Read ``scenes`` onto one grid (the first scene's, cut to ``aoi``).
@@ -280,6 +326,8 @@ def build_stack(
         is above this is dropped.
     pixel_units
         Accept images without georeferencing (processed in pixels).
+    mask_snow, b09_threshold
+        Cloud masking of Sentinel-2 products: see :func:`read_on_grid`.
     progress
         Optional callable called once per scene read (for progress bars).
 
@@ -324,7 +372,9 @@ def build_stack(
         if any(src == scene.source for src, _ in dropped):
             continue
         try:
-            cube[len(kept)] = read_on_grid(scene, grid, rs)
+            cube[len(kept)] = read_on_grid(
+                scene, grid, rs, mask_snow=mask_snow, b09_threshold=b09_threshold
+            )
         except (RasterioError, InputError) as exc:
             dropped.append((scene.source, f"cannot be read: {exc}"))
             continue
@@ -417,7 +467,13 @@ def survey_area(cfg, *, read_pixels: bool = True) -> list[dict]:
             try:
                 if grid is None:
                     grid = grid_for(s, cfg.aoi, crs=cfg.crs, resolution=cfg.resolution)
-                values = read_on_grid(s, grid, Resampling[cfg.resampling])
+                values = read_on_grid(
+                    s,
+                    grid,
+                    Resampling[cfg.resampling],
+                    mask_snow=cfg.mask_snow,
+                    b09_threshold=cfg.b09_threshold,
+                )
                 row["unusable"] = 1.0 - float(np.isfinite(values).mean())
                 if row["unusable"] >= 1.0:
                     row["kept"] = False
