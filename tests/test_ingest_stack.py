@@ -266,3 +266,12 @@ def test_sentinel2_cloud_mask_applied_when_reading(shared_data):
     assert 0.05 < clouds.mean() < 0.95  # a partly cloudy area
     assert np.isnan(masked[clouds]).all()
     np.testing.assert_array_equal(masked[~clouds], raw[~clouds])
+
+
+def test_orbit_filter(shared_data):
+    from tio.ingest import survey
+
+    found = survey([shared_data / L2A, shared_data / L1C], band="B01", orbit=23)
+    by_tile = {f.scene.tile: f for f in found}
+    assert by_tile["29UNU"].kept
+    assert not by_tile["31TDH"].kept and "relative orbit 51" in by_tile["31TDH"].reason

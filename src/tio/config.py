@@ -88,6 +88,12 @@ class InputConfig(_Section):
         gt=0,
         description="Pixel size of the output grid in CRS units. Unset: the first image's.",
     )
+    orbit: int | None = Field(
+        None,
+        ge=1,
+        le=143,
+        description="Keep only Sentinel-2 products of this relative orbit (unset: all).",
+    )
     max_cloud: float = Field(
         0.5,
         ge=0,

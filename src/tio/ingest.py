@@ -210,6 +210,7 @@ def survey(
     band: str = "B04",
     start: dt.date | None = None,
     end: dt.date | None = None,
+    orbit: int | None = None,
 ) -> list[Found]:
     """Every input path with its scene, and whether it is kept (and why not).
 
@@ -236,6 +237,8 @@ def survey(
             )
         elif (start and date < start) or (end and date > end):
             reason = f"{date} is outside the date range"
+        elif orbit is not None and scene.orbit is not None and scene.orbit != orbit:
+            reason = f"relative orbit {scene.orbit}, not the orbit {orbit} asked for"
         elif date in seen:
             reason = f"a scene of {date} was already given ({seen[date]})"
         else:
@@ -255,6 +258,7 @@ def find_scenes(
     band: str = "B04",
     start: dt.date | None = None,
     end: dt.date | None = None,
+    orbit: int | None = None,
 ) -> list[Scene]:
     """Scenes from files, folders and SAFE products, one per date, sorted by date.
 
@@ -267,7 +271,7 @@ def find_scenes(
         A path does not exist, or fewer than two usable dates remain (the message
         lists why the others were left out).
     """
-    found = survey(paths, band=band, start=start, end=end)
+    found = survey(paths, band=band, start=start, end=end, orbit=orbit)
     for f in found:
         if not f.kept:
             level = logging.INFO if "outside the date range" in f.reason else logging.WARNING

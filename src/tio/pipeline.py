@@ -181,7 +181,9 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
     # 1. scenes ------------------------------------------------------------
     if not cfg_in.paths:
         raise InputError("no input given: pass image files, folders or SAFE products")
-    scenes = find_scenes(cfg_in.paths, band=cfg_in.band, start=cfg_in.start, end=cfg_in.end)
+    scenes = find_scenes(
+        cfg_in.paths, band=cfg_in.band, start=cfg_in.start, end=cfg_in.end, orbit=cfg_in.orbit
+    )
     log.info("%d scenes from %s to %s", len(scenes), scenes[0].date, scenes[-1].date)
 
     # 2. stack ---------------------------------------------------------------
@@ -363,7 +365,13 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
                 score_weighting=ic.score_weighting,
             )
             bar.update()
-        ts.attrs.update(units=pair_cube.attrs.get("units", "m"), tio_version=__version__)
+        ts.attrs.update(
+            units=pair_cube.attrs.get("units", "m"),
+            tio_version=__version__,
+            grid=stack.attrs.get("grid", ""),
+            resampling=stack.attrs.get("resampling", ""),
+            inputs="\n".join(s.source for s in scenes),
+        )
         n_ok = int(np.isfinite(ts["cumulative_ew"].values[-1]).sum())
         log.info("invert: %d of %d pixels inverted", n_ok, ts.sizes["x"] * ts.sizes["y"])
         products = write_products(ts, out, netcdf=config.output.netcdf)

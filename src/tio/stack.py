@@ -406,7 +406,14 @@ def build_stack(
     x, y = coords_from_transform(tuple(grid.transform), grid.shape)
     times = np.array([np.datetime64(s.date.isoformat(), "ns") for s in scenes])
     return xr.Dataset(
-        {"image": (("time", "y", "x"), cube)},
+        {
+            "image": (("time", "y", "x"), cube, {"long_name": "pixel values (digital numbers)"}),
+            "mask": (
+                ("time", "y", "x"),
+                (~np.isfinite(cube)).astype("uint8"),
+                {"long_name": "1 = unusable (no data, cloud, cloud shadow)"},
+            ),
+        },
         coords={"time": times, "x": x, "y": y, "source": ("time", [s.source for s in scenes])},
         attrs={
             "crs": grid.crs,
@@ -447,7 +454,7 @@ def survey_area(cfg, *, read_pixels: bool = True) -> list[dict]:
     """
     from .ingest import survey
 
-    found = survey(cfg.paths, band=cfg.band, start=cfg.start, end=cfg.end)
+    found = survey(cfg.paths, band=cfg.band, start=cfg.start, end=cfg.end, orbit=cfg.orbit)
     grid = None
     rows = []
     for f in found:

@@ -44,6 +44,7 @@ Running it again with the same output folder skips finished stages.
 @click.option("--start", help="First date kept (YYYY-MM-DD).")
 @click.option("--end", help="Last date kept (YYYY-MM-DD).")
 @click.option("--band", help="Band of SAFE products [default: B04].")
+@click.option("--orbit", type=int, help="Keep only this Sentinel-2 relative orbit.")
 @click.option(
     "--pairs-per-date", type=int, help="Pair each date with this many next dates [default: 4]."
 )
@@ -74,6 +75,7 @@ def run_cmd(
     start,
     end,
     band,
+    orbit,
     pairs_per_date,
     window,
     step,
@@ -95,6 +97,7 @@ def run_cmd(
         "input.start": start,
         "input.end": end,
         "input.band": band,
+        "input.orbit": orbit,
         "pairs.max_next": pairs_per_date,
         "correlation.window": window,
         "correlation.step": step,

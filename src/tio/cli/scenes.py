@@ -22,6 +22,7 @@ Examples:
 @click.option("--band", default="B04", show_default=True, help="Band of SAFE products.")
 @click.option("--start", help="First date kept (YYYY-MM-DD).")
 @click.option("--end", help="Last date kept (YYYY-MM-DD).")
+@click.option("--orbit", type=int, help="Keep only this Sentinel-2 relative orbit.")
 @click.option(
     "--max-cloud",
     default=0.5,
@@ -31,7 +32,7 @@ Examples:
 )
 @click.option("--no-area", is_flag=True, help="Do not read pixels: metadata only (fast).")
 @handle_errors
-def scenes_cmd(inputs, aoi, band, start, end, max_cloud, no_area):
+def scenes_cmd(inputs, aoi, band, start, end, orbit, max_cloud, no_area):
     """List the scenes found in INPUTS: date, sensor, tile, orbit, cloud, kept or why not."""
     from tio.config import load_config
     from tio.stack import survey_area
@@ -46,6 +47,7 @@ def scenes_cmd(inputs, aoi, band, start, end, max_cloud, no_area):
                 "input.band": band,
                 "input.start": start,
                 "input.end": end,
+                "input.orbit": orbit,
                 "input.max_cloud": max_cloud,
             }.items()
             if v is not None
