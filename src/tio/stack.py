@@ -354,12 +354,13 @@ def build_stack(
         try:
             grid = grid_for(scene, aoi, crs=crs, resolution=resolution)
             break
-        except NoOverlapError:
-            raise
-        except InputError as exc:
+        except InputError as exc:  # unreadable, or outside the area: the next one may do
             dropped.append((scene.source, str(exc)))
     if grid is None:
-        raise InputError("no scene can be read: " + "; ".join(r for _, r in dropped))
+        reasons = "; ".join(r for _, r in dropped)
+        if all("outside" in r for _, r in dropped):
+            raise NoOverlapError(f"no scene covers the area of interest: {reasons}")
+        raise InputError(f"no scene can be read: {reasons}")
     if grid.crs is None and not pixel_units:
         raise InputError(
             f"{scenes[0].source} has no georeferencing: pass --pixel-units (input.pixel_units) "
