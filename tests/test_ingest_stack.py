@@ -275,3 +275,16 @@ def test_orbit_filter(shared_data):
     by_tile = {f.scene.tile: f for f in found}
     assert by_tile["29UNU"].kept
     assert not by_tile["31TDH"].kept and "relative orbit 51" in by_tile["31TDH"].reason
+
+
+def test_first_scene_outside_the_area_is_dropped_not_fatal(shared_data, tmp_path):
+    ref = shared_data / S2PAIR / "ref_S2A_20160608T153121_T33UUU_sub.jp2"
+    copy = tmp_path / "ref_copy_20160618.jp2"
+    copy.write_bytes(ref.read_bytes())
+    # west of the 2016-05-29 subset (which starts at x = 335440), inside the 2016-06-08 one
+    aoi = transform_bounds("EPSG:32633", "EPSG:4326", 331000, 5845000, 334000, 5847000)
+    scenes = find_scenes([shared_data / S2PAIR, copy])
+    assert scenes[0].date == dt.date(2016, 5, 29)
+    stack = build_stack(scenes, aoi=aoi)
+    assert stack.sizes["time"] == 2
+    assert "tgt_S2A_20160529" in stack.attrs["dropped"] and "outside" in stack.attrs["dropped"]
