@@ -281,8 +281,8 @@ def test_first_scene_outside_the_area_is_dropped_not_fatal(shared_data, tmp_path
     ref = shared_data / S2PAIR / "ref_S2A_20160608T153121_T33UUU_sub.jp2"
     copy = tmp_path / "ref_copy_20160618.jp2"
     copy.write_bytes(ref.read_bytes())
-    # west of the 2016-05-29 subset (which starts at x = 335440), inside the 2016-06-08 one
-    aoi = transform_bounds("EPSG:32633", "EPSG:4326", 331000, 5845000, 334000, 5847000)
+    # south of the 2016-05-29 subset (which ends at y = 5834970), inside the 2016-06-08 one
+    aoi = transform_bounds("EPSG:32633", "EPSG:4326", 345000, 5831000, 348000, 5834000)
     scenes = find_scenes([shared_data / S2PAIR, copy])
     assert scenes[0].date == dt.date(2016, 5, 29)
     stack = build_stack(scenes, aoi=aoi)
