@@ -11,12 +11,18 @@ Two entry points:
 The numerics (FFT-based zero-normalised cross-correlation after Lewis 1995 and
 Padfield 2012 for the integer offset; upsampled-DFT phase correlation after
 Guizar-Sicairos et al. 2008, iterated with a taper that follows the estimated shift,
-for the sub-pixel part) live in :mod:`tio._correlation`.
+for the sub-pixel part) live in :mod:`tio._correlation`. Flat and ambiguous windows
+(weak texture, repetitive patterns: peak-ratio test after Hu & Mordohai 2012) give
+NaN rather than a confident wrong offset; a Wallis pre-filter (Wallis 1976)
+equalises local contrast; a prior offset field or a coarse-to-fine image pyramid
+(Burt & Adelson 1983) reaches displacements larger than the search range; tiles of
+windows run in a thread pool.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,6 +90,12 @@ def correlate_arrays(
     secondary_mask=None,
     prefilter: str = "none",
     max_masked_fraction: float = 0.25,
+    min_texture: float = 0.1,
+    max_peak_ratio: float = 0.9,
+    prior=None,
+    levels: int = 0,
+    wallis_size: int | None = None,
+    workers: int | None = None,
 ) -> OffsetField:
     """Measure the sub-pixel offset field between two images on the same grid.
 
@@ -91,8 +103,11 @@ def correlate_arrays(
     ``[j*step, j*step + window)``. Its offset is found in two stages:
 
     1. integer offset: maximum of the zero-normalised cross-correlation (ZNCC) over
-       all offsets in ``[-search, search]`` in each direction, computed with FFTs
-       (Lewis 1995); unusable pixels get zero weight (masked ZNCC, Padfield 2012);
+       all offsets in ``[-search, search]`` in each direction around the prior
+       offset (zero by default), computed with FFTs (Lewis 1995); unusable pixels
+       get zero weight (masked ZNCC, Padfield 2012). Windows without enough texture
+       and windows whose ZNCC surface has a second peak nearly as high as the first
+       (repetitive texture) are rejected;
     2. sub-pixel offset: phase correlation of the Hann-tapered windows with the
        matrix-multiply upsampled DFT of Guizar-Sicairos et al. (2008, Opt. Lett.
        33:156). A second estimate is made with the taper (and the weight of unusable
@@ -111,21 +126,73 @@ def correlate_arrays(
     step : int, default 8
         Spacing of the windows (and of the output grid), in pixels.
     search : int, default 8
-        Largest offset looked for, in pixels, in each direction. A correlation peak
-        on the border of the search range is rejected (NaN) because the true peak is
-        probably outside it, so offsets are measured up to about ``search - 0.5``
-        px: choose ``search`` at least 1 px larger than the largest expected
-        displacement.
+        Largest offset looked for, in pixels, in each direction, around the prior.
+        A correlation peak on the border of the search range is rejected (NaN)
+        because the true peak is probably outside it, so offsets are measured up to
+        about ``search - 0.5`` px from the prior: choose ``search`` at least 1 px
+        larger than the largest expected displacement (or its uncertainty, with a
+        prior), or use ``levels``.
     reference_mask, secondary_mask : array_like of bool, shape (H, W), optional
         True where a pixel is unusable (cloud, shadow, nodata).
-    prefilter : {"none", "highpass"}, default "none"
+    prefilter : {"none", "highpass", "wallis"}, default "none"
         ``"highpass"`` subtracts from both images a Gaussian-smoothed copy
         (sigma = ``window / 4``, ignoring unusable pixels); it helps when the
         illumination or the radiometry differ at scales larger than the window.
+        ``"wallis"`` also divides by the local standard deviation over a moving
+        window of ``wallis_size`` px (Wallis 1976, gain limited in flat areas): it
+        equalises local contrast, which helps with non-linear radiometric changes
+        (haze, shadows, different sensors). Measured on Landsat-8 with a gamma of
+        0.5, a 3-fold brightness ramp and a haze patch (32-px windows, 2 % noise):
+        0.018 px RMS with ``"wallis"``, 0.022 px with ``"highpass"``, 0.024 px
+        with ``"none"``.
     max_masked_fraction : float, default 0.25
         A window is rejected (NaN) if more than this fraction of its reference
         pixels, or of the secondary window matched at the correlation peak, is
         unusable (the ZNCC itself uses only the pixels usable in both).
+    min_texture : float, default 0.1
+        A window is rejected (NaN) if the standard deviation of its usable
+        (pre-filtered) reference pixels is below ``min_texture`` times the median of
+        that of the image's windows (its typical texture). Measured: the 1st
+        percentile of this ratio is 0.2-0.4 on Landsat-7/8, Sentinel-2 and
+        Perito Moreno scenes, and the default rejects 0 % of the windows of
+        shifted Landsat-8 and Sentinel-2 crops and 0.4 % of a Landsat-7 Khumbu crop
+        (saturated snow, where it removes the two wrong matches). A uniform patch
+        with 2 % noise (ratio ~0.04) is rejected. 0 disables the test.
+    max_peak_ratio : float, default 0.9
+        A window is rejected (NaN) if its ZNCC surface, cut at ``max_peak_ratio``
+        times its maximum, has a part above the cut that is separated from the main
+        peak (and more than 2 px from it): a distinct second match nearly as good
+        as the first, as given by repetitive texture (crevasse fields, crop rows,
+        waves, stripes) or noise. A single straight edge (one elongated ridge) is
+        kept. Measured rejection of good windows on shifted copies: 0.1 % on
+        Landsat-8, 0.2 % on Landsat-7, 0.6-1.8 % on Sentinel-2 farmland (edges
+        whose ridge has a second bump). 1 disables the test.
+    prior : OffsetField or pair (dx, dy) of array_like, optional
+        A priori offsets, in pixels, on the output grid (arrays of shape
+        ``(ny, nx)``, same conventions as the result; NaN means 0): window
+        ``(i, j)`` is searched within ``search`` px of its rounded prior. Use it
+        for displacements larger than ``search`` (e.g. a previous result, a
+        velocity model); the returned offsets are total offsets (prior included).
+    levels : int, default 0
+        Number of coarse-to-fine levels (0 = off). Level ``k`` correlates the images
+        area-averaged by ``2 ** k`` with the same window, step and search; its
+        median-filtered result is the prior of the next finer level. Offsets up to
+        about ``(2 ** (levels + 1) - 1) * (search - 1)`` px can then be found.
+        Reduced so that the coarsest image still holds a window. Each coarser
+        level has 4 times fewer windows than the next finer one, so all levels
+        together add about a third of the time of a single-level run. Measured on
+        Landsat-8 (search 8, 2 levels): a uniform 20-px shift and a smooth 15-px
+        lobe are recovered with 0.011 and 0.035 px RMS error.
+    wallis_size : int, optional
+        Side (odd, px) of the moving window of the Wallis pre-filter; default: the
+        odd size nearest to ``window / 2`` within [15, 31].
+    workers : int, optional
+        Number of threads that process tiles of windows in parallel (numpy and
+        scipy.fft release the GIL). The result does not depend on it (bit for
+        bit); working memory is about ``workers`` times that of one tile. Default
+        ``os.cpu_count()``. Measured on a 2000 x 2000 px image on 2 cores: 1.5-1.9
+        times faster with 2 workers than with 1 (no gain when other processes
+        already use the cores).
 
     Returns
     -------
@@ -137,8 +204,9 @@ def correlate_arrays(
     Raises
     ------
     CorrelationError
-        If the images are not 2-D, differ in shape, a mask's shape differs, the
-        window is larger than the image, or a parameter is out of range.
+        If the images are not 2-D, differ in shape, a mask's or the prior's shape
+        differs, the window is larger than the image, a parameter is out of range,
+        or either image has no usable pixel at all (all nodata or masked).
 
     Notes
     -----
@@ -146,19 +214,29 @@ def correlate_arrays(
     outside count as unusable, so edge windows are measured from what is available
     as long as at most ``max_masked_fraction`` of the matched secondary window lies
     outside (or is otherwise unusable). The output is NaN where the reference
-    window has too many unusable pixels, where its texture is flat, where the
-    correlation peak is on the border of the search range or next to an offset
-    that could not be evaluated, where the matched secondary window is too masked,
-    or where the sub-pixel refinement drifts more than 1.5 px from the integer peak.
-    For unrelated images most windows are NaN; the few chance peaks left have low
-    scores (median ~0.3): filter on ``score`` (e.g. > 0.5) downstream.
+    window has too many unusable pixels, where its texture is flat or too weak
+    (``min_texture``), where the correlation is ambiguous (``max_peak_ratio``),
+    where the correlation peak is on the border of the search range or next to an
+    offset that could not be evaluated, where the matched secondary window is too
+    masked, or where the sub-pixel refinement drifts more than 1.5 px from the
+    integer peak. For unrelated images most windows are NaN; the few chance peaks
+    left have low scores (median ~0.3): filter on ``score`` (e.g. > 0.5)
+    downstream.
 
-    The windows are processed in batches whose working memory stays under about
-    130 MB (measured ~70 MB), besides a few float32 copies of the two images.
-    Single-threaded speed: ~5000 windows/s (window 32, search 8). FFTs honour
-    ``scipy.fft.set_workers``.
+    Failure modes: ``min_texture`` is relative to the image's median texture, so in
+    an image that is mostly uniform (open water, fresh snow) the uniform windows are
+    not caught by it (the peak-ratio test and the low score usually are). A
+    repetitive pattern whose period is longer than ``search`` looks unique within
+    the search range and is not detected. With ``levels``, a coarse level can only
+    see features that survive the averaging; where it is wrong, the finer levels
+    give NaN there (or, rarely, a wrong offset that the median filter did not
+    catch).
+
+    The windows are processed in tiles whose working memory stays under about
+    130 MB (measured ~70 MB) per worker, besides a few float32 copies of the two
+    images. Speed: ~5000 windows/s per core (window 32, search 8).
     """
-    ref, sec, rmask, smask = _c.check_inputs(
+    ref, sec, rmask, smask, prior_yx = _c.check_inputs(
         reference,
         secondary,
         reference_mask,
@@ -168,20 +246,36 @@ def correlate_arrays(
         search,
         prefilter,
         max_masked_fraction,
+        min_texture=min_texture,
+        max_peak_ratio=max_peak_ratio,
+        prior=prior,
+        levels=levels,
+        wallis_size=wallis_size,
+        workers=_default_workers() if workers is None else workers,
     )
-    dy, dx, score = _c.offset_field(
+    dy, dx, score = _c.pyramid_offset_field(
         ref,
         sec,
         rmask,
         smask,
+        levels=int(levels),
+        prior=prior_yx,
         window=int(window),
         step=int(step),
         search=int(search),
         prefilter=prefilter,
         max_masked_fraction=float(max_masked_fraction),
+        min_texture=float(min_texture),
+        max_peak_ratio=float(max_peak_ratio),
+        wallis_size=wallis_size,
+        workers=_default_workers() if workers is None else int(workers),
     )
     centre = (int(window) - 1) / 2.0
     return OffsetField(dx=dx, dy=dy, score=score, row0=centre, col0=centre, step=int(step))
+
+
+def _default_workers() -> int:
+    return os.cpu_count() or 1
 
 
 # --------------------------------------------------------------------------------------
@@ -243,6 +337,23 @@ def _default(name: str):
     return inspect.signature(correlate_arrays).parameters[name].default
 
 
+def _prior_pixels(prior: xr.Dataset, georef: bool, a: float, e: float):
+    """(dx, dy) in pixels from a Dataset of ``ew`` / ``ns`` made by :func:`correlate`."""
+    if "ew" not in prior or "ns" not in prior:
+        raise CorrelationError("a prior Dataset must hold the variables 'ew' and 'ns'")
+    ew = np.asarray(prior["ew"].transpose("y", "x").values, dtype=np.float64)
+    ns = np.asarray(prior["ns"].transpose("y", "x").values, dtype=np.float64)
+    units = prior.attrs.get("units", prior["ew"].attrs.get("units"))
+    if georef and units == "m":
+        return ew / a, ns / e
+    if not georef and units in (None, "pixel"):
+        return ew, -ns
+    raise CorrelationError(
+        f"the prior is in units {units!r} but the images are "
+        f"{'georeferenced (m)' if georef else 'not georeferenced (pixel)'}"
+    )
+
+
 def correlate(reference: xr.DataArray, secondary: xr.DataArray, **kwargs) -> xr.Dataset:
     """Correlate two TIO DataArrays and return displacements in map units.
 
@@ -257,8 +368,13 @@ def correlate(reference: xr.DataArray, secondary: xr.DataArray, **kwargs) -> xr.
     **kwargs
         Keyword arguments of :func:`correlate_arrays` (``window``, ``step``,
         ``search``, ``reference_mask``, ``secondary_mask``, ``prefilter``,
-        ``max_masked_fraction``); masks may be DataArrays on the same grid or numpy
-        arrays.
+        ``max_masked_fraction``, ``min_texture``, ``max_peak_ratio``, ``prior``,
+        ``levels``, ``wallis_size``, ``workers``); masks may be DataArrays on the
+        same grid or numpy arrays. ``prior`` may also be an :class:`xarray.Dataset`
+        returned by this function for the same images and parameters (its ``ew`` /
+        ``ns`` are converted back to pixels; NaN = no prior). ``levels`` (default 0,
+        off) enables the coarse-to-fine search for displacements larger than
+        ``search``.
 
     Returns
     -------
@@ -271,7 +387,8 @@ def correlate(reference: xr.DataArray, secondary: xr.DataArray, **kwargs) -> xr.
         image). Attributes: ``crs`` (copied when the input has one), ``transform``
         of the output grid (pixel size ``step * a`` by ``step * e``, each output
         pixel centred on its window centre), ``units``, ``window``, ``step``,
-        ``search``, ``prefilter``, ``max_masked_fraction``.
+        ``search``, ``prefilter``, ``max_masked_fraction``, ``min_texture``,
+        ``max_peak_ratio``, ``levels``.
 
     Raises
     ------
@@ -287,6 +404,12 @@ def correlate(reference: xr.DataArray, secondary: xr.DataArray, **kwargs) -> xr.
         "secondary_mask",
         "prefilter",
         "max_masked_fraction",
+        "min_texture",
+        "max_peak_ratio",
+        "prior",
+        "levels",
+        "wallis_size",
+        "workers",
     }
     unknown = set(kwargs) - allowed
     if unknown:
@@ -321,9 +444,11 @@ def correlate(reference: xr.DataArray, secondary: xr.DataArray, **kwargs) -> xr.
     kwargs = dict(kwargs)
     for name in ("reference_mask", "secondary_mask"):
         kwargs[name] = _mask_array(kwargs.get(name), ref, name, (abs(e), abs(a)))
+    georef = reference.attrs.get("crs") is not None
+    if isinstance(kwargs.get("prior"), xr.Dataset):
+        kwargs["prior"] = _prior_pixels(kwargs["prior"], georef, a, e)
     field = correlate_arrays(ref.values, sec.values, **kwargs)
 
-    georef = reference.attrs.get("crs") is not None
     if georef:
         ew = field.dx * np.float32(a)
         ns = field.dy * np.float32(e)
@@ -354,6 +479,9 @@ def correlate(reference: xr.DataArray, secondary: xr.DataArray, **kwargs) -> xr.
         "max_masked_fraction": float(
             kwargs.get("max_masked_fraction", _default("max_masked_fraction"))
         ),
+        "min_texture": float(kwargs.get("min_texture", _default("min_texture"))),
+        "max_peak_ratio": float(kwargs.get("max_peak_ratio", _default("max_peak_ratio"))),
+        "levels": int(kwargs.get("levels", _default("levels"))),
     }
     if "crs" in reference.attrs:
         attrs = {"crs": reference.attrs["crs"], **attrs}
