@@ -186,8 +186,30 @@ class CorrelationConfig(_Section):
     search: int = Field(
         8, ge=1, le=256, description="Largest displacement searched for, each direction (pixels)."
     )
-    prefilter: Literal["none", "highpass"] = Field(
-        "none", description="Filter applied to both images before matching."
+    prefilter: Literal["none", "highpass", "wallis"] = Field(
+        "none",
+        description="Filter applied to both images before matching (wallis: local mean and "
+        "contrast normalisation, for strong illumination change).",
+    )
+    levels: int = Field(
+        0,
+        ge=0,
+        le=6,
+        description="Coarse-to-fine levels for displacements larger than the search range "
+        "(each level halves the resolution; 0: off).",
+    )
+    min_texture: float = Field(
+        0.1,
+        ge=0,
+        description="Windows with less contrast than this share of the image's median window "
+        "contrast give no value (flat areas).",
+    )
+    max_peak_ratio: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Windows with a second correlation peak above this share of the best one "
+        "give no value (ambiguous, repetitive texture; 1: off).",
     )
     min_score: float = Field(
         0.4,

@@ -263,6 +263,9 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
                 search=cfg_c.search,
                 prefilter=cfg_c.prefilter,
                 max_masked_fraction=cfg_c.max_masked_fraction,
+                levels=cfg_c.levels,
+                min_texture=cfg_c.min_texture,
+                max_peak_ratio=cfg_c.max_peak_ratio,
             )
             valid = float(np.isfinite(ds["ew"].values).mean())
             write_pair(

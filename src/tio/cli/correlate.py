@@ -15,6 +15,8 @@ Examples:
       two Sentinel-2 products, only an area of interest
   tio correlate a.jp2 b.jp2 --window 64 --search 16 --mask clouds_b.tif -o pair.tif
       larger windows and search range, cloud mask of the secondary
+  tio correlate glacier_2020.tif glacier_2021.tif --levels 3 --prefilter wallis -o pair.tif
+      motion much larger than the search range (coarse to fine), strong illumination change
 \b
 Images without georeferencing give offsets in pixels (tag TIO_UNITS=pixel).
 """
@@ -68,7 +70,7 @@ def _dates(text):
     "--prefilter",
     default="none",
     show_default=True,
-    type=click.Choice(["none", "highpass"]),
+    type=click.Choice(["none", "highpass", "wallis"]),
     help="Filter both images first.",
 )
 @click.option(
@@ -79,6 +81,13 @@ def _dates(text):
 )
 @click.option(
     "--reference-mask", "ref_mask", type=click.Path(), help="Mask raster of the reference."
+)
+@click.option(
+    "--levels",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 6),
+    help="Coarse-to-fine levels, for displacements larger than --search.",
 )
 @click.option("--dates", help="DATE1,DATE2 (ISO) when the files do not say.")
 @click.option(
@@ -104,6 +113,7 @@ def correlate_cmd(
     prefilter,
     sec_mask,
     ref_mask,
+    levels,
     dates,
     aoi,
     resampling,
@@ -130,6 +140,7 @@ def correlate_cmd(
         dates=_dates(dates),
         aoi=parse_bbox(aoi),
         resampling=resampling,
+        levels=levels,
     )
     ds = result.dataset
     valid = float(np.isfinite(ds["ew"].values).mean())
