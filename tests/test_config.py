@@ -103,3 +103,20 @@ def test_every_command_has_help_with_examples(cmd):
     )
     assert proc.returncode == 0
     assert "Examples:" in proc.stdout
+
+
+def test_config_sections_are_the_stage_functions_options():
+    """The pipeline passes config sections as keyword arguments: names must match."""
+    import inspect
+
+    from tio.config import CorrelationConfig, InversionConfig
+    from tio.correlation import correlate
+    from tio.inversion import invert
+    from tio.pipeline import _STACK_OPTIONS
+    from tio.stack import build_stack
+
+    assert set(InversionConfig.model_fields) <= set(inspect.signature(invert).parameters)
+    assert set(CorrelationConfig.model_fields) - {"min_score"} <= set(
+        inspect.signature(correlate).parameters
+    )
+    assert set(_STACK_OPTIONS) <= set(inspect.signature(build_stack).parameters)

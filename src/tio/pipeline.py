@@ -118,6 +118,23 @@ def _image(stack: xr.Dataset, i: int) -> xr.DataArray:
     return da
 
 
+_STACK_OPTIONS = (
+    "aoi",
+    "resampling",
+    "crs",
+    "resolution",
+    "max_cloud",
+    "pixel_units",
+    "mask_snow",
+    "b09_threshold",
+)
+
+
+def _stack_options(cfg_in) -> dict:
+    """The input section's values that are :func:`tio.stack.build_stack` options."""
+    return cfg_in.model_dump(include=set(_STACK_OPTIONS))
+
+
 def _scene_fingerprint(scenes: Sequence[Scene]) -> list:
     out = []
     for s in scenes:
@@ -199,18 +216,7 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
         log.info("stack: up to date")
     else:
         with _bar(len(scenes), "read", "scene", progress) as bar:
-            stack = build_stack(
-                scenes,
-                aoi=cfg_in.aoi,
-                resampling=cfg_in.resampling,
-                crs=cfg_in.crs,
-                resolution=cfg_in.resolution,
-                max_cloud=cfg_in.max_cloud,
-                pixel_units=cfg_in.pixel_units,
-                mask_snow=cfg_in.mask_snow,
-                b09_threshold=cfg_in.b09_threshold,
-                progress=bar.update,
-            )
+            stack = build_stack(scenes, **_stack_options(cfg_in), progress=bar.update)
         save_stack(stack, stack_path)
         state.mark("stack", stack_key)
     kept = set(stack["source"].values.tolist())
@@ -258,14 +264,7 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
             ds = correlate(
                 _image(stack, p.i),
                 _image(stack, p.j),
-                window=cfg_c.window,
-                step=cfg_c.step,
-                search=cfg_c.search,
-                prefilter=cfg_c.prefilter,
-                max_masked_fraction=cfg_c.max_masked_fraction,
-                levels=cfg_c.levels,
-                min_texture=cfg_c.min_texture,
-                max_peak_ratio=cfg_c.max_peak_ratio,
+                **cfg_c.model_dump(exclude={"min_score"}),  # the rest are correlate()'s options
             )
             valid = float(np.isfinite(ds["ew"].values).mean())
             write_pair(
@@ -355,18 +354,9 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
         products = sorted(out.glob("*.tif"))
     else:
         pair_cube = _load_pairs(corr_dir, pairs)
-        ic = config.inversion
         with _bar(1, "invert", "run", progress) as bar:
-            ts = invert(
-                pair_cube,
-                residual_scale=ic.residual_scale,
-                gross_outlier=ic.gross_outlier,
-                reweight_iterations=ic.reweight_iterations,
-                smoothing_gamma2=ic.smoothing_gamma2,
-                min_valid_fraction=ic.min_valid_fraction,
-                pair_weighting=ic.pair_weighting,
-                score_weighting=ic.score_weighting,
-            )
+            # the inversion section's names are invert()'s keyword arguments
+            ts = invert(pair_cube, **config.inversion.model_dump())
             bar.update()
         ts.attrs.update(
             units=pair_cube.attrs.get("units", "m"),
