@@ -35,8 +35,12 @@ are the prior of the next finer one.
 
 Windows are processed in rectangular tiles whose working memory is bounded by
 ``_BATCH_BYTES``; the tiles are independent and may run in a thread pool (numpy and
-scipy.fft release the GIL). The tiling does not depend on the number of threads, so
-the results do not either (bit for bit).
+scipy.fft release the GIL). Windows without any unusable pixel take a fast path
+(pruned real FFTs, local energies from integral images, float32 sub-pixel stage with
+separable tapers); windows whose secondary sub-image reaches outside the image or
+contains unusable pixels are gathered into batches of their own for the masked
+formulation. The tiling and batching do not depend on the number of threads, so the
+results do not either (bit for bit).
 
 Conventions: images are indexed ``[row, col]``; an offset ``(dy, dx)`` means that the
 content of the secondary image is displaced by ``dy`` rows and ``dx`` columns
@@ -457,11 +461,24 @@ def zncc_surfaces(
         q, flat_q, _ = _standardise(sec, wq)
         wr32 = wr.astype(np.float32)
         wq32 = wq.astype(np.float32)
-        fa = sfft.rfft2(np.stack([wr32, r, r * r], axis=1), s=shape)
+        ref_all = bool(wr32.all())
+        # Pruned transforms: the reference windows fill only w of the ``size`` rows;
+        # only the first n rows of the correlations are transformed back.
+        if ref_all:  # the weight of the reference is a box of ones (cached spectrum)
+            fa = _rfft2_rows(np.stack([r, r * r], axis=1), size)
+            np.conjugate(fa, out=fa)
+            fw = _box_spectrum(w, size)
+            fa = [fw, fa[:, 0], fa[:, 1]]
+        else:
+            fa = _rfft2_rows(np.stack([wr32, r, r * r], axis=1), size)
+            np.conjugate(fa, out=fa)
+            fa = [fa[:, 0], fa[:, 1], fa[:, 2]]
         fb = sfft.rfft2(np.stack([wq32, q, q * q], axis=1), s=shape)
-        prod = np.conj(fa[:, [0, 1, 2, 0, 0, 1]]) * fb[:, [0, 0, 0, 1, 2, 1]]
+        prod = np.empty((fb.shape[0], 6) + fb.shape[2:], dtype=fb.dtype)
+        for i, (a, b) in enumerate(((0, 0), (1, 0), (2, 0), (0, 1), (0, 2), (1, 1))):
+            np.multiply(fa[a], fb[:, b], out=prod[:, i])
         del fa, fb
-        c = sfft.irfft2(prod, s=shape)[:, :, :n, :n].astype(np.float64)
+        c = _irfft2_rows(prod, size, n)[..., :n].astype(np.float64)
         del prod
         cnt = np.rint(c[:, 0])
         sr, sr2, sq, sq2, srq = c[:, 1], c[:, 2], c[:, 3], c[:, 4], c[:, 5]
@@ -473,8 +490,21 @@ def zncc_surfaces(
         ok = (cnt >= max(min_overlap, _MIN_OVERLAP)) & (var_r > _FLAT * cnt) & (var_q > _FLAT * cnt)
         ok &= ~(flat_r | flat_q)[:, None, None]
         zncc = np.where(ok, cov / np.sqrt(var_r * var_q), np.nan)
-        frac = _box_sums(wq, w) / (w * w)
+        # usable fraction of the secondary window (= overlap when the reference is full)
+        frac = cnt / (w * w) if ref_all else _box_sums(wq, w) / (w * w)
     return np.clip(zncc, -1.0, 1.0), frac
+
+
+def _rfft2_rows(a, size):
+    """``rfft2(a, s=(size, size))`` over the last two axes, for ``a`` with fewer rows."""
+    f = sfft.rfft(a, n=size, axis=-1)
+    return sfft.fft(f, n=size, axis=-2, overwrite_x=True)
+
+
+def _irfft2_rows(f, size, n):
+    """First ``n`` rows of ``irfft2(f, s=(size, size))`` over the last two axes."""
+    g = sfft.ifft(f, axis=-2, overwrite_x=True)[..., :n, :]
+    return sfft.irfft(g, n=size, axis=-1)
 
 
 def integer_peaks(zncc):
@@ -602,27 +632,27 @@ def mask_weight(valid, frac_y, frac_x, erode=2, sigma=0.75):
 
     Returns
     -------
-    ndarray of float64, shape (K, n, n)
+    ndarray of float32, shape (K, n, n)
         Weight in [0, 1] (1 far from unusable pixels).
     """
     k, n, _ = valid.shape
     e = ndimage.minimum_filter(valid, size=(1, 2 * erode + 1, 2 * erode + 1), mode="nearest")
     rad = int(np.ceil(4 * sigma)) + 1
-    e = np.pad(e, ((0, 0), (rad, rad), (rad, rad)), mode="edge").astype(np.float64)
+    e = np.pad(e, ((0, 0), (rad, rad), (rad, rad)), mode="edge").astype(np.float32)
     taps = np.arange(-rad, rad + 1, dtype=np.float64)
     norm = 1.0 / (sigma * np.sqrt(2.0 * np.pi))
 
     def weights(frac):
         t = taps[None, :] - np.asarray(frac, np.float64)[:, None]
-        return norm * np.exp(-0.5 * (t / sigma) ** 2)  # (K, taps)
+        return (norm * np.exp(-0.5 * (t / sigma) ** 2)).astype(np.float32)  # (K, taps)
 
-    # M(y) = sum_t E(y - t) g(t - frac)
+    # M(y) = sum_t E(y - t) g(t - frac), in float32 (a weight: ample precision)
     wy = weights(frac_y)
-    rows = np.zeros((k, n, e.shape[2]))
+    rows = np.zeros((k, n, e.shape[2]), dtype=np.float32)
     for i, t in enumerate(range(-rad, rad + 1)):
         rows += wy[:, i, None, None] * e[:, rad - t : rad - t + n, :]
     wx = weights(frac_x)
-    out = np.zeros((k, n, n))
+    out = np.zeros((k, n, n), dtype=np.float32)
     for i, t in enumerate(range(-rad, rad + 1)):
         out += wx[:, i, None, None] * rows[:, :, rad - t : rad - t + n]
     return np.clip(out, 0.0, 1.0)
@@ -922,7 +952,9 @@ def offset_field(
         sec=sliding_window_view(sec, (p0, p0)),
         sval=sliding_window_view(sec_valid, (p0, p0)),
         secimg=sec,
+        svalimg=sec_valid,
         all_valid=bool(ref_valid.all()),
+        tex_is_ref=texture is ref,
         oy=oy + big,  # top-left corner of the sub-image, relative to i * step (padded)
         ox=ox + big,
     )
@@ -954,9 +986,6 @@ def offset_field(
         for j0 in range(0, nx, bj)
     ]
 
-    def run(tile):
-        return _tile(views, *tile, **opts)
-
     def store(result):
         if result is not None:
             ii, jj, dy, dx, score = result
@@ -964,14 +993,50 @@ def offset_field(
             out_dx[ii, jj] = dx
             out_sc[ii, jj] = score
 
-    workers = max(1, min(int(workers), len(tiles)))
-    if workers == 1:
-        for tile in tiles:
-            store(run(tile))
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for result in pool.map(run, tiles):
+    # Windows whose secondary sub-image reaches outside the image (edges) use the
+    # masked formulation, in batches of their own; the others are processed tile by
+    # tile, those without any unusable pixel on the fast path (the rest, found in the
+    # tiles, are gathered and processed afterwards in batches of the same size).
+    gi, gj = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+    r0 = gi * int(step) + views["oy"]
+    c0 = gj * int(step) + views["ox"]
+    inside = (r0 >= pad) & (r0 + p0 <= pad + reference.shape[0])
+    inside &= (c0 >= pad) & (c0 + p0 <= pad + reference.shape[1])
+    views["inside"] = inside
+
+    def batches(ii, jj):
+        return [
+            (ii[b : b + per_chunk], jj[b : b + per_chunk]) for b in range(0, ii.size, per_chunk)
+        ]
+
+    tasks = [
+        ("tile", t) for t in tiles if inside[t[0][0] : t[0][-1] + 1, t[1][0] : t[1][-1] + 1].any()
+    ]
+    tasks += [("masked", b) for b in batches(gi[~inside], gj[~inside])]
+
+    def run(task):
+        kind, args = task
+        if kind == "tile":
+            return _tile(views, *args, **opts)
+        return _masked_tile(views, *args, **opts), None
+
+    workers = max(1, int(workers))
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        pending = []
+        for result, rest in pool.map(run, tasks) if pool is not None else map(run, tasks):
+            store(result)
+            if rest is not None:
+                pending.append(rest)
+        if pending:
+            pi = np.concatenate([p[0] for p in pending])
+            pj = np.concatenate([p[1] for p in pending])
+            tasks = [("masked", b) for b in batches(pi, pj)]
+            for result, _ in pool.map(run, tasks) if pool is not None else map(run, tasks):
                 store(result)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     out_dy += oy
     out_dx += ox
     return out_dy, out_dx, out_sc
@@ -981,16 +1046,18 @@ def _tile(views, rows, cols, *, step, **opts):
     """Gather the windows of one tile (rows x cols of the output grid) and process them."""
     ii, jj = np.meshgrid(rows, cols, indexing="ij")
     ii, jj = ii.ravel(), jj.ravel()
-    rv = views["rval"][ii, jj]
+    inside = views["inside"][ii, jj]
+    ii, jj = ii[inside], jj[inside]  # the others are processed by _masked_tile
+    rv = None
     if not views["all_valid"]:
+        rv = views["rval"][ii, jj]
         keep = 1.0 - rv.mean(axis=(1, 2)) <= opts["max_bad"]
         if not keep.any():
-            return None
+            return None, None
         ii, jj, rv = ii[keep], jj[keep], rv[keep]
     # top-left corners of the secondary sub-images in the padded secondary
     r0 = ii * step + views["oy"][ii, jj]
     c0 = jj * step + views["ox"][ii, jj]
-    qv = views["sval"][r0, c0]
     # Local variance of the secondary at every offset of every window, from integral
     # images of the tile's secondary box (windows overlap heavily).
     w, s = opts["w"], opts["s"]
@@ -998,7 +1065,8 @@ def _tile(views, rows, cols, *, step, **opts):
     # (A prior that varies wildly within the tile would make the box huge: then the
     # variances are computed window by window, by FFT.)
     rmin, cmin = r0.min(), c0.min()
-    box = views["secimg"][rmin : r0.max() + p0, cmin : c0.max() + p0]
+    rmax, cmax = r0.max() + p0, c0.max() + p0
+    box = views["secimg"][rmin:rmax, cmin:cmax]
     lv = None
     if box.size <= 4 * ii.size * p0 * p0:
         lvm = local_variance_map(box, w)
@@ -1006,11 +1074,289 @@ def _tile(views, rows, cols, *, step, **opts):
         lr = (r0 - rmin)[:, None] + n
         lc = (c0 - cmin)[:, None] + n
         lv = lvm[lr[:, :, None], lc[:, None, :]]
+    # Windows without any unusable pixel (reference window and secondary sub-image)
+    # take the fast path here; the others are returned for :func:`_masked_tile`.
+    k = ii.size
+    if lv is None:
+        return None, (ii, jj)
+    if rv is None and views["svalimg"][rmin:rmax, cmin:cmax].all():
+        clean = np.ones(k, dtype=bool)
+    else:
+        clean = views["sval"][r0, c0].all(axis=(1, 2))
+        if rv is not None:
+            clean &= rv.all(axis=(1, 2))
+    rest = None
+    if not clean.all():
+        d = ~clean
+        rest = (ii[d], jj[d])
+        ii, jj, r0, c0, lv = ii[clean], jj[clean], r0[clean], c0[clean], lv[clean]
+        if ii.size == 0:
+            return None, rest
+    tex = None
+    if opts["min_sd"] > 0 and not views["tex_is_ref"]:
+        tex = views["tex"][ii, jj]
+    r = views["ref"][ii, jj]
+    q = views["sec"][r0, c0]
+    dy, dx, score = _process_clean(r, q, lv, tex, **opts)
+    return (ii, jj, dy, dx, score), rest
+
+
+def _masked_tile(views, ii, jj, *, step, **opts):
+    """Process a batch of windows (output-grid indices) with the masked formulation."""
+    rv = views["rval"][ii, jj]
+    if not views["all_valid"]:
+        keep = 1.0 - rv.mean(axis=(1, 2)) <= opts["max_bad"]
+        if not keep.any():
+            return None
+        ii, jj, rv = ii[keep], jj[keep], rv[keep]
+    r0 = ii * step + views["oy"][ii, jj]
+    c0 = jj * step + views["ox"][ii, jj]
     tex = views["tex"][ii, jj] if opts["min_sd"] > 0 else None
+    qv = views["sval"][r0, c0]
     dy, dx, score = _process_block(
-        views["ref"][ii, jj], views["sec"][r0, c0], rv, qv, lv, tex, **opts
+        views["ref"][ii, jj], views["sec"][r0, c0], rv, qv, None, tex, **opts
     )
     return ii, jj, dy, dx, score
+
+
+@functools.lru_cache(maxsize=16)
+def _spectral_weight32(size):
+    out = spectral_weight(size).astype(np.float32)
+    out.flags.writeable = False
+    return out
+
+
+def _demean(a):
+    """``a`` minus its mean for each image of a batch (float32), flatness and std.
+
+    Same conventions as :func:`_standardise` (without the division by the std).
+    """
+    n = a.shape[1] * a.shape[2]
+    mean = a.sum(axis=(1, 2), dtype=np.float64) / n
+    out = a.astype(np.float32)
+    out -= mean.astype(np.float32)[:, None, None]
+    sd = np.sqrt(np.einsum("kij,kij->k", out, out).astype(np.float64) / n)
+    flat = (sd <= _FLAT * np.abs(mean)) | (sd == 0)
+    return out, flat, sd
+
+
+def _zncc_clean(r, q, w, s, lv):
+    """ZNCC surfaces of windows without unusable pixels (see :func:`zncc_surfaces`).
+
+    ``lv`` is the local variance of the (un-normalised) secondary windows at every
+    offset. The transforms are pruned: the zero rows of the padded reference are not
+    transformed, and only the ``2 s + 1`` rows of the correlation that are needed
+    are transformed back. Returns the surfaces (float64), the standardised reference
+    windows, their std and the demeaned secondary sub-images (float32).
+    """
+    n = 2 * s + 1
+    size = sfft.next_fast_len(w + 2 * s, real=True)
+    rs, flat_r, sd_r = _standardise(r)
+    qd, flat_q, sd_q = _demean(q)
+    fr = _rfft2_rows(rs, size)
+    np.conjugate(fr, out=fr)
+    fr *= sfft.rfft2(qd, s=(size, size))
+    num = _irfft2_rows(fr, size, n)[:, :, :n].astype(np.float64)
+    # With a standardised reference and an un-normalised secondary:
+    # zncc = num / sqrt(w^2 * local variance), the secondary's scale cancels.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ok = (lv > (_FLAT * w * w) * (sd_q * sd_q)[:, None, None]) & ~(flat_r | flat_q)[
+            :, None, None
+        ]
+        zncc = np.where(ok, num / np.sqrt((w * w) * lv), np.nan)
+    return np.clip(zncc, -1.0, 1.0), rs, sd_r, qd
+
+
+def _upsampled_peak(cross, cy, cx, half_width, upsample):
+    """Sub-pixel peak of the inverse DFT of half spectra around ``(cy, cx)``.
+
+    Matrix-multiply upsampled DFT (Guizar-Sicairos et al. 2008) on a grid
+    ``upsample`` times finer than a pixel over ``+-half_width`` px, then a parabola
+    through the neighbours of the grid maximum (see :func:`phase_correlation_shift`).
+    ``cross`` (K, L, L // 2 + 1) is modified.
+    """
+    k, size, hx = cross.shape
+    m = 2 * int(np.ceil(half_width * upsample)) + 1
+    grid = (np.arange(m) - (m - 1) / 2) / upsample
+    gy, gx = _dft_grids(size, m, upsample)
+    fy = sfft.fftfreq(size) * size
+    fx = sfft.rfftfreq(size) * size
+    cross *= np.exp((2j * np.pi / size) * cx[:, None] * fx[None, :]).astype(np.complex64)[
+        :, None, :
+    ]
+    t = np.matmul(cross, gx)  # (K, L, m); per-window products (BLAS stays single-threaded)
+    t *= np.exp((2j * np.pi / size) * cy[:, None] * fy[None, :]).astype(np.complex64)[:, :, None]
+    surf = np.matmul(gy, t).real.astype(np.float64)  # (K, m, m)
+    p = surf.reshape(k, -1).argmax(axis=1)
+    py, px = np.divmod(p, m)
+    kk = np.arange(k)
+    pyc, pxc = np.clip(py, 1, m - 2), np.clip(px, 1, m - 2)
+    sub_y = _parabolic(surf[kk, pyc - 1, px], surf[kk, pyc, px], surf[kk, pyc + 1, px])[0]
+    sub_x = _parabolic(surf[kk, py, pxc - 1], surf[kk, py, pxc], surf[kk, py, pxc + 1])[0]
+    sub_y = np.where((py > 0) & (py < m - 1), sub_y, 0.0)
+    sub_x = np.where((px > 0) & (px < m - 1), sub_x, 0.0)
+    return cy + grid[py] + sub_y / upsample, cx + grid[px] + sub_x / upsample
+
+
+@functools.lru_cache(maxsize=16)
+def _dft_grids(size, m, upsample):
+    """Shared matrices of the upsampled DFT (rows: fftfreq, columns: rfftfreq)."""
+    grid = (np.arange(m) - (m - 1) / 2) / upsample
+    fy = sfft.fftfreq(size) * size
+    fx = sfft.rfftfreq(size) * size
+    gy = np.exp((2j * np.pi / size) * grid[:, None] * fy[None, :]).astype(np.complex64)
+    gx = np.exp((2j * np.pi / size) * fx[:, None] * grid[None, :]).astype(np.complex64)
+    gy.flags.writeable = False
+    gx.flags.writeable = False
+    return gy, gx
+
+
+def _subpixel(rs, qd, iy, ix, rv=None, qv=None, *, w, s, iterations, upsample):
+    """Sub-pixel stage: iterated, tapered, upsampled phase correlation.
+
+    The estimator of :func:`phase_correlation_shift` (with :func:`reference_spectra`),
+    in float32 with separable tapers: a first estimate with the same taper on both
+    windows around the integer peak, then ``iterations - 1`` estimates with the taper
+    (and the weight of unusable pixels, :func:`mask_weight`) of the secondary moved
+    by the previous estimate. ``rs`` (K, w, w) reference windows (any per-window
+    scale and offset), ``qd`` (K, w + 2s, w + 2s) secondary sub-images, ``iy``/``ix``
+    integer peaks (indices in the ZNCC surface), ``rv``/``qv`` their usable pixels
+    (None: all usable). Returns the offsets ``ty``/``tx`` (relative to the centre of
+    the sub-images) and whether each is valid: the block (one pixel larger than the
+    window on every side) must stay in the sub-image, and the estimate within
+    1.5 px of the integer peak.
+    """
+    k = rs.shape[0]
+    size = sfft.next_fast_len(w + 2)
+    taper = hann(np.arange(w), w).astype(np.float32)
+    tw = np.outer(taper, taper)
+    a = np.zeros((k, size, size), dtype=np.float32)
+    ra = a[:, 1 : w + 1, 1 : w + 1]
+    np.multiply(rs, tw, out=ra)
+    mean = ra.sum(axis=(1, 2)) / tw.sum()
+    ra -= mean[:, None, None] * tw
+    spec = sfft.rfft2(a)
+    np.conjugate(spec, out=spec)
+    del a, ra
+    sw = _spectral_weight32(size)
+    blocks = sliding_window_view(qd, (w + 2, w + 2), axis=(1, 2))
+    if qv is not None:
+        vblocks = sliding_window_view(qv, (w + 2, w + 2), axis=(1, 2))
+        rvp = np.pad(rv, ((0, 0), (1, 1), (1, 1)), constant_values=True)
+    x = np.arange(-1, w + 1, dtype=np.float64)
+    kk = np.arange(k)
+    buf = np.zeros((k, size, size), dtype=np.float32)
+    bb = buf[:, : w + 2, : w + 2]
+    py, px = iy.copy(), ix.copy()
+    fy = np.zeros(k)
+    fx = np.zeros(k)
+    alive = np.ones(k, dtype=bool)
+    for it in range(max(iterations, 1)):
+        alive &= (py >= 1) & (py <= 2 * s - 1) & (px >= 1) & (px <= 2 * s - 1)
+        by, bx = np.clip(py, 1, 2 * s - 1) - 1, np.clip(px, 1, 2 * s - 1) - 1
+        blk = blocks[kk, by, bx]
+        ty = hann(x[None, :] - fy[:, None], w).astype(np.float32)  # (K, w + 2)
+        tx = hann(x[None, :] - fx[:, None], w).astype(np.float32)
+        bm = np.matmul(blk, tx[:, :, None])[:, :, 0]
+        bm = np.einsum("ki,ki->k", bm, ty) / (ty.sum(axis=1) * tx.sum(axis=1))
+        # tapered, demeaned block written into the zero-padded FFT buffer
+        np.subtract(blk, bm[:, None, None], out=bb)
+        del blk
+        bb *= ty[:, :, None]
+        bb *= tx[:, None, :]
+        sp = spec
+        if qv is not None:
+            uv = rvp & vblocks[kk, by, bx]  # usable in both, in block coordinates
+            mk = np.flatnonzero(~uv.all(axis=(1, 2)))
+            if mk.size:
+                # Windows with unusable pixels: smooth weights that follow the shift
+                # (secondary) or stay (reference); the weighted means are redone.
+                uv = uv[mk]
+                z = np.zeros(mk.size)
+                mw = mask_weight(uv, fy[mk], fx[mk])
+                wgt = ty[mk, :, None] * tx[mk, None, :] * mw
+                bb[mk] = _weighted_demean(blocks[kk[mk], by[mk], bx[mk]], wgt)
+                if it:  # the first estimate has no shift: same weight for both
+                    mw = mask_weight(uv, z, z)
+                wgt = tw * mw[:, 1:-1, 1:-1]
+                a = np.zeros((mk.size, size, size), dtype=np.float32)
+                a[:, 1 : w + 1, 1 : w + 1] = _weighted_demean(rs[mk], wgt)
+                sp = spec.copy()
+                sp[mk] = np.conjugate(sfft.rfft2(a))
+        cross = sfft.rfft2(buf)
+        cross *= sp
+        mag = cross.real * cross.real
+        mag += cross.imag * cross.imag
+        tiny = 1e-24 * mag.max(axis=(1, 2), keepdims=True)
+        flat = ~(mag > tiny).any(axis=(1, 2))
+        np.maximum(mag, tiny, out=mag)
+        np.sqrt(mag, out=mag)
+        np.sqrt(mag, out=mag)  # |cross| ** 0.5
+        np.divide(sw, mag, out=mag)
+        cross *= mag
+        del mag
+        if it == 0:  # around the coarse peak
+            c = sfft.irfft2(cross, s=(size, size)).reshape(k, -1).argmax(axis=1)
+            cy, cx = np.divmod(c, size)
+            cy = np.where(cy > size // 2, cy - size, cy).astype(np.float64)
+            cx = np.where(cx > size // 2, cx - size, cx).astype(np.float64)
+            ey, ex = _upsampled_peak(cross, cy, cx, 0.6, upsample)
+        else:  # around the previous estimate
+            ey, ex = _upsampled_peak(cross, fy, fx, 0.2, 3 * upsample)
+        ey[flat] = np.nan
+        ex[flat] = np.nan
+        alive &= np.isfinite(ey) & np.isfinite(ex)
+        ey = np.where(alive, ey, 0.0)
+        ex = np.where(alive, ex, 0.0)
+        ny_, nx_ = np.rint(ey).astype(int), np.rint(ex).astype(int)
+        py, px = py + ny_, px + nx_
+        fy, fx = ey - ny_, ex - nx_
+    ty = py - s + fy
+    tx = px - s + fx
+    alive &= (np.abs(ty - (iy - s)) <= 1.5) & (np.abs(tx - (ix - s)) <= 1.5)
+    return ty, tx, alive
+
+
+def _process_clean(
+    r,
+    q,
+    lv,
+    tex,
+    *,
+    w,
+    s,
+    max_bad,
+    min_overlap,
+    min_sd,
+    max_peak_ratio,
+    iterations,
+    upsample,
+):
+    """:func:`_process_block` for windows without unusable pixels.
+
+    ``tex`` None with ``min_sd > 0`` means that the texture is measured on ``r``.
+    """
+    k = r.shape[0]
+    zncc, rs, sd_r, qd = _zncc_clean(r, q, w, s, lv)
+    iy, ix, ok = integer_peaks(zncc)
+    if min_sd > 0:
+        ok &= (sd_r if tex is None else window_std(tex)) >= min_sd
+    if max_peak_ratio < 1.0:
+        ok &= ~ambiguous_peaks(zncc, iy, ix, max_peak_ratio)
+    dy = np.full(k, np.nan)
+    dx = np.full(k, np.nan)
+    score = np.full(k, np.nan)
+    idx = np.flatnonzero(ok)
+    if idx.size == 0:
+        return dy, dx, score
+    score[idx] = peak_score(zncc[idx], iy[idx], ix[idx])
+    ty, tx, alive = _subpixel(
+        rs[idx], qd[idx], iy[idx], ix[idx], w=w, s=s, iterations=iterations, upsample=upsample
+    )
+    dy[idx] = np.where(alive, ty, np.nan)
+    dx[idx] = np.where(alive, tx, np.nan)
+    score[idx] = np.where(alive, score[idx], np.nan)
+    return dy, dx, score
 
 
 def _process_block(
@@ -1070,49 +1416,18 @@ def _process_block(
     score[idx] = peak_score(zncc[idx], iy[idx], ix[idx])
 
     # ---- sub-pixel stage on the windows with a valid integer peak
-    r, q, rv, qv = r[idx], q[idx], rv[idx], qv[idx]
-    py, px = iy[idx].copy(), ix[idx].copy()  # integer offset + s (index in the sub-image)
-    fy = np.zeros(idx.size)
-    fx = np.zeros(idx.size)
-    alive = np.ones(idx.size, dtype=bool)
-    ar = np.arange(w + 2)
-    kk = np.arange(idx.size)[:, None, None]
-    rvp = np.pad(rv, ((0, 0), (1, 1), (1, 1)), constant_values=True)
-    spec = reference_spectra(r)  # for the windows without unusable pixels
-    for it in range(max(iterations, 1)):
-        # The block (one pixel larger than the window on every side) must lie in the
-        # sub-image: the integer offset must stay strictly inside the search range.
-        alive &= (py >= 1) & (py <= 2 * s - 1) & (px >= 1) & (px <= 2 * s - 1)
-        rows = (np.clip(py, 1, 2 * s - 1) - 1)[:, None, None] + ar[None, :, None]
-        cols = (np.clip(px, 1, 2 * s - 1) - 1)[:, None, None] + ar[None, None, :]
-        blk = q[kk, rows, cols]
-        uv = rvp & qv[kk, rows, cols]  # usable in both, in block coordinates
-        masked = ~uv.all(axis=(1, 2))
-        if it == 0:  # around the coarse peak
-            kw = dict(half_width=0.6, upsample=upsample)
-        else:  # around the previous estimate
-            kw = dict(half_width=0.2, upsample=3 * upsample)
-        ey = np.empty(idx.size)
-        ex = np.empty(idx.size)
-        for sel, has_mask in ((~masked, False), (masked, True)):
-            if not sel.any():
-                continue
-            if it:
-                kw["centre"] = (fy[sel], fx[sel])
-            if has_mask:
-                sp, valid = reference_spectra(r[sel], uv[sel]), uv[sel]
-            else:
-                sp, valid = spec[sel], None
-            ey[sel], ex[sel] = phase_correlation_shift(sp, blk[sel], fy[sel], fx[sel], valid, **kw)
-        alive &= np.isfinite(ey) & np.isfinite(ex)
-        ey = np.where(alive, ey, 0.0)
-        ex = np.where(alive, ex, 0.0)
-        ny_, nx_ = np.rint(ey).astype(int), np.rint(ex).astype(int)
-        py, px = py + ny_, px + nx_
-        fy, fx = ey - ny_, ex - nx_
-    ty = py - s + fy
-    tx = px - s + fx
-    alive &= (np.abs(ty - (iy[idx] - s)) <= 1.5) & (np.abs(tx - (ix[idx] - s)) <= 1.5)
+    ty, tx, alive = _subpixel(
+        _demean(r[idx])[0],
+        _demean(q[idx])[0],
+        iy[idx],
+        ix[idx],
+        rv[idx],
+        qv[idx],
+        w=w,
+        s=s,
+        iterations=iterations,
+        upsample=upsample,
+    )
     dy[idx] = np.where(alive, ty, np.nan)
     dx[idx] = np.where(alive, tx, np.nan)
     score[idx] = np.where(alive, score[idx], np.nan)
