@@ -420,3 +420,15 @@ def test_connected_components_labels():
         [0, 0, 2, 3, 3, 5],
         [0, 1, 2, 3, 4, 5],
     ]
+
+
+def test_progress_reports_every_row_once_and_blocks_do_not_change_results():
+    dates, t = _dates()
+    i1, i2 = _network()
+    truth = _history(t, (8, 9))
+    pairs = _pairs(truth, dates, i1, i2, noise=0.1, seed=3)
+    rows = []
+    small = invert(pairs, block_size=18, progress=rows.append)  # blocks of 2 rows
+    assert sum(rows) == 8 and len(rows) == 4
+    whole = invert(pairs)
+    np.testing.assert_allclose(_cum(small), _cum(whole), atol=1e-9)

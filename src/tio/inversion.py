@@ -44,6 +44,7 @@ def invert(
     pair_weighting: str = "std",
     score_weighting: bool = False,
     block_size: int = 20000,
+    progress=None,
 ) -> xr.Dataset:
     """Invert a network of displacement pairs into displacement time series.
 
@@ -119,6 +120,9 @@ def invert(
         Number of pixels solved at once, at most (blocks are whole rows, at
         least one; fewer pixels when there are many dates, to keep each stack
         of normal matrices below ~64 MB). Memory, not results, depends on it.
+    progress : callable, optional
+        Called as ``progress(rows)`` after each block with the number of image
+        rows it solved (for progress bars).
 
     Returns
     -------
@@ -303,6 +307,8 @@ def invert(
             res["n_outliers"][c][r0:r1] = out[f"n_out_{c}"].reshape(r1 - r0, nx)
             r = out[f"res_{c}"][inverted]
             sum_sq[c] += np.nansum(r**2, axis=0)
+        if progress is not None:
+            progress(r1 - r0)
 
     with np.errstate(invalid="ignore", divide="ignore"):
         rms_pair = {

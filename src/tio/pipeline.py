@@ -354,10 +354,9 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
         products = sorted(out.glob("*.tif"))
     else:
         pair_cube = _load_pairs(corr_dir, pairs)
-        with _bar(1, "invert", "run", progress) as bar:
+        with _bar(pair_cube.sizes["y"], "invert", "row", progress) as bar:
             # the inversion section's names are invert()'s keyword arguments
-            ts = invert(pair_cube, **config.inversion.model_dump())
-            bar.update()
+            ts = invert(pair_cube, **config.inversion.model_dump(), progress=bar.update)
         ts.attrs.update(
             units=pair_cube.attrs.get("units", "m"),
             tio_version=__version__,
