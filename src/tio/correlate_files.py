@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from rasterio.enums import Resampling
 from .errors import InputError, NoOverlapError
 from .ingest import Scene, open_scene
 from .raster import coords_from_transform, write_pair
-from .stack import Grid, grid_for, is_on_grid, read_on_grid, scene_bounds
+from .stack import Grid, boxes_overlap, grid_for, is_on_grid, read_on_grid, scene_bounds
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +59,6 @@ def _read_mask(path: str | Path | None, grid: Grid) -> np.ndarray | None:
     scene = Scene(path=str(path), date=None, source=str(path))
     values = read_on_grid(scene, grid, Resampling.nearest)
     return ~np.isfinite(values) | (values != 0)
-
-
-def _overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def correlate_files(
@@ -121,7 +116,7 @@ def correlate_files(
     grid = grid_for(ref_scene, aoi)
     ref_box = grid.bounds
     sec_box = scene_bounds(sec_scene, grid.crs)
-    if not _overlaps(ref_box, sec_box):
+    if not boxes_overlap(ref_box, sec_box):
         raise NoOverlapError(
             f"{secondary} does not overlap {reference}: reference extent "
             f"x {ref_box[0]:.1f}..{ref_box[2]:.1f}, y {ref_box[1]:.1f}..{ref_box[3]:.1f}; "

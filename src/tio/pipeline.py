@@ -78,6 +78,9 @@ class _State:
 
     def mark(self, stage: str, key: str) -> None:
         self.data[stage] = key
+        self.save()
+
+    def save(self) -> None:
         with atomic_path(self.path) as tmp:
             tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
 
@@ -337,7 +340,7 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
             ", neighbour median test" if cc.outlier_test else "",
         )
     if todo_fix:
-        state.mark("corrections_done", _hash(sorted(fixed_keys.values())))
+        state.save()  # the correction records of the pairs just done
         _write_corrections_csv(out / "pairs" / "corrections.csv", records, pairs)
 
     # 6. invert + products ---------------------------------------------------

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Grid",
+    "boxes_overlap",
     "build_stack",
     "grid_for",
     "is_on_grid",
@@ -136,12 +137,7 @@ def grid_for(
         img_bounds = transform_bounds(src.crs, target, *src.bounds, densify_pts=21)
         if area is not None:
             box = transform_bounds("EPSG:4326", target, *area.bounds, densify_pts=21)
-            if not (
-                box[0] < img_bounds[2]
-                and img_bounds[0] < box[2]
-                and box[1] < img_bounds[3]
-                and img_bounds[1] < box[3]
-            ):
+            if not boxes_overlap(box, img_bounds):
                 raise NoOverlapError(
                     f"the area of interest {area.bounds} (lon/lat) is outside {scene.source}: "
                     f"AOI x {box[0]:.0f}..{box[2]:.0f}, y {box[1]:.0f}..{box[3]:.0f}; image "
@@ -297,6 +293,24 @@ def _read_values(scene: Scene, grid: Grid, resampling: Resampling) -> np.ndarray
         return _to_grey(data, src)
 
 
+def boxes_overlap(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether two (left, bottom, right, top) boxes share some area."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _unusable(values: np.ndarray, max_cloud: float) -> tuple[float, str | None]:
+    """Share of unusable pixels of a date on the grid, and why it is dropped (or None)."""
+    share = 1.0 - float(np.isfinite(values).mean())
+    if share >= 1.0:
+        return share, "no valid pixel over the area (elsewhere, or all no data)"
+    if share > max_cloud:
+        return share, (
+            f"{100 * share:.0f} % of the area is cloud or no data "
+            f"(more than input.max_cloud = {max_cloud:g})"
+        )
+    return share, None
+
+
 def build_stack(
     scenes: Sequence[Scene],
     *,
@@ -382,17 +396,9 @@ def build_stack(
         finally:
             if progress:
                 progress()
-        unusable = 1.0 - float(np.isfinite(cube[len(kept)]).mean())
-        if unusable >= 1.0:
-            dropped.append((scene.source, "no valid pixel in the area"))
-        elif unusable > max_cloud:
-            dropped.append(
-                (
-                    scene.source,
-                    f"{100 * unusable:.0f} % of the area is cloud or no data "
-                    f"(more than input.max_cloud = {max_cloud:g})",
-                )
-            )
+        _, reason = _unusable(cube[len(kept)], max_cloud)
+        if reason:
+            dropped.append((scene.source, reason))
         else:
             kept.append(i)
     for source, reason in dropped:
@@ -482,15 +488,10 @@ def survey_area(cfg, *, read_pixels: bool = True) -> list[dict]:
                     mask_snow=cfg.mask_snow,
                     b09_threshold=cfg.b09_threshold,
                 )
-                row["unusable"] = 1.0 - float(np.isfinite(values).mean())
-                if row["unusable"] >= 1.0:
+                row["unusable"], reason = _unusable(values, cfg.max_cloud)
+                if reason:
                     row["kept"] = False
-                    row["reason"] = "no valid pixel over the area (elsewhere, or all no data)"
-                elif row["unusable"] > cfg.max_cloud:
-                    row["kept"] = False
-                    row["reason"] = (
-                        f"too cloudy or empty over the area (max_cloud {cfg.max_cloud:g})"
-                    )
+                    row["reason"] = reason
             except (InputError, RasterioError) as exc:
                 row["kept"] = False
                 row["reason"] = str(exc)
