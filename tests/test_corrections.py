@@ -202,8 +202,15 @@ def test_user_stable_mask_raster_and_vector(tmp_path):
     big = np.kron(lobe, np.ones((2, 2))).astype("uint8")
     path = tmp_path / "moving.tif"
     with rasterio.open(
-        path, "w", driver="GTiff", width=240, height=240, count=1, dtype="uint8",
-        crs="EPSG:32632", transform=tr,
+        path,
+        "w",
+        driver="GTiff",
+        width=240,
+        height=240,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32632",
+        transform=tr,
     ) as dst:
         dst.write(big, 1)
     stable = read_stable_mask(path, ds, moving=True)
@@ -213,9 +220,16 @@ def test_user_stable_mask_raster_and_vector(tmp_path):
     assert abs(np.nanmean(fixed["ew"].values[lobe] - truth[0]["motion"][0][lobe])) < 2.0
     # vector: a lon/lat polygon around the western half
     to_ll = Transformer.from_crs("EPSG:32632", "EPSG:4326", always_xy=True)
-    ring = [to_ll.transform(x, y) for x, y in
-            [(300000, 5200000), (315000, 5200000), (315000, 5170000), (300000, 5170000),
-             (300000, 5200000)]]
+    ring = [
+        to_ll.transform(x, y)
+        for x, y in [
+            (300000, 5200000),
+            (315000, 5200000),
+            (315000, 5170000),
+            (300000, 5170000),
+            (300000, 5200000),
+        ]
+    ]
     gj = tmp_path / "stable.geojson"
     gj.write_text(json.dumps({"type": "Polygon", "coordinates": [ring]}))
     west = read_stable_mask(gj, ds)
@@ -227,8 +241,10 @@ def test_single_pair_auto_stable_ignores_the_lobe(n_pairs):
     maps, truth, det, lobe, _ = _scene(n_pairs=n_pairs, seed=4)
     fixed, rec = correct_pair(maps[0], median=True, ramp=True, pixel_size=PX)
     for c, comp in enumerate(("ew", "ns")):
-        resid = fixed[comp].values - truth[0]["motion"][c] - (
-            truth[0]["bias"][c] - np.median(truth[0]["bias"][c][~lobe])
+        resid = (
+            fixed[comp].values
+            - truth[0]["motion"][c]
+            - (truth[0]["bias"][c] - np.median(truth[0]["bias"][c][~lobe]))
         )
         # without stripe correction the stripes stay, but the offset is not biased by the lobe
         assert abs(np.nanmedian(fixed[comp].values[~lobe])) < 0.02 * PX + 0.5

@@ -448,7 +448,9 @@ def read_stable_mask(path: str | Path, like: xr.Dataset, *, moving: bool = False
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise InputError(f"stable-ground mask {path}: cannot read it as GeoJSON ({exc})") from None
+            raise InputError(
+                f"stable-ground mask {path}: cannot read it as GeoJSON ({exc})"
+            ) from None
         if data.get("type") == "FeatureCollection":
             geoms = [f["geometry"] for f in data.get("features", []) if f.get("geometry")]
         elif data.get("type") == "Feature":
@@ -769,9 +771,7 @@ def correct_pairs(
             ("stripes", stripes),
         )
         fixed.attrs["corrections"] = ",".join(k for k, on in steps if on) or "none"
-        out.append(
-            (fixed, _record(counts, recs, source, int(use.sum()), labels, fitter.edges))
-        )
+        out.append((fixed, _record(counts, recs, source, int(use.sum()), labels, fitter.edges)))
     return out
 
 
