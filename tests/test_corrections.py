@@ -249,3 +249,95 @@ def test_single_pair_auto_stable_ignores_the_lobe(n_pairs):
         # without stripe correction the stripes stay, but the offset is not biased by the lobe
         assert abs(np.nanmedian(fixed[comp].values[~lobe])) < 0.02 * PX + 0.5
         assert np.isfinite(resid).mean() > 0.9
+
+
+# --------------------------------------------------------------------------- real data
+
+
+def test_real_sentinel2_pair_has_no_offset_left_on_stable_ground(shared_data):
+    """T33UUU, 2016-06-08 vs 2016-05-29: no ground motion, a misregistration of about
+    7 m E-W and 17-19 m N-S (AROSICS). After correction the median over stable ground
+    (every well-correlated window: nothing moves here) is within 0.05 px of zero."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from tio.correlation import correlate
+
+    folder = shared_data / "sentinel2_l1c_pair_T33UUU"
+    ref_path = folder / "ref_S2A_20160608T153121_T33UUU_sub.jp2"
+    tgt_path = folder / "tgt_S2A_20160529T153631_T33UUU_sub.jp2"
+    with rasterio.open(ref_path) as r, rasterio.open(tgt_path) as t:
+        left = max(r.bounds.left, t.bounds.left)
+        top = min(r.bounds.top, t.bounds.top)
+    x0, y0 = left + 2000.0, top - 2000.0  # 10 x 10 km with fields, forest, haze and cloud
+    arrays = []
+    for path in (ref_path, tgt_path):
+        with rasterio.open(path) as src:
+            col, row = ~src.transform * (x0, y0)
+            win = Window(round(col), round(row), 1000, 1000)
+            arrays.append(src.read(1, window=win).astype("float32"))
+            transform, crs = src.window_transform(win), src.crs.to_wkt()
+    das = [
+        xr.DataArray(
+            a,
+            dims=("y", "x"),
+            coords={
+                "y": transform.f + transform.e * (np.arange(1000) + 0.5),
+                "x": transform.c + transform.a * (np.arange(1000) + 0.5),
+            },
+            attrs={"transform": list(transform)[:6], "crs": crs},
+        )
+        for a in arrays
+    ]
+    raw = correlate(
+        *das,
+        window=32,
+        step=16,
+        search=8,
+        reference_mask=arrays[0] == 0,
+        secondary_mask=arrays[1] == 0,
+    )
+    fixed, rec = correct_pair(raw, ramp=True, pixel_size=PX)
+    good = np.isfinite(fixed["ew"].values) & (raw["score"].values > 0.7)
+    assert good.sum() > 500
+    for comp in ("ew", "ns"):
+        before = np.median(raw[comp].values[good])
+        after = np.median(fixed[comp].values[good])
+        print(f"{comp}: median {before:+.2f} m before, {after:+.3f} m after correction")
+        assert abs(after) < 0.05 * PX
+    # what was removed is the known misregistration
+    assert 4.0 <= abs(rec["offset_ew"]) <= 11.0
+    assert 14.0 <= abs(rec["offset_ns"]) <= 22.0
+    assert rec["stable_pixels"] > 300
+
+
+def test_detector_footprints_from_a_real_msk_detfoo(shared_data):
+    """The L2A product's MSK_DETFOO_B04 (JPEG 2000, baseline 04.00) on a 600 m grid: the
+    detector numbers, and boundaries along the ground track of the fallback geometry."""
+    from affine import Affine
+
+    from tio.corrections import detector_footprints
+    from tio.ingest import open_scene
+    from tio.stack import Grid
+
+    safe = (
+        shared_data
+        / "sentinel2_safe"
+        / "S2A_MSIL2A_20221005T115411_N0400_R023_T29UNU_20221005T164454.SAFE"
+    )
+    scene = open_scene(safe, band="B04_60m")
+    grid = Grid(scene.product.crs, Affine(600.0, 0, 499980.0, 0, -600.0, 5900040.0), (183, 183))
+    det = detector_footprints(scene, grid)
+    assert set(np.unique(det)) == {0, 9, 10, 11, 12}
+    heading = track_heading(grid.crs, tuple(grid.transform)[:6], grid.shape)
+    rows, cols = [], []
+    for r in range(183):
+        c = np.nonzero(det[r] == 12)[0]
+        if c.size and c[0] > 0 and det[r, c[0] - 1] == 11:
+            rows.append(r)
+            cols.append(c[0])
+    slope = np.polyfit(np.array(rows, float), np.array(cols, float), 1)[0]
+    azimuth = math.atan2(slope, -1.0)  # boundary direction going south
+    assert abs(math.degrees(azimuth - heading)) < 3.0
+    # a scene without a SAFE product has no footprints
+    assert detector_footprints(type("S", (), {"product": None, "path": "x.tif"})(), grid) is None

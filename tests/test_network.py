@@ -46,8 +46,9 @@ def test_seasonal_pairs_join_years_and_obey_min_days():
     assert all(abs(p.date1.month - p.date2.month) in (0, 11) for p in extra)
     # 2019-01-10 with 2020-01-10 and 2021-01-10
     assert {p.name for p in extra if p.i == 0} == {"20190110_20200110", "20190110_20210110"}
-    assert all(p.days >= 400 for p in select_pairs(dates, max_next=1, min_days=400,
-                                                    seasonal_days=15))
+    assert all(
+        p.days >= 400 for p in select_pairs(dates, max_next=1, min_days=400, seasonal_days=15)
+    )
 
 
 def test_cap_of_pairs_per_date_keeps_short_baselines_first():

@@ -240,7 +240,13 @@ def plot_network(report: NetworkReport, path: str | Path, *, title: str | None =
     if smooth:
         ks = sorted(smooth)
         ax.plot(
-            x[ks], np.zeros(len(ks)), "o", mfc="white", mec="red", ms=6, zorder=4,
+            x[ks],
+            np.zeros(len(ks)),
+            "o",
+            mfc="white",
+            mec="red",
+            ms=6,
+            zorder=4,
             label="tied only by smoothing",
         )
     top = max((s[:, 1].max() for s in segs), default=1.0)

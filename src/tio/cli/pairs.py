@@ -42,9 +42,7 @@ Examples:
 @click.option("--end", help="Last date kept (YYYY-MM-DD).")
 @click.option("--band", help="Band of SAFE products [default: B04].")
 @click.option("--orbit", type=int, help="Keep only this Sentinel-2 relative orbit.")
-@click.option(
-    "--max-cloud", type=float, help="Drop dates with more cloud/no data than this share."
-)
+@click.option("--max-cloud", type=float, help="Drop dates with more cloud/no data than this share.")
 @click.option(
     "--pairs-per-date", type=int, help="Pair each date with this many next dates [default: 4]."
 )
