@@ -341,3 +341,36 @@ def test_detector_footprints_from_a_real_msk_detfoo(shared_data):
     assert abs(math.degrees(azimuth - heading)) < 3.0
     # a scene without a SAFE product has no footprints
     assert detector_footprints(type("S", (), {"product": None, "path": "x.tif"})(), grid) is None
+
+
+def test_detector_footprints_from_gml_before_baseline_04(tmp_path):
+    """Older products give MSK_DETFOO as GML polygons, one feature per detector."""
+    from affine import Affine
+
+    from tio.corrections import detector_footprints
+    from tio.stack import Grid
+
+    def feature(det, x0, x1):
+        ring = f"{x0} 5200000 0 {x1} 5200000 0 {x1} 5190000 0 {x0} 5190000 0 {x0} 5200000 0"
+        return (
+            f'<eop:MaskFeature gml:id="detector_footprint-B04-{det:02d}-0"><eop:extentOf>'
+            '<gml:Polygon><gml:exterior><gml:LinearRing><gml:posList srsDimension="3">'
+            f"{ring}</gml:posList></gml:LinearRing></gml:exterior></gml:Polygon>"
+            "</eop:extentOf></eop:MaskFeature>"
+        )
+
+    gml = tmp_path / "MSK_DETFOO_B04.gml"
+    gml.write_text(
+        '<eop:Mask xmlns:eop="http://www.opengis.net/eop/2.0" '
+        'xmlns:gml="http://www.opengis.net/gml/3.2">'
+        '<gml:boundedBy><gml:Envelope srsName="urn:ogc:def:crs:EPSG::32632"/></gml:boundedBy>'
+        "<eop:maskMembers>"
+        + feature(3, 300000, 305000)
+        + feature(4, 305000, 310000)
+        + "</eop:maskMembers></eop:Mask>"
+    )
+    product = type("P", (), {"masks": {"DETFOO_B04": str(gml)}, "crs": "EPSG:32632"})()
+    scene = type("S", (), {"product": product, "path": "T32_B04.jp2"})()
+    grid = Grid("EPSG:32632", Affine(500.0, 0, 300000.0, 0, -500.0, 5200000.0), (20, 20))
+    det = detector_footprints(scene, grid)
+    assert (det[:, :10] == 3).all() and (det[:, 10:] == 4).all()
