@@ -374,3 +374,20 @@ def test_detector_footprints_from_gml_before_baseline_04(tmp_path):
     grid = Grid("EPSG:32632", Affine(500.0, 0, 300000.0, 0, -500.0, 5200000.0), (20, 20))
     det = detector_footprints(scene, grid)
     assert (det[:, :10] == 3).all() and (det[:, 10:] == 4).all()
+
+
+def test_detector_numbers_sampled_at_the_pair_window_centres():
+    from tio.pipeline import _on_pair_grid
+
+    stack = xr.Dataset(
+        {"image": (("y", "x"), np.zeros((100, 120), "float32"))},
+        attrs={"transform": [10.0, 0, 1000.0, 0, -10.0, 5000.0]},
+    )
+    det = np.zeros((100, 120), np.uint8)
+    det[:, 60:] = 7
+    # a pair grid: one value every 8 pixels at the centre of 32-pixel windows
+    pair = _pair(np.zeros((9, 11)), np.zeros((9, 11)), np.ones((9, 11)), 80.0, None, 1120.0, 4880.0)
+    got = _on_pair_grid(det, stack, pair)
+    cols = np.floor((pair["x"].values - 1000.0) / 10.0).astype(int)
+    assert got.shape == (9, 11)
+    assert (got[0] == np.where(cols >= 60, 7, 0)).all()

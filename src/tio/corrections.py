@@ -503,10 +503,16 @@ def _high_score(score: np.ndarray, bad: np.ndarray) -> np.ndarray:
 def _upper_quartile(res: np.ndarray, n_valid: np.ndarray) -> np.ndarray:
     """75th percentile over axis 0 ignoring NaN (nearest rank; NaN where none valid);
     much faster than ``np.nanpercentile`` along an axis."""
-    srt = np.sort(res, axis=0)  # NaN last
-    idx = np.clip(np.round(0.75 * (n_valid - 1)).astype(int), 0, res.shape[0] - 1)
-    q = np.take_along_axis(srt, idx[None], axis=0)[0]
-    return np.where(n_valid > 0, q, np.nan)
+    flat = res.reshape(res.shape[0], -1)
+    nv = n_valid.reshape(-1)
+    q = np.full(flat.shape[1], np.nan, dtype="float32")
+    block = max(1, 2**22 // max(1, flat.shape[0]))  # bounded memory for the sort
+    for a in range(0, flat.shape[1], block):
+        srt = np.sort(flat[:, a : a + block], axis=0)  # NaN last
+        idx = np.clip(np.round(0.75 * (nv[a : a + block] - 1)).astype(int), 0, flat.shape[0] - 1)
+        q[a : a + block] = np.take_along_axis(srt, idx[None], axis=0)[0]
+    q[nv == 0] = np.nan
+    return q.reshape(n_valid.shape)
 
 
 def auto_stable(
@@ -725,8 +731,9 @@ def correct_pairs(
             outlier_threshold=outlier_threshold,
             pixel_size=pixel_size,
         )
-        ew = np.where(bad, np.nan, ds["ew"].values.astype("float64"))
-        ns = np.where(bad, np.nan, ds["ns"].values.astype("float64"))
+        # float32 keeps a large network in memory (the fits work in float64)
+        ew = np.where(bad, np.nan, ds["ew"].values).astype("float32")
+        ns = np.where(bad, np.nan, ds["ns"].values).astype("float32")
         det = detectors[p] if detectors is not None else (None, None)
         fitter = _PairFitter(
             ds,
