@@ -199,3 +199,44 @@ def test_gap_longer_than_max_days_warns_and_still_runs(scene, tmp_path):
     assert f"{len(result.scenes)} dates, {len(result.pairs)} pairs" in proc.stdout
     assert "network is disconnected" in proc.stdout
     assert (tmp_path / "net.png").is_file()
+
+
+def test_user_stable_mask_in_a_run_redoes_only_correction_and_inversion(scene, first_run):
+    """The landslide outlined by the user (a raster marking the moving area): corrections
+    use the rest; correlations are reused."""
+    from affine import Affine
+
+    root, sc = scene
+    cfg, result = first_run
+    with sc.truth() as truth:
+        moving = truth["landslide_mask"].values.astype("uint8")
+    mask_path = root / "moving.tif"
+    with rasterio.open(
+        mask_path,
+        "w",
+        driver="GTiff",
+        width=moving.shape[1],
+        height=moving.shape[0],
+        count=1,
+        dtype="uint8",
+        crs=sc.crs,
+        transform=Affine(*sc.transform[:6]),
+    ) as dst:
+        dst.write(moving, 1)
+    cfg_mask = load_config(
+        None,
+        {
+            "input.paths": [str(root / "scenes")],
+            "output.directory": str(result.out_dir),
+            "correction.stable_mask": str(mask_path),
+            "correction.stable_mask_moving": True,
+        },
+    )
+    again = run(cfg_mask, progress=False)
+    assert "correlate" in again.skipped and "correct" not in again.skipped
+    rows = (result.out_dir / "pairs" / "corrections.csv").read_text().splitlines()
+    col = rows[0].split(",").index("stable_source")
+    assert {r.split(",")[col] for r in rows[1:]} == {"mask"}
+    with sc.truth() as truth:
+        stats = compare_to_truth(again.timeseries, truth.load(), cfg.correlation.window)
+    assert stats["rmse_stable"] < 1.5, stats

@@ -473,13 +473,15 @@ def read_stable_mask(path: str | Path, like: xr.Dataset, *, moving: bool = False
                 dst = np.full((ny, nx), 255, dtype="uint8")
                 band = src.read(1, masked=True)
                 arr = np.where(band.mask, 255, (band.filled(0) != 0)).astype("uint8")
+                # without any CRS (pixel units) both grids are taken as the same plane
+                plane = src.crs or dst_crs or CRS.from_epsg(3857)
                 reproject(
                     arr,
                     dst,
                     src_transform=src.transform,
-                    src_crs=src.crs or dst_crs,
+                    src_crs=plane,
                     dst_transform=transform,
-                    dst_crs=dst_crs or src.crs,
+                    dst_crs=dst_crs or plane,
                     src_nodata=255,
                     dst_nodata=255,
                     resampling=Resampling.nearest,

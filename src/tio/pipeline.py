@@ -4,9 +4,9 @@ Stages and what each leaves in the output folder::
 
     find scenes    tio.ingest.find_scenes       (nothing: metadata only)
     stack          tio.stack.build_stack        stack.nc
-    pairs          tio.network.select_pairs     network.txt
+    pairs          tio.network.select_pairs     network.txt, network.png
     correlate      tio.correlation.correlate    pairs/raw/YYYYMMDD_YYYYMMDD.tif
-    correct        tio.corrections.correct_pair pairs/corrected/*.tif, pairs/corrections.csv
+    correct        tio.corrections.correct_pairs pairs/corrected/*.tif, pairs/corrections.csv
     invert         tio.inversion.invert         timeseries.nc and the GeoTIFF products
     quicklooks     tio.quicklook                quicklook_*.png
 
