@@ -148,3 +148,95 @@ def test_tio_run_command_line(scene, tmp_path):
     assert (tmp_path / "o" / "cumulative_ns.tif").is_file()
     assert not (tmp_path / "o" / "quicklook_velocity.png").exists()
     assert "max_next = 2" in (tmp_path / "o" / "config.toml").read_text()
+
+
+def test_gap_longer_than_max_days_warns_and_still_runs(scene, tmp_path):
+    root, sc = scene
+    gaps = [(b - a).days for a, b in zip(sc.dates, sc.dates[1:], strict=False)]
+    max_days = max(gaps) - 1  # the longest gap is crossed by no pair
+    cfg = load_config(
+        None,
+        {
+            "input.paths": [str(root / "scenes")],
+            "output.directory": str(tmp_path / "gap"),
+            "pairs.max_days": max_days,
+            "correction.ramp": True,
+            "correction.stripes": True,
+            "output.quicklooks": False,
+        },
+    )
+    result = run(cfg, progress=False)
+    out = result.out_dir
+    log = (out / "tio.log").read_text()
+    assert "WARNING" in log and "network is disconnected" in log
+    assert "tied only by smoothing" in (out / "network.txt").read_text()
+    assert (out / "network.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "cumulative_ew.tif").is_file()
+    ts = result.timeseries
+    assert ts["smoothed"].values.any()  # the dates after the gap come from the smoothing
+    assert np.isfinite(ts["cumulative_ew"].values[-1]).mean() > 0.5
+    header = (out / "pairs" / "corrections.csv").read_text().splitlines()[0].split(",")
+    for col in ("offset_ew", "ramp_ns_x", "stripes_ew", "too_large", "stable_pixels"):
+        assert col in header
+    assert "correct 20" in log  # one line per pair with its counts
+    # `tio pairs` prints the same network before any correlation
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tio",
+            "pairs",
+            str(root / "scenes"),
+            "--max-days",
+            str(max_days),
+            "--plot",
+            str(tmp_path / "net.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"{len(result.scenes)} dates, {len(result.pairs)} pairs" in proc.stdout
+    assert "network is disconnected" in proc.stdout
+    assert (tmp_path / "net.png").is_file()
+
+
+def test_user_stable_mask_in_a_run_redoes_only_correction_and_inversion(scene, first_run):
+    """The landslide outlined by the user (a raster marking the moving area): corrections
+    use the rest; correlations are reused."""
+    from affine import Affine
+
+    root, sc = scene
+    cfg, result = first_run
+    with sc.truth() as truth:
+        moving = truth["landslide_mask"].values.astype("uint8")
+    mask_path = root / "moving.tif"
+    with rasterio.open(
+        mask_path,
+        "w",
+        driver="GTiff",
+        width=moving.shape[1],
+        height=moving.shape[0],
+        count=1,
+        dtype="uint8",
+        crs=sc.crs,
+        transform=Affine(*sc.transform[:6]),
+    ) as dst:
+        dst.write(moving, 1)
+    cfg_mask = load_config(
+        None,
+        {
+            "input.paths": [str(root / "scenes")],
+            "output.directory": str(result.out_dir),
+            "correction.stable_mask": str(mask_path),
+            "correction.stable_mask_moving": True,
+        },
+    )
+    again = run(cfg_mask, progress=False)
+    assert "correlate" in again.skipped and "correct" not in again.skipped
+    rows = (result.out_dir / "pairs" / "corrections.csv").read_text().splitlines()
+    col = rows[0].split(",").index("stable_source")
+    assert {r.split(",")[col] for r in rows[1:]} == {"mask"}
+    with sc.truth() as truth:
+        stats = compare_to_truth(again.timeseries, truth.load(), cfg.correlation.window)
+    assert stats["rmse_stable"] < 1.5, stats

@@ -168,6 +168,20 @@ class PairsConfig(_Section):
     max_days: int | None = Field(
         None, ge=1, description="Longest time between the two dates of a pair (unset: no limit)."
     )
+    seasonal_days: int | None = Field(
+        None,
+        ge=0,
+        le=182,
+        description="Also pair dates of different years (at least 300 days apart) within this "
+        "many days of the same day of year, for snow and vegetation (unset: off; not limited "
+        "by max_next or max_days).",
+    )
+    max_per_date: int | None = Field(
+        None,
+        ge=1,
+        description="Largest number of pairs through one date; shortest baselines are kept "
+        "first (unset: no cap).",
+    )
 
     @model_validator(mode="after")
     def _check_days(self):
@@ -231,19 +245,50 @@ class CorrectionConfig(_Section):
     """Corrections applied to each pair's displacement maps before inversion."""
 
     median: bool = Field(
-        True, description="Subtract each map's median offset (per component), as the original."
+        True,
+        description="Subtract each map's median offset over stable ground (per component): "
+        "the misregistration.",
     )
     ramp: bool = Field(
-        False, description="Also remove a robustly fitted plane (long-wavelength ramp)."
+        False,
+        description="Also remove a plane (long-wavelength ramp) fitted robustly on stable ground.",
+    )
+    stripes: bool = Field(
+        False,
+        description="Also remove Sentinel-2 detector stripes: one offset per detector on stable "
+        "ground, footprints from the products' MSK_DETFOO masks, else from the ground-track "
+        "geometry.",
+    )
+    stable_mask: Path | None = Field(
+        None,
+        description="Stable ground: a raster (non-zero = stable) or GeoJSON file (inside = "
+        "stable). Unset: chosen automatically (high score, small and consistent across pairs).",
+    )
+    stable_mask_moving: bool = Field(
+        False,
+        description="The stable_mask file marks the moving area instead; the rest is stable.",
+    )
+    max_displacement: float | None = Field(
+        None,
+        gt=0,
+        description="Offsets farther than this from the map's median (metres, or pixels with "
+        "pixel_units) are discarded (unset: no limit).",
     )
     outlier_test: bool = Field(
         True,
-        description="Discard offsets that disagree with their 3x3 neighbours (normalised "
-        "median test, Westerweel & Scarano 2005).",
+        description="Discard vectors that disagree with their 3x3 neighbours (local "
+        "vector-median filter: normalised median test, Westerweel & Scarano 2005).",
     )
     outlier_threshold: float = Field(
         2.0, gt=0, description="Threshold of the normalised median test (residual / spread)."
     )
+
+    @field_validator("stable_mask")
+    @classmethod
+    def _check_mask(cls, v):
+        if v is not None and not Path(v).is_file():
+            raise ValueError("no such file")
+        return v
 
 
 class InversionConfig(_Section):

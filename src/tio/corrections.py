@@ -1,30 +1,65 @@
 """Correct each pair's displacement maps before the inversion.
 
 A correlation map between two optical images carries a misregistration of the
-whole image (several metres for Sentinel-2) and sometimes a long-wavelength
-ramp. :func:`correct_pair`
+whole image (several metres for Sentinel-2), sometimes a long-wavelength ramp,
+and, for Sentinel-2, steps along the boundaries of the 12 staggered detectors
+(along-track stripes). All are estimated on **stable ground** only, so that the
+moving area does not bias them, and removed from the whole map.
 
-1. discards offsets whose correlation score is below ``min_score``, and
-   isolated offsets that disagree with their neighbours (the normalised median
-   test of Westerweel & Scarano 2005, Exp. Fluids 39:1096, used in particle-image
-   velocimetry: wrong matches on repetitive or changed texture often score well
-   but stand alone);
-2. subtracts each component's median over the map (the original TIO's only
-   correction), assuming most of the area is stable;
-3. optionally removes a plane fitted robustly (iteratively trimmed at 3 MAD).
+Per pair, :func:`correct_pair` and, for a whole network, :func:`correct_pairs`:
 
-It returns the corrected Dataset and a record of what was removed, which the
-pipeline writes to ``pairs/corrections.csv`` so users can inspect it.
+1. **Outlier filtering** (values become NaN, counts kept in the record):
+   correlation score below ``min_score``; displacement farther than
+   ``max_displacement`` from the map's median; isolated vectors that disagree
+   with their 3 x 3 neighbours (local vector-median filter: the normalised
+   median test of Westerweel & Scarano 2005, Exp. Fluids 39:1096).
+2. **Stable ground**: a user mask (:func:`read_stable_mask`, raster or vector
+   file) or, by default, chosen automatically by :func:`auto_stable`: pixels of
+   high correlation score whose residual displacement, after the current
+   correction, is small in (nearly) every pair, refined iteratively.
+3. **Corrections**, each on or off, fitted jointly and robustly (iteratively
+   re-weighted least absolute deviations) on stable ground, per component:
+   offset (the median), plane (ramp), and per-detector offsets (stripes).
+   Detector footprints come from the products' ``MSK_DETFOO`` masks
+   (:func:`detector_footprints`) or, without them, from the stripe geometry:
+   boundaries parallel to the Sentinel-2 ground track, found as significant
+   steps in the across-track profile of the residual (:func:`stripe_labels`).
+
+Each returns the corrected Dataset and a record of what was removed, which the
+pipeline writes to ``pairs/corrections.csv``.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import warnings
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-__all__ = ["correct_pair", "median_test", "robust_plane"]
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "auto_stable",
+    "correct_pair",
+    "correct_pairs",
+    "detector_footprints",
+    "fit_corrections",
+    "median_test",
+    "outlier_mask",
+    "read_stable_mask",
+    "robust_plane",
+    "stripe_labels",
+    "track_heading",
+]
+
+
+# --------------------------------------------------------------------------- outliers
 
 
 def median_test(
@@ -56,6 +91,47 @@ def median_test(
     return bad & np.isfinite(ew) & np.isfinite(ns)
 
 
+def outlier_mask(
+    ds: xr.Dataset,
+    *,
+    min_score: float = 0.4,
+    max_displacement: float | None = None,
+    outlier_test: bool = True,
+    outlier_threshold: float = 2.0,
+    pixel_size: float = 1.0,
+) -> tuple[np.ndarray, dict]:
+    """Values to discard (True) and how many each filter removed.
+
+    ``max_displacement`` (map units) is measured from the map's median vector, so
+    that the misregistration does not count as motion.
+    """
+    ew = ds["ew"].values.astype("float64")
+    ns = ds["ns"].values.astype("float64")
+    finite = np.isfinite(ew) & np.isfinite(ns)
+    bad = ~finite | ~(ds["score"].values >= min_score)
+    counts = {"low_score": int((bad & finite).sum()), "too_large": 0, "outliers": 0}
+    if max_displacement is not None and (~bad).any():
+        me, mn = np.median(ew[~bad]), np.median(ns[~bad])
+        with np.errstate(invalid="ignore"):
+            big = ~bad & (np.hypot(ew - me, ns - mn) > max_displacement)
+        counts["too_large"] = int(big.sum())
+        bad |= big
+    if outlier_test:
+        rejected = median_test(
+            np.where(bad, np.nan, ew),
+            np.where(bad, np.nan, ns),
+            eps=0.1 * pixel_size,
+            threshold=outlier_threshold,
+        )
+        counts["outliers"] = int(rejected.sum())
+        bad |= rejected
+    counts["valid_fraction"] = float(1 - bad.mean())
+    return bad, counts
+
+
+# --------------------------------------------------------------------------- fitting
+
+
 def robust_plane(values: np.ndarray, x: np.ndarray, y: np.ndarray, n_iter: int = 4):
     """Plane ``a + b*x + c*y`` fitted to finite ``values``, trimming outliers at 3 MAD.
 
@@ -77,72 +153,641 @@ def robust_plane(values: np.ndarray, x: np.ndarray, y: np.ndarray, n_iter: int =
     return tuple(float(c) for c in coef)
 
 
-def correct_pair(
-    ds: xr.Dataset,
+def _l1_fit(a: np.ndarray, y: np.ndarray, n_iter: int = 30) -> np.ndarray:
+    """Least absolute deviations by iteratively re-weighted least squares; values
+    farther than 5 robust sigmas get no weight."""
+    beta, *_ = np.linalg.lstsq(a, y, rcond=None)
+    for _ in range(n_iter):
+        r = y - a @ beta
+        s = 1.4826 * np.median(np.abs(r)) + 1e-12
+        w = 1.0 / np.maximum(np.abs(r), 0.02 * s)
+        w[np.abs(r) > 5 * s] = 0.0
+        sw = np.sqrt(w)
+        new, *_ = np.linalg.lstsq(a * sw[:, None], y * sw, rcond=None)
+        if np.max(np.abs(new - beta)) < 1e-7 * (1 + np.max(np.abs(beta))):
+            beta = new
+            break
+        beta = new
+    return beta
+
+
+def fit_corrections(
+    v: np.ndarray,
+    use: np.ndarray,
+    xx: np.ndarray,
+    yy: np.ndarray,
+    *,
+    median: bool = True,
+    ramp: bool = False,
+    labels: np.ndarray | None = None,
+    min_per_label: int = 20,
+) -> tuple[np.ndarray, dict]:
+    """Model of one component's bias, fitted on ``use`` (stable, valid) pixels.
+
+    The model is ``offset + b*xx + c*yy + s[label]`` with only the enabled terms;
+    ``xx``, ``yy`` are centred coordinates (map units). The terms are fitted
+    jointly by least absolute deviations; the offset is then the median over
+    ``use`` of what the other terms leave, and the stripe offsets ``s`` have a
+    median of zero over ``use`` (so the offset stays the map's misregistration).
+    Labels with fewer than ``min_per_label`` stable pixels get no stripe offset.
+
+    Returns the model (NaN-free, same shape as ``v``) and ``{"offset": float,
+    "ramp": (b, c) | None, "stripes": {label: offset}}``.
+    """
+    model = np.zeros(v.shape, dtype="float64")
+    rec: dict = {"offset": 0.0, "ramp": None, "stripes": {}}
+    use = use & np.isfinite(v)
+    if use.sum() < 10:
+        return model, rec
+    y = v[use].astype("float64")
+    cols = [np.ones(y.size)]
+    names: list = ["1"]
+    if ramp:
+        cols += [xx[use], yy[use]]
+        names += ["x", "y"]
+    stripe_labels: list = []
+    if labels is not None:
+        lab_use = labels[use]
+        found, counts = np.unique(lab_use, return_counts=True)
+        stripe_labels = [int(k) for k, c in zip(found, counts, strict=True) if c >= min_per_label]
+        for k in stripe_labels[1:]:  # the first is the reference (intercept)
+            cols.append((lab_use == k).astype("float64"))
+            names.append(("s", k))
+    a = np.column_stack(cols)
+    beta = _l1_fit(a, y) if a.shape[1] > 1 else np.array([np.median(y)])
+    coef = dict(zip(names, beta, strict=True))
+    if ramp:
+        rec["ramp"] = (float(coef["x"]), float(coef["y"]))
+        model += coef["x"] * xx + coef["y"] * yy
+    if len(stripe_labels) > 1:
+        s = np.zeros(v.shape)
+        for k in stripe_labels[1:]:
+            s[labels == k] = coef[("s", k)]
+        centre = float(np.median(s[use]))
+        s[np.isin(labels, stripe_labels)] -= centre
+        rec["stripes"] = {k: float(s[labels == k].flat[0]) for k in stripe_labels}
+        model += s
+    offset = float(np.median(y - model[use]))
+    if median:
+        rec["offset"] = offset
+        model += offset
+    return model, rec
+
+
+# --------------------------------------------------------------------------- stripes
+
+
+def track_heading(crs, transform: Sequence[float], shape: tuple[int, int]) -> float | None:
+    """Heading of the descending Sentinel-2 ground track over a grid, in radians
+    clockwise from the grid's north (about -165 degrees, i.e. towards south-south-west,
+    at mid-latitudes). None without a CRS.
+
+    From the orbit (sun-synchronous, inclination 98.62 degrees, altitude 786 km):
+    the inertial ground velocity has an east component ``V cos(i) / cos(lat)``,
+    minus the Earth's rotation ``omega R cos(lat)``; the grid convergence is
+    taken from the CRS.
+    """
+    if not crs:
+        return None
+    from pyproj import CRS, Transformer
+
+    crs = CRS.from_user_input(crs)
+    rows, cols = shape
+    a, b, c, d, e, f = transform[:6]
+    xc, yc = c + a * cols / 2 + b * rows / 2, f + d * cols / 2 + e * rows / 2
+    to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    to_grid = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    lon, lat = to_ll.transform(xc, yc)
+    phi = math.radians(lat)
+    v_ground = 7.45 * 6371.0 / (6371.0 + 786.0)  # km/s at the ground
+    ve_inertial = v_ground * math.cos(math.radians(98.62)) / max(math.cos(phi), 0.15)
+    ve_inertial = max(-v_ground, min(v_ground, ve_inertial))
+    vn = -math.sqrt(max(v_ground**2 - ve_inertial**2, 0.0))  # descending: southward
+    ve = ve_inertial - 0.4651 * math.cos(phi)
+    heading_true = math.atan2(ve, vn)
+    # grid convergence: direction of true north in grid coordinates
+    x1, y1 = to_grid.transform(lon, lat + 0.01)
+    conv = math.atan2(x1 - xc, y1 - yc)
+    return heading_true + conv
+
+
+def stripe_labels(
+    resid: Sequence[np.ndarray],
+    use: np.ndarray,
+    xx: np.ndarray,
+    yy: np.ndarray,
+    heading: float,
+    *,
+    spacing: float,
+    min_edge: float = 1500.0,
+    min_gap: float = 15000.0,
+    min_step: float = 0.0,
+    z: float = 8.0,
+) -> tuple[np.ndarray, list[float]]:
+    """Detector bands from the stripe geometry when no footprint mask is known.
+
+    Detector boundaries run along the ground track (``heading``, radians from grid
+    north). The residual components ``resid`` are profiled across track on
+    ``use`` pixels and split by binary segmentation where a step is significant
+    (``z`` standard errors and above ``min_step`` in either component), at least
+    ``min_edge`` (map units) from the edges of the data and ``min_gap`` from
+    another boundary (detectors are about 25 km wide). Returns integer labels
+    (0, 1, ...) on the grid and the across-track positions of the boundaries.
+    """
+    u = xx * math.cos(heading) - yy * math.sin(heading)
+    labels = np.zeros(xx.shape, dtype=np.int32)
+    ok = use & np.all([np.isfinite(r) for r in resid], axis=0)
+    if ok.sum() < 50:
+        return labels, []
+    bins = np.floor((u[ok] - u[ok].min()) / spacing).astype(int)
+    nb = int(bins.max()) + 1
+    n = np.bincount(bins, minlength=nb).astype(float)
+    sums = [np.bincount(bins, weights=r[ok], minlength=nb) for r in resid]
+    sig = [1.4826 * np.median(np.abs(r[ok] - np.median(r[ok]))) + 1e-12 for r in resid]
+    u0 = float(u[ok].min())
+    edges_u: list[float] = []
+
+    def split(lo: int, hi: int) -> None:
+        cn = np.cumsum(n[lo:hi])
+        tot = cn[-1]
+        css = [np.cumsum(s_arr[lo:hi]) for s_arr in sums]
+        pos = (lo + 1 + np.arange(len(cn) - 1)) * spacing
+        n1 = cn[:-1]
+        n2 = tot - n1
+        ok = (pos - lo * spacing >= min_edge) & (hi * spacing - pos >= min_edge)
+        ok &= (n1 >= 20) & (n2 >= 20)
+        for e in edges_u_rel:
+            ok &= np.abs(pos - e) >= min_gap
+        stat = np.zeros(len(pos))
+        big = np.zeros(len(pos), bool)
+        with np.errstate(all="ignore"):
+            for cs, sg in zip(css, sig, strict=True):
+                step = cs[:-1] / n1 - (cs[-1] - cs[:-1]) / n2
+                stat += (step / (sg * np.sqrt(1 / n1 + 1 / n2))) ** 2
+                big |= np.abs(step) > min_step
+        stat = np.where(ok & big & np.isfinite(stat), stat, 0.0)
+        k = int(np.argmax(stat)) if stat.size else 0
+        best, best_k = (float(stat[k]), lo + k + 1) if stat.size and stat[k] > 0 else (0.0, None)
+        if best_k is None or math.sqrt(best) < z:
+            return
+        edges_u_rel.append(best_k * spacing)
+        split(lo, best_k)
+        split(best_k, hi)
+
+    edges_u_rel: list[float] = []
+    split(0, nb)
+    edges_u = sorted(u0 + e for e in edges_u_rel)
+    labels[:] = np.searchsorted(np.asarray(edges_u), u, side="right")
+    return labels, edges_u
+
+
+def detector_footprints(scene, grid) -> np.ndarray | None:
+    """Detector number (1-12, 0 outside) of each pixel of ``grid`` from the scene's
+    ``MSK_DETFOO`` mask for its band (JPEG 2000 raster from baseline 04.00, GML
+    polygons before), or None when the scene has no such mask."""
+    product = getattr(scene, "product", None)
+    if product is None:
+        return None
+    import re
+
+    band = None
+    m = re.search(r"_(B(?:0[1-9]|1[0-2]|8A))(?:_\d+m)?\.jp2$", scene.path, re.I)
+    if m:
+        band = m[1].upper()
+    key = f"DETFOO_{band}" if band else None
+    path = product.masks.get(key) if key else None
+    if path is None:
+        path = next((p for k, p in sorted(product.masks.items()) if k.startswith("DETFOO")), None)
+    if path is None:
+        return None
+    from rasterio.crs import CRS
+
+    from .cloudmask import _read_mask
+
+    crs = CRS.from_user_input(grid.crs)
+    if path.lower().endswith((".gml", ".xml")):
+        return _gml_detectors(path, product, grid, crs)
+    data, _inside = _read_mask(path, grid, crs, bands=[1])
+    return data[0]
+
+
+def _gml_detectors(path: str, product, grid, crs) -> np.ndarray:
+    """Detector numbers from a GML ``MSK_DETFOO`` (features with gml:id
+    ``detector_footprint-B04-03-0``: detector 03)."""
+    import re
+    import xml.etree.ElementTree as ET
+
+    from rasterio.features import rasterize
+    from rasterio.warp import transform_geom
+    from shapely.geometry import Polygon, mapping
+
+    from .cloudmask import _gml_crs, _local, _read_bytes, _ring
+
+    try:
+        root = ET.fromstring(_read_bytes(path))
+    except ET.ParseError as exc:
+        raise InputError(f"{path}: not a valid GML detector footprint ({exc})") from None
+    srs = next(
+        (v for e in root.iter() for k, v in e.attrib.items() if _local(k) == "srsName"), None
+    )
+    shapes = []
+    for feat in root.iter():
+        if _local(feat.tag) != "MaskFeature":
+            continue
+        fid = next((v for k, v in feat.attrib.items() if _local(k) == "id"), "")
+        m = re.search(r"-(\d{1,2})-\d+$", fid) or re.search(r"(\d{1,2})\D*$", fid)
+        if not m:
+            continue
+        det = int(m[1])
+        for ring in feat.iter():
+            if _local(ring.tag) == "LinearRing":
+                shapes.append((mapping(Polygon(_ring(ring, path))), det))
+                break
+    out = np.zeros(grid.shape, dtype="uint8")
+    if shapes:
+        src_crs = _gml_crs(srs, product, path)
+        if src_crs != crs:
+            shapes = [(transform_geom(src_crs, crs, g), d) for g, d in shapes]
+        out = rasterize(shapes, out_shape=grid.shape, transform=grid.transform, dtype="uint8")
+    return out
+
+
+# --------------------------------------------------------------------------- stable ground
+
+
+def read_stable_mask(path: str | Path, like: xr.Dataset, *, moving: bool = False) -> np.ndarray:
+    """A stable-ground mask on the grid of the pair map ``like`` (True = stable).
+
+    ``path`` is a raster (any GDAL format; non-zero = stable; nearest neighbour
+    onto the grid, in the raster's CRS) or a vector file (GeoJSON, in lon/lat
+    unless it names a CRS; inside the polygons = stable). With ``moving`` the
+    file marks the moving area instead and stable ground is everything else.
+    Pixels outside a raster's extent count as not stable.
+    """
+    import json
+
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.errors import RasterioError
+    from rasterio.warp import Resampling, reproject, transform_geom
+
+    path = Path(path)
+    ny, nx = like.sizes["y"], like.sizes["x"]
+    # the map's grid: pixel centres at x, y
+    x, y = like["x"].values, like["y"].values
+    dx = float(x[1] - x[0]) if nx > 1 else float(like.attrs["transform"][0])
+    dy = float(y[1] - y[0]) if ny > 1 else float(like.attrs["transform"][4])
+    from affine import Affine
+
+    transform = Affine(dx, 0, x[0] - dx / 2, 0, dy, y[0] - dy / 2)
+    dst_crs = CRS.from_user_input(like.attrs["crs"]) if like.attrs.get("crs") else None
+    if path.suffix.lower() in {".geojson", ".json"}:
+        from rasterio.features import rasterize
+        from shapely.geometry import mapping, shape
+
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(
+                f"stable-ground mask {path}: cannot read it as GeoJSON ({exc})"
+            ) from None
+        if data.get("type") == "FeatureCollection":
+            geoms = [f["geometry"] for f in data.get("features", []) if f.get("geometry")]
+        elif data.get("type") == "Feature":
+            geoms = [data["geometry"]]
+        else:
+            geoms = [data]
+        name = (data.get("crs") or {}).get("properties", {}).get("name")
+        src_crs = CRS.from_user_input(name) if name else CRS.from_epsg(4326)
+        geoms = [mapping(shape(g)) for g in geoms]
+        if dst_crs is not None and src_crs != dst_crs:
+            geoms = [transform_geom(src_crs, dst_crs, g) for g in geoms]
+        inside = (
+            rasterize([(g, 1) for g in geoms], out_shape=(ny, nx), transform=transform) > 0
+            if geoms
+            else np.zeros((ny, nx), bool)
+        )
+    else:
+        try:
+            with rasterio.open(path) as src:
+                dst = np.full((ny, nx), 255, dtype="uint8")
+                band = src.read(1, masked=True)
+                arr = np.where(band.mask, 255, (band.filled(0) != 0)).astype("uint8")
+                # without any CRS (pixel units) both grids are taken as the same plane
+                plane = src.crs or dst_crs or CRS.from_epsg(3857)
+                reproject(
+                    arr,
+                    dst,
+                    src_transform=src.transform,
+                    src_crs=plane,
+                    dst_transform=transform,
+                    dst_crs=dst_crs or plane,
+                    src_nodata=255,
+                    dst_nodata=255,
+                    resampling=Resampling.nearest,
+                )
+        except (RasterioError, OSError) as exc:
+            raise InputError(f"stable-ground mask {path}: cannot read it ({exc})") from None
+        inside = dst == 1
+        if moving:
+            return (dst == 0) & ~inside
+    return ~inside if moving else inside
+
+
+def _high_score(score: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """Valid values whose score reaches the map's median valid score."""
+    ok = ~bad & np.isfinite(score)
+    if not ok.any():
+        return ok
+    return ok & (score >= np.median(score[ok]))
+
+
+def _upper_quartile(res: np.ndarray, n_valid: np.ndarray) -> np.ndarray:
+    """75th percentile over axis 0 ignoring NaN (nearest rank; NaN where none valid);
+    much faster than ``np.nanpercentile`` along an axis."""
+    flat = res.reshape(res.shape[0], -1)
+    nv = n_valid.reshape(-1)
+    q = np.full(flat.shape[1], np.nan, dtype="float32")
+    block = max(1, 2**22 // max(1, flat.shape[0]))  # bounded memory for the sort
+    for a in range(0, flat.shape[1], block):
+        srt = np.sort(flat[:, a : a + block], axis=0)  # NaN last
+        idx = np.clip(np.round(0.75 * (nv[a : a + block] - 1)).astype(int), 0, flat.shape[0] - 1)
+        q[a : a + block] = np.take_along_axis(srt, idx[None], axis=0)[0]
+    q[nv == 0] = np.nan
+    return q.reshape(n_valid.shape)
+
+
+def auto_stable(
+    maps: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    fit,
+    *,
+    pixel_size: float,
+    n_iter: int = 4,
+    k: float = 3.0,
+    min_fraction: float = 0.05,
+) -> tuple[np.ndarray, dict]:
+    """Stable ground chosen from the data of every pair.
+
+    ``maps`` holds ``(ew, ns, good)`` per pair, with ``good`` the valid,
+    high-score values. ``fit(p, ew, ns, use)`` returns pair ``p``'s bias model
+    ``(model_ew, model_ns)`` fitted on ``use``. Starting from every good pixel,
+    each pass fits every pair on the current stable set, measures each pixel's
+    residual vector length in each pair, and keeps as stable the pixels whose 75th
+    percentile over pairs is below ``k`` times the median residual over the
+    stable set (at least 0.1 pixel), valid in at least 30 % of the pairs. Moving
+    areas leave the set after the first pass, so later fits are not biased.
+
+    Returns the mask and ``{"threshold": ..., "fraction": ..., "iterations": ...}``.
+    """
+    shape = maps[0][0].shape
+    n = len(maps)
+    stable = np.ones(shape, bool)
+    info: dict = {"threshold": float("nan"), "fraction": 1.0, "iterations": 0}
+    for it in range(n_iter):
+        res = np.full((n, *shape), np.nan, dtype="float32")
+        for p, (ew, ns, good) in enumerate(maps):
+            use = good & stable
+            if use.sum() < 10:
+                use = good
+            m_ew, m_ns = fit(p, ew, ns, use)
+            r = np.hypot(ew - m_ew, ns - m_ns)
+            res[p] = np.where(good, r, np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            level = float(np.nanmedian(res[:, stable])) if np.isfinite(res[:, stable]).any() else 0
+        n_valid = np.isfinite(res).sum(axis=0)
+        q75 = _upper_quartile(res, n_valid)
+        threshold = max(k * level, 0.1 * pixel_size)
+        new = (q75 <= threshold) & (n_valid >= max(1, math.ceil(0.3 * n)))
+        if new.sum() < max(10, min_fraction * new.size):
+            log.warning(
+                "automatic stable ground: only %.1f %% of the area qualifies; using the "
+                "%.0f %% most stable pixels",
+                100 * new.mean(),
+                100 * min_fraction * 4,
+            )
+            finite = np.isfinite(q75)
+            if finite.any():
+                cut = np.nanpercentile(q75[finite], 100 * min_fraction * 4)
+                new = finite & (q75 <= cut)
+        changed = int((new != stable).sum())
+        stable = new
+        info = {"threshold": threshold, "fraction": float(stable.mean()), "iterations": it + 1}
+        if changed == 0:
+            break
+    return stable, info
+
+
+# --------------------------------------------------------------------------- per pair
+
+
+def _centred(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    x = ds["x"].values.astype(float)
+    y = ds["y"].values.astype(float)
+    return np.meshgrid(x - x.mean(), y - y.mean())
+
+
+class _PairFitter:
+    """Fits one pair's bias model (both components) on a given set of pixels."""
+
+    def __init__(self, ds, bad, *, median, ramp, stripes, labels, heading, pixel_size):
+        self.ds = ds
+        self.bad = bad
+        self.median, self.ramp, self.stripes = median, ramp, stripes
+        self.labels = labels
+        self.heading = heading
+        self.pixel_size = pixel_size
+        self.xx, self.yy = _centred(ds)
+        x = ds["x"].values
+        self.spacing = abs(float(x[1] - x[0])) if x.size > 1 else pixel_size
+        self.edges: list[float] = []
+
+    def labels_for(self, ew, ns, use) -> np.ndarray | None:
+        if not self.stripes:
+            return None
+        if self.labels is not None:
+            return self.labels
+        if self.heading is None:
+            return None
+        # the stripe geometry: boundaries found on what offset and ramp leave
+        r = []
+        for v in (ew, ns):
+            m, _ = fit_corrections(v, use, self.xx, self.yy, median=True, ramp=self.ramp)
+            r.append(v - m)
+        labels, self.edges = stripe_labels(
+            r,
+            use,
+            self.xx,
+            self.yy,
+            self.heading,
+            spacing=self.spacing,
+            min_step=0.02 * self.pixel_size,
+        )
+        return labels
+
+    def __call__(self, ew, ns, use):
+        labels = self.labels_for(ew, ns, use)
+        out = []
+        for v in (ew, ns):
+            m, _ = fit_corrections(
+                v, use, self.xx, self.yy, median=True, ramp=self.ramp, labels=labels
+            )
+            out.append(m)
+        return out
+
+    def final(self, ew, ns, use):
+        labels = self.labels_for(ew, ns, use)
+        models, recs = [], []
+        for v in (ew, ns):
+            m, rec = fit_corrections(
+                v, use, self.xx, self.yy, median=self.median, ramp=self.ramp, labels=labels
+            )
+            models.append(m)
+            recs.append(rec)
+        return models, recs, labels
+
+
+def _record(counts: dict, recs, stable_source: str, n_stable: int, labels, edges) -> dict:
+    rec = dict(counts)
+    rec["stable_source"] = stable_source
+    rec["stable_pixels"] = n_stable
+    for comp, r in zip(("ew", "ns"), recs, strict=True):
+        rec[f"offset_{comp}"] = r["offset"]
+        if r["ramp"] is not None:
+            # per kilometre of map (map units per 1000 map units)
+            rec[f"ramp_{comp}_x"] = 1000 * r["ramp"][0]
+            rec[f"ramp_{comp}_y"] = 1000 * r["ramp"][1]
+        if r["stripes"]:
+            rec[f"stripes_{comp}"] = " ".join(f"{k}:{v:+.4f}" for k, v in r["stripes"].items())
+    if labels is not None:
+        rec["stripe_bands"] = len(np.unique(labels))
+    if edges:
+        rec["stripe_edges"] = " ".join(f"{e:.0f}" for e in edges)
+    return rec
+
+
+def _pair_labels(det1, det2) -> np.ndarray | None:
+    if det1 is None and det2 is None:
+        return None
+    a = np.zeros_like(det2) if det1 is None else det1.astype(np.int32)
+    b = np.zeros_like(det1) if det2 is None else det2.astype(np.int32)
+    return a * 100 + b  # "0304": detector 3 in the first image, 4 in the second
+
+
+def correct_pairs(
+    maps: Sequence[xr.Dataset],
     *,
     min_score: float = 0.4,
     median: bool = True,
     ramp: bool = False,
+    stripes: bool = False,
+    stable: np.ndarray | None = None,
+    detectors: Sequence[tuple[np.ndarray | None, np.ndarray | None]] | None = None,
+    heading: float | None = None,
     outlier_test: bool = True,
     outlier_threshold: float = 2.0,
+    max_displacement: float | None = None,
     pixel_size: float | None = None,
-) -> tuple[xr.Dataset, dict]:
-    """Mask low scores, remove the median offset and optionally a ramp.
+) -> list[tuple[xr.Dataset, dict]]:
+    """Correct pair maps on one grid together (automatic stable ground uses them all).
 
     Parameters
     ----------
-    ds
-        A pair map: ``ew``, ``ns`` (m), ``score`` on (y, x).
-    min_score
-        Offsets with a lower score (or NaN score) become NaN.
-    outlier_test, outlier_threshold
-        Reject offsets failing :func:`median_test` at this threshold.
+    maps
+        Pair maps: ``ew``, ``ns`` (map units), ``score`` on the same (y, x) grid.
+    min_score, max_displacement, outlier_test, outlier_threshold
+        Outlier filtering, see :func:`outlier_mask`.
+    median, ramp, stripes
+        Which corrections are removed.
+    stable
+        Stable ground (True) on the grid, e.g. from :func:`read_stable_mask`;
+        None: chosen by :func:`auto_stable`.
+    detectors
+        Per map, the detector numbers of its two images on the grid (from
+        :func:`detector_footprints`), or None; without them the stripes follow
+        the ground-track geometry (``heading``, from :func:`track_heading`).
     pixel_size
-        Image pixel size in the offsets' unit, for the test's noise floor
-        (0.1 pixel); default: the grid spacing divided by the ``step`` attribute.
-    median, ramp
-        Which corrections to apply (each component separately).
+        Image pixel size in map units (noise floors: 0.1 pixel); default the
+        grid spacing divided by the ``step`` attribute.
 
     Returns
     -------
-    corrected, record
-        The corrected Dataset (same grid and attrs) and a dict with the valid
-        fraction and the removed offset / plane coefficients per component.
+    list of (corrected, record)
+        Same grid and attrs; NaN where filtered. The record holds the counts of
+        each filter, the stable-ground source and size, the removed offset, the
+        ramp (map units per km) and the stripe offsets per component.
     """
-    out = ds.copy(deep=True)
-    bad = ~(ds["score"].values >= min_score)
-    n_low = int((bad & np.isfinite(ds["ew"].values)).sum())
-    n_outliers = 0
-    if outlier_test:
-        if pixel_size is None:
-            pixel_size = abs(ds.attrs["transform"][0]) / float(ds.attrs.get("step", 1))
-        ew = np.where(bad, np.nan, ds["ew"].values)
-        ns = np.where(bad, np.nan, ds["ns"].values)
-        rejected = median_test(ew, ns, eps=0.1 * pixel_size, threshold=outlier_threshold)
-        n_outliers = int(rejected.sum())
-        bad |= rejected
-    record: dict = {
-        "valid_fraction": float(1 - bad.mean()),
-        "low_score": n_low,
-        "outliers": n_outliers,
-    }
-    x = ds["x"].values.astype(float)
-    y = ds["y"].values.astype(float)
-    for comp in ("ew", "ns"):
-        v = out[comp].values.astype("float64")
-        v[bad] = np.nan
-        if median:
-            med = float(np.nanmedian(v)) if np.isfinite(v).any() else 0.0
-            v -= med
-            record[f"median_{comp}"] = med
-        if ramp:
-            coef = robust_plane(v, x, y)
-            if coef is not None:
-                xx, yy = np.meshgrid(x - x.mean(), y - y.mean())
-                v -= coef[0] + coef[1] * xx + coef[2] * yy
-                record[f"ramp_{comp}"] = coef
-        out[comp].values[:] = v.astype("float32")
-    out["score"].values[bad] = np.nan
-    steps = (("outlier_test", outlier_test), ("median", median), ("ramp", ramp))
-    out.attrs["corrections"] = ",".join(k for k, on in steps if on) or "none"
-    return out, record
+    out = []
+    if not maps:
+        return out
+    if pixel_size is None:
+        ds0 = maps[0]
+        pixel_size = abs(ds0.attrs["transform"][0]) / float(ds0.attrs.get("step", 1))
+    prepared = []
+    for p, ds in enumerate(maps):
+        bad, counts = outlier_mask(
+            ds,
+            min_score=min_score,
+            max_displacement=max_displacement,
+            outlier_test=outlier_test,
+            outlier_threshold=outlier_threshold,
+            pixel_size=pixel_size,
+        )
+        # float32 keeps a large network in memory (the fits work in float64)
+        ew = np.where(bad, np.nan, ds["ew"].values).astype("float32")
+        ns = np.where(bad, np.nan, ds["ns"].values).astype("float32")
+        det = detectors[p] if detectors is not None else (None, None)
+        fitter = _PairFitter(
+            ds,
+            bad,
+            median=median,
+            ramp=ramp,
+            stripes=stripes,
+            labels=_pair_labels(*det) if stripes else None,
+            heading=heading,
+            pixel_size=pixel_size,
+        )
+        prepared.append((ds, ew, ns, bad, counts, fitter, _high_score(ds["score"].values, bad)))
+    if stable is None:
+        source = "auto"
+        if median or ramp or stripes:
+            stable, info = auto_stable(
+                [(ew, ns, good) for _, ew, ns, _, _, _, good in prepared],
+                lambda p, ew, ns, use: prepared[p][5](ew, ns, use),
+                pixel_size=pixel_size,
+            )
+            log.debug("automatic stable ground: %s", info)
+        else:
+            stable = np.ones(prepared[0][1].shape, bool)
+    else:
+        source = "mask"
+    for ds, ew, ns, bad, counts, fitter, good in prepared:
+        use = stable & good
+        if use.sum() < 10:
+            use = stable & ~bad
+        if use.sum() < 10:
+            use = ~bad
+        models, recs, labels = fitter.final(ew, ns, use)
+        fixed = ds.copy(deep=True)
+        fixed["ew"].values[:] = (ew - models[0]).astype("float32")
+        fixed["ns"].values[:] = (ns - models[1]).astype("float32")
+        fixed["score"].values[bad] = np.nan
+        steps = (
+            ("outlier_test", outlier_test),
+            ("max_displacement", max_displacement is not None),
+            ("median", median),
+            ("ramp", ramp),
+            ("stripes", stripes),
+        )
+        fixed.attrs["corrections"] = ",".join(k for k, on in steps if on) or "none"
+        out.append((fixed, _record(counts, recs, source, int(use.sum()), labels, fitter.edges)))
+    return out
+
+
+def correct_pair(ds: xr.Dataset, **kwargs) -> tuple[xr.Dataset, dict]:
+    """Correct one pair map alone; the keywords are those of :func:`correct_pairs`
+    (``detectors`` as one ``(first, second)`` tuple). Stable ground, when not given,
+    is chosen from this map only."""
+    if "detectors" in kwargs and kwargs["detectors"] is not None:
+        kwargs["detectors"] = [kwargs["detectors"]]
+    return correct_pairs([ds], **kwargs)[0]

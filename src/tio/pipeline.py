@@ -4,9 +4,9 @@ Stages and what each leaves in the output folder::
 
     find scenes    tio.ingest.find_scenes       (nothing: metadata only)
     stack          tio.stack.build_stack        stack.nc
-    pairs          tio.network.select_pairs     network.txt
+    pairs          tio.network.select_pairs     network.txt, network.png
     correlate      tio.correlation.correlate    pairs/raw/YYYYMMDD_YYYYMMDD.tif
-    correct        tio.corrections.correct_pair pairs/corrected/*.tif, pairs/corrections.csv
+    correct        tio.corrections.correct_pairs pairs/corrected/*.tif, pairs/corrections.csv
     invert         tio.inversion.invert         timeseries.nc and the GeoTIFF products
     quicklooks     tio.quicklook                quicklook_*.png
 
@@ -38,7 +38,7 @@ from . import __version__
 from .config import RunConfig, dump_toml
 from .errors import InputError, OutputError
 from .ingest import Scene, find_scenes
-from .network import Pair, describe_network, select_pairs
+from .network import Pair, describe_network, plot_network, select_pairs
 from .raster import atomic_path, read_pair, read_tags, write_pair
 
 log = logging.getLogger("tio")
@@ -97,6 +97,8 @@ class _Console(logging.Handler):
     """Log lines on the terminal that do not break tqdm's progress bars."""
 
     def emit(self, record):
+        if getattr(record, "file_only", False):
+            return
         tqdm.write(
             f"{record.levelname.lower()}: {self.format(record)}"
             if record.levelno >= logging.WARNING
@@ -189,7 +191,6 @@ def run(config: RunConfig, *, progress: bool = True, verbose: bool = False) -> R
 
 def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> RunResult:
     # the numerical stages are imported here so that `tio --help` stays instant
-    from .corrections import correct_pair
     from .correlation import correlate
     from .inversion import invert
     from .products import write_products
@@ -228,23 +229,19 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
 
     # 3. pairs ---------------------------------------------------------------
     dates = [s.date for s in scenes]
-    pairs = select_pairs(
-        dates,
-        max_next=config.pairs.max_next,
-        min_days=config.pairs.min_days,
-        max_days=config.pairs.max_days,
-    )
+    # the pairs section's names are select_pairs()'s keyword arguments
+    pairs = select_pairs(dates, **config.pairs.model_dump())
     report = describe_network(dates, pairs)
-    for line in report.lines()[:1]:
+    for line in report.lines()[:2]:
         log.info("network: %s", line)
     if not report.connected:
-        log.warning(
-            "the pair network is disconnected (%d components): dates are tied only by "
-            "temporal smoothing (inversion.smoothing_gamma2)",
-            len(report.components),
-        )
+        log.warning("%s", report.warning())
     with atomic_path(out / "network.txt") as tmp:
         tmp.write_text("\n".join(report.lines()) + "\n")
+    try:
+        plot_network(report, out / "network.png")
+    except Exception as exc:  # a figure must never stop a run
+        log.warning("network plot not drawn: %s", exc)
 
     # 4. correlate -----------------------------------------------------------
     corr_params = cfg_c.model_dump(mode="json", exclude={"min_score"})
@@ -286,61 +283,29 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
     # 5. correct -------------------------------------------------------------
     corr_dir = out / "pairs" / "corrected"
     cc = config.correction
-    fixed_keys = {}
+    mask_id = None if cc.stable_mask is None else _file_id(cc.stable_mask)
+    # automatic stable ground uses every pair: one key for the whole stage
+    fix_key = _hash(
+        "correct",
+        [raw_keys[p.name] for p in pairs],
+        cc.model_dump(mode="json"),
+        cfg_c.min_score,
+        mask_id,
+    )
+    fixed_keys = {p.name: fix_key for p in pairs}
     records = []
-    todo_fix = []
-    for p in pairs:
-        key = _hash("correct", raw_keys[p.name], cc.model_dump(mode="json"), cfg_c.min_score)
-        fixed_keys[p.name] = key
-        path = corr_dir / f"{p.name}.tif"
-        if not (
-            path.exists()
-            and read_tags(path).get("TIO_KEY") == key
-            and state.data.get("corrections", {}).get(p.name)
-        ):
-            todo_fix.append(p)
-        else:
-            records.append(state.data["corrections"][p.name])
-    if not todo_fix:
+    if all(
+        (corr_dir / f"{p.name}.tif").exists()
+        and read_tags(corr_dir / f"{p.name}.tif").get("TIO_KEY") == fix_key
+        and state.data.get("corrections", {}).get(p.name)
+        for p in pairs
+    ):
         skipped.append("correct")
-    with _bar(len(todo_fix), "correct", "pair", progress) as bar:
-        for p in todo_fix:
-            ds = read_pair(raw_dir / f"{p.name}.tif")
-            fixed, rec = correct_pair(
-                ds,
-                min_score=cfg_c.min_score,
-                median=cc.median,
-                ramp=cc.ramp,
-                outlier_test=cc.outlier_test,
-                outlier_threshold=cc.outlier_threshold,
-                pixel_size=abs(stack.attrs["transform"][0]),
-            )
-            write_pair(
-                corr_dir / f"{p.name}.tif",
-                fixed,
-                p.date1,
-                p.date2,
-                {"TIO_KEY": fixed_keys[p.name], "TIO_CORRECTIONS": fixed.attrs["corrections"]},
-            )
-            rec = {
-                "pair": p.name,
-                "date1": p.date1.isoformat(),
-                "date2": p.date2.isoformat(),
-                **rec,
-            }
-            records.append(rec)
-            state.data.setdefault("corrections", {})[p.name] = rec
-            bar.update()
-    if todo_fix:
-        log.info(
-            "correct: %d pairs; %.0f %% of offsets kept (score >= %g%s)",
-            len(todo_fix),
-            100 * float(np.mean([r["valid_fraction"] for r in records])),
-            cfg_c.min_score,
-            ", neighbour median test" if cc.outlier_test else "",
-        )
-    if todo_fix:
-        state.save()  # the correction records of the pairs just done
+        records = [state.data["corrections"][p.name] for p in pairs]
+        log.info("correct: up to date")
+    else:
+        records = _correct_stage(config, stack, scenes, pairs, raw_dir, corr_dir, fix_key, state)
+        state.save()  # the correction records
         _write_corrections_csv(out / "pairs" / "corrections.csv", records, pairs)
 
     # 6. invert + products ---------------------------------------------------
@@ -382,21 +347,171 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
     )
 
 
+def _file_id(path) -> list:
+    p = Path(path)
+    try:
+        st = p.stat()
+        return [str(p.resolve()), st.st_size, int(st.st_mtime)]
+    except OSError:
+        return [str(p)]
+
+
+def _on_pair_grid(values: np.ndarray, stack: xr.Dataset, ds: xr.Dataset) -> np.ndarray:
+    """Nearest value of a stack-grid array at the pair map's pixel centres."""
+    a, _, c, _, e, f = stack.attrs["transform"][:6]
+    cols = np.clip(np.floor((ds["x"].values - c) / a).astype(int), 0, values.shape[1] - 1)
+    rows = np.clip(np.floor((ds["y"].values - f) / e).astype(int), 0, values.shape[0] - 1)
+    return values[np.ix_(rows, cols)]
+
+
+def _detectors(stack: xr.Dataset, scenes: list[Scene]) -> list[np.ndarray | None]:
+    """Each date's detector numbers on the stack grid from MSK_DETFOO, or None."""
+    from affine import Affine
+
+    from .corrections import detector_footprints
+    from .stack import Grid
+
+    if not stack.attrs.get("crs"):
+        return [None] * len(scenes)
+    grid = Grid(
+        stack.attrs["crs"],
+        Affine(*stack.attrs["transform"][:6]),
+        (stack.sizes["y"], stack.sizes["x"]),
+    )
+    out = []
+    for s in scenes:
+        try:
+            out.append(detector_footprints(s, grid))
+        except InputError as exc:
+            log.warning("%s: detector footprints not read (%s)", s.source, exc)
+            out.append(None)
+    return out
+
+
+def _correct_stage(config, stack, scenes, pairs, raw_dir, corr_dir, key, state) -> list[dict]:
+    from .corrections import correct_pairs, read_stable_mask, track_heading
+
+    cc = config.correction
+    maps = [read_pair(raw_dir / f"{p.name}.tif") for p in pairs]
+    stable = None
+    if cc.stable_mask is not None:
+        stable = read_stable_mask(cc.stable_mask, maps[0], moving=cc.stable_mask_moving)
+        log.info(
+            "correct: stable ground from %s (%.0f %% of the area)",
+            cc.stable_mask,
+            100 * float(stable.mean()),
+        )
+    detectors = None
+    heading = None
+    if cc.stripes:
+        dets = _detectors(stack, scenes)
+        detectors = [
+            tuple(None if dets[k] is None else _on_pair_grid(dets[k], stack, m) for k in (p.i, p.j))
+            for p, m in zip(pairs, maps, strict=True)
+        ]
+        n_foot = sum(d is not None for d in dets)
+        if n_foot < len(dets):
+            heading = track_heading(
+                stack.attrs.get("crs"),
+                stack.attrs["transform"],
+                (stack.sizes["y"], stack.sizes["x"]),
+            )
+        log.info(
+            "correct: detector footprints (MSK_DETFOO) for %d of %d dates%s",
+            n_foot,
+            len(dets),
+            ""
+            if n_foot == len(dets)
+            else (
+                "; the others' stripes follow the ground-track geometry"
+                if heading is not None
+                else "; no georeferencing, so no stripes for the others"
+            ),
+        )
+        # a pair without footprints for both dates uses the geometry
+        detectors = [d if all(v is not None for v in d) else (None, None) for d in detectors]
+    results = correct_pairs(
+        maps,
+        min_score=config.correlation.min_score,
+        median=cc.median,
+        ramp=cc.ramp,
+        stripes=cc.stripes,
+        stable=stable,
+        detectors=detectors,
+        heading=heading,
+        outlier_test=cc.outlier_test,
+        outlier_threshold=cc.outlier_threshold,
+        max_displacement=cc.max_displacement,
+        pixel_size=abs(stack.attrs["transform"][0]),
+    )
+    records = []
+    state.data["corrections"] = {}
+    for p, (fixed, rec) in zip(pairs, results, strict=True):
+        write_pair(
+            corr_dir / f"{p.name}.tif",
+            fixed,
+            p.date1,
+            p.date2,
+            {"TIO_KEY": key, "TIO_CORRECTIONS": fixed.attrs["corrections"]},
+        )
+        rec = {"pair": p.name, "date1": p.date1.isoformat(), "date2": p.date2.isoformat(), **rec}
+        records.append(rec)
+        state.data["corrections"][p.name] = rec
+        log.info(
+            "correct %s: %d low score, %d too large, %d outliers masked; %.0f %% kept; "
+            "offset %+.2f / %+.2f on %d stable pixels",
+            p.name,
+            rec["low_score"],
+            rec["too_large"],
+            rec["outliers"],
+            100 * rec["valid_fraction"],
+            rec["offset_ew"],
+            rec["offset_ns"],
+            rec["stable_pixels"],
+            extra={"file_only": True},
+        )
+    log.info(
+        "correct: %d pairs; %.0f %% of offsets kept (score >= %g%s%s); removed: %s",
+        len(pairs),
+        100 * float(np.mean([r["valid_fraction"] for r in records])),
+        config.correlation.min_score,
+        ", neighbour median test" if cc.outlier_test else "",
+        f", within {cc.max_displacement:g} of the median" if cc.max_displacement else "",
+        ", ".join(
+            k for k, on in (("offset", cc.median), ("ramp", cc.ramp), ("stripes", cc.stripes)) if on
+        )
+        or "nothing",
+    )
+    return records
+
+
+_CSV_COLUMNS = [
+    "pair",
+    "date1",
+    "date2",
+    "valid_fraction",
+    "low_score",
+    "too_large",
+    "outliers",
+    "stable_source",
+    "stable_pixels",
+    "offset_ew",
+    "offset_ns",
+    "ramp_ew_x",
+    "ramp_ew_y",
+    "ramp_ns_x",
+    "ramp_ns_y",
+    "stripe_bands",
+    "stripe_edges",
+    "stripes_ew",
+    "stripes_ns",
+]
+
+
 def _write_corrections_csv(path: Path, records: list[dict], pairs: list[Pair]) -> None:
     order = {p.name: k for k, p in enumerate(pairs)}
     records = sorted((r for r in records if r["pair"] in order), key=lambda r: order[r["pair"]])
-    cols = [
-        "pair",
-        "date1",
-        "date2",
-        "valid_fraction",
-        "low_score",
-        "outliers",
-        "median_ew",
-        "median_ns",
-        "ramp_ew",
-        "ramp_ns",
-    ]
+    cols = _CSV_COLUMNS
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(cols)

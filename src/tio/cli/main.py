@@ -9,6 +9,7 @@ from tio import __version__
 from .config import config_cmd
 from .correlate import correlate_cmd
 from .demo import demo_cmd
+from .pairs import pairs_cmd
 from .run import run_cmd
 from .scenes import scenes_cmd
 
@@ -18,6 +19,7 @@ Examples:
   tio run scenes/ -o out/           process a folder of dated GeoTIFFs / SAFE products
   tio run S2*.SAFE --aoi 6.80,45.90,6.90,45.95 --band B04 -o out/
   tio scenes downloads/ --aoi 6.80,45.90,6.90,45.95   what a run would use, date by date
+  tio pairs downloads/ --max-days 60 --plot net.png   the pair network a run would correlate
   tio config > tio.toml             write the defaults, edit, then: tio run --config tio.toml
   tio correlate a.tif b.tif -o pair.tif   offsets between two images (EW, NS, score)
 """
@@ -36,6 +38,7 @@ def cli():
 
 cli.add_command(run_cmd)
 cli.add_command(scenes_cmd)
+cli.add_command(pairs_cmd)
 cli.add_command(demo_cmd)
 cli.add_command(correlate_cmd)
 cli.add_command(config_cmd)
