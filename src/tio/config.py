@@ -31,7 +31,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, TioError
 
 __all__ = [
     "ConfigError",
@@ -324,8 +324,31 @@ class OutputConfig(_Section):
     """What is written to the output folder."""
 
     directory: Path = Field(Path("tio-output"), description="Output folder of the run.")
-    quicklooks: bool = Field(True, description="Write PNG quicklooks.")
+    quicklooks: bool = Field(
+        True, description="Write quicklooks, the animation, map overlays and the HTML report."
+    )
     netcdf: bool = Field(True, description="Write the NetCDF cube timeseries.nc.")
+    points: Path | None = Field(
+        None,
+        description="CSV (lon,lat or x,y columns) or GeoJSON of points: their time series go to "
+        "points.csv and points.png (the pixel of largest motion is always added).",
+    )
+    animation: Literal["apng", "gif", "mp4"] = Field(
+        "apng",
+        description="Format of the animation of the cumulative displacement (mp4 needs ffmpeg).",
+    )
+
+    @field_validator("points")
+    @classmethod
+    def _check_points(cls, v):
+        if v is not None:
+            from .points import read_points
+
+            try:  # a missing or malformed file stops the run before any work
+                read_points(v)
+            except TioError as exc:
+                raise ValueError(str(exc)) from None
+        return v
 
 
 class RunConfig(_Section):

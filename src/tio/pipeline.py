@@ -24,7 +24,6 @@ import hashlib
 import io
 import json
 import logging
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -340,7 +339,7 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
 
             write_netcdf(ts, out / ".tio" / "timeseries.nc")
         if config.output.quicklooks:
-            products += _quicklooks(ts, stack, out, scenes)
+            products += _quicklooks(ts, stack, out, scenes, config.output)
         state.mark("products", prod_key)
     return RunResult(
         out_dir=out, scenes=scenes, pairs=pairs, timeseries=ts, products=products, skipped=skipped
@@ -550,18 +549,19 @@ def _load_pairs(folder: Path, pairs: list[Pair]) -> xr.Dataset:
     return cube
 
 
-def _quicklooks(ts: xr.Dataset, stack: xr.Dataset, out: Path, scenes: list[Scene]) -> list[Path]:
-    from .quicklook import quicklook_displacement, quicklook_velocity
+def _quicklooks(
+    ts: xr.Dataset, stack: xr.Dataset, out: Path, scenes: list[Scene], output
+) -> list[Path]:
+    """Pictures, overlays, animation, points, STAC catalog and report (tio.present)."""
+    from .present import attribution_for, render_run
 
-    years = sorted({s.date.year for s in scenes})
-    sentinel = any(re.search(r"(^|/)S2[ABCD]_", s.source) or ".SAFE" in s.source for s in scenes)
-    span = str(years[0]) if years[0] == years[-1] else f"{years[0]}-{years[-1]}"
-    attribution = f"Contains modified Copernicus Sentinel data {span}" if sentinel else None
-    return [
-        quicklook_displacement(
-            ts, out / "quicklook_cumulative.png", stack=stack, attribution=attribution
-        ),
-        quicklook_velocity(
-            ts, out / "quicklook_velocity.png", stack=stack, attribution=attribution
-        ),
-    ]
+    attribution = attribution_for([s.source for s in scenes], [s.date.year for s in scenes])
+    return render_run(
+        out,
+        ts=ts,
+        stack=stack,
+        points=output.points,
+        animation=output.animation,
+        attribution=attribution,
+        step=lambda name: log.info("present: %s", name),
+    )

@@ -210,6 +210,23 @@ def write_netcdf(ts: xr.Dataset, path: str | Path) -> Path:
             if name != "spatial_ref" and {"x", "y"} <= set(var.dims):
                 var.attrs["grid_mapping"] = "spatial_ref"
     ds["time"].attrs.update(standard_name="time", long_name="acquisition date")
+    for k, label in (("date1", "first"), ("date2", "second")):
+        if k in ds.coords:
+            ds[k].attrs["long_name"] = f"{label} acquisition date of the pair"
+    if "pair" in ds.coords:
+        ds["pair"].attrs["long_name"] = "pair of acquisition dates (YYYYMMDD_YYYYMMDD)"
+    units = ts.attrs.get("units", "m")
+    if "cumulative_ew" in ds and "cumulative_magnitude" not in ds:
+        ds["cumulative_magnitude"] = np.hypot(
+            ds["cumulative_ew"], ds["cumulative_ns"]
+        ).assign_attrs(units=units, long_name="cumulative horizontal displacement magnitude")
+    if "velocity_ew" in ds and "velocity_magnitude" not in ds:
+        ds["velocity_magnitude"] = np.hypot(ds["velocity_ew"], ds["velocity_ns"]).assign_attrs(
+            units=f"{units}/year", long_name="mean horizontal velocity magnitude"
+        )
+    for name in ("cumulative_magnitude", "velocity_magnitude"):
+        if name in ds and crs:
+            ds[name].attrs["grid_mapping"] = "spatial_ref"
     for name, (long_name, std) in _CF.items():
         if name in ds:
             ds[name].attrs["long_name"] = long_name
@@ -232,6 +249,7 @@ def write_netcdf(ts: xr.Dataset, path: str | Path) -> Path:
     for k in ("date1", "date2"):
         if k in ds.coords:
             encoding[k] = {
+                "_FillValue": None,
                 "units": "days since 1970-01-01",
                 "calendar": "proleptic_gregorian",
                 "dtype": "float64",

@@ -10,6 +10,7 @@ from .config import config_cmd
 from .correlate import correlate_cmd
 from .demo import demo_cmd
 from .pairs import pairs_cmd
+from .quicklook import quicklook_cmd
 from .run import run_cmd
 from .scenes import scenes_cmd
 
@@ -22,6 +23,7 @@ Examples:
   tio pairs downloads/ --max-days 60 --plot net.png   the pair network a run would correlate
   tio config > tio.toml             write the defaults, edit, then: tio run --config tio.toml
   tio correlate a.tif b.tif -o pair.tif   offsets between two images (EW, NS, score)
+  tio quicklook out/ --points sites.csv   redraw pictures, animation and report of a run
 """
 
 
@@ -42,3 +44,4 @@ cli.add_command(pairs_cmd)
 cli.add_command(demo_cmd)
 cli.add_command(correlate_cmd)
 cli.add_command(config_cmd)
+cli.add_command(quicklook_cmd)
