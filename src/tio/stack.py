@@ -228,7 +228,8 @@ def read_on_grid(
     outside the file are NaN); any other is warped through a GDAL WarpedVRT with
     ``resampling``. Colour images become grey (mean of R, G, B).
 
-    With ``mask_clouds``, a Sentinel-2 product's cloud mask (SCL for L2A, else
+    With ``mask_clouds``, a catalogue scene's SCL asset (``scene.mask_path``), or a
+    Sentinel-2 product's cloud mask (SCL for L2A, else
     MSK_CLASSI, else the GML cloud mask; see :mod:`tio.cloudmask`) sets its cloudy
     pixels to NaN (snow too with ``mask_snow``). A product without any cloud mask
     falls back on the original TIO rule: when the mean of band B09 over the grid is
@@ -238,6 +239,11 @@ def read_on_grid(
     """
     values = _read_values(scene, grid, resampling)
     product = scene.product
+    if mask_clouds and product is None and scene.mask_path:
+        from .cloudmask import scl_mask
+
+        values[scl_mask(scene.mask_path, grid, snow=mask_snow)] = np.nan
+        log.debug("%s: cloud mask from %s", scene.source, scene.mask_path)
     if mask_clouds and product is not None:
         from .cloudmask import b09_cloudy, cloud_mask
 

@@ -11,6 +11,7 @@ from .correlate import correlate_cmd
 from .demo import demo_cmd
 from .run import run_cmd
 from .scenes import scenes_cmd
+from .search import search_cmd
 
 EPILOG = """\b
 Examples:
@@ -18,6 +19,10 @@ Examples:
   tio run scenes/ -o out/           process a folder of dated GeoTIFFs / SAFE products
   tio run S2*.SAFE --aoi 6.80,45.90,6.90,45.95 --band B04 -o out/
   tio scenes downloads/ --aoi 6.80,45.90,6.90,45.95   what a run would use, date by date
+  tio search --aoi 6.80,45.90,6.90,45.95 --start 2023-06-01 --end 2023-09-30 --max-cloud 20
+                                    Sentinel-2 scenes in a STAC catalogue (Earth Search by default)
+  tio run --aoi 6.80,45.90,6.90,45.95 --start 2023-06-01 --end 2023-09-30 -o out/
+                                    the same search, then only the area is read over HTTP
   tio config > tio.toml             write the defaults, edit, then: tio run --config tio.toml
   tio correlate a.tif b.tif -o pair.tif   offsets between two images (EW, NS, score)
 """
@@ -36,6 +41,7 @@ def cli():
 
 cli.add_command(run_cmd)
 cli.add_command(scenes_cmd)
+cli.add_command(search_cmd)
 cli.add_command(demo_cmd)
 cli.add_command(correlate_cmd)
 cli.add_command(config_cmd)
