@@ -62,6 +62,24 @@ class _FileHandler(BaseHTTPRequestHandler):
     def do_HEAD(self):
         self._serve(head=True)
 
+    def do_POST(self):  # an OpenID token endpoint: password grant
+        from urllib.parse import parse_qs
+
+        form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+        srv = self.server
+        with srv.lock:
+            srv.requests.append(("POST", self.path, None))
+            srv.posted.append(form)
+        if form.get("username") == ["alice"] and form.get("password") == ["s3cret-pw"]:
+            body = json.dumps({"access_token": "tok-123"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            self._send_error(401)
+
     def do_GET(self):
         self._serve(head=False)
 
@@ -72,6 +90,21 @@ class _FileHandler(BaseHTTPRequestHandler):
             fault = self._fault()
         if fault in (500, 503, 429, 401, 403):
             self._send_error(fault)
+            return
+        if self.path.startswith("/proxy") and srv.upstream:  # pass through to the STAC API
+            import urllib.request
+
+            with urllib.request.urlopen(srv.upstream + self.path[len("/proxy") :]) as up:
+                body = up.read()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        need = srv.auth.get(self.path.split("?")[0])
+        if need and self.headers.get("Authorization") != need:
+            self._send_error(401)
             return
         path = srv.root / self.path.split("?")[0].lstrip("/")
         if not path.is_file():
@@ -124,6 +157,9 @@ class FileServer(ThreadingHTTPServer):
         self.root = root
         self.lock = threading.Lock()
         self.faults: dict[str, list] = {}
+        self.auth: dict[str, str] = {}
+        self.posted: list[dict] = []
+        self.upstream: str | None = None
         self.requests: list[tuple] = []
         self.bytes_served = 0
 
@@ -134,6 +170,8 @@ class FileServer(ThreadingHTTPServer):
     def reset(self):
         with self.lock:
             self.faults.clear()
+            self.auth.clear()
+            self.posted.clear()
             self.requests.clear()
             self.bytes_served = 0
 
@@ -433,6 +471,33 @@ def test_search_orbit_asked_for_and_empty_search(catalogue):
     assert "no sentinel-2-l2a scene" in msg and "widen the dates or raise the cloud limit" in msg
 
 
+def test_search_retries_a_500_from_the_catalogue(files, catalogue):
+    files.reset()
+    files.upstream = catalogue["url"]
+    files.faults["/proxy"] = [500]
+    res = CliRunner().invoke(
+        cli,
+        [
+            *("search", "--aoi", _aoi_arg(), "--start", "2016-05-01", "--end", "2016-06-30"),
+            *("--catalog", f"{files.url}/proxy/"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "2 scene(s) kept" in res.output
+    assert [r[1] for r in files.requests] == ["/proxy", "/proxy"]  # 500, then retried
+    files.faults["/proxy"] = [500] * 10
+    res = CliRunner().invoke(
+        cli,
+        [
+            *("search", "--aoi", _aoi_arg(), "--start", "2016-05-01", "--end", "2016-06-30"),
+            *("--catalog", f"{files.url}/proxy"),
+        ],
+    )
+    assert res.exit_code == 1
+    assert f"{files.url}/proxy" in res.output and "500" in res.output
+    files.upstream = None
+
+
 def test_search_errors_name_the_catalogue(files, catalogue):
     files.reset()
     files.faults["/locked"] = [401] * 10
@@ -615,3 +680,61 @@ def test_request_retries_then_returns(files):
     resp = request("GET", url, backoff=0.01)
     assert resp.status_code == 200 and len(resp.content) == 1000
     assert len(files.requests) == 3
+
+
+def test_copernicus_odata_download_with_credentials(files, tmp_path, monkeypatch, caplog):
+    """The OData flow: look the product up by name, get a token, download, verify MD5."""
+    from tio.download import download_cdse_safe
+
+    files.reset()
+    name = "S2A_MSIL1C_20160608T153121_N0204_R065_T33UUU_20160608T153121"
+    data = np.random.default_rng(5).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
+    product_id = "0f1e2d3c-aaaa-bbbb-cccc-123456789abc"
+    dl = files.root / "zipper" / f"Products({product_id})" / "$value"
+    dl.parent.mkdir(parents=True)
+    dl.write_bytes(data)
+    odata = files.root / "odata" / "Products"
+    odata.parent.mkdir(parents=True)
+    odata.write_text(
+        json.dumps(
+            {
+                "value": [
+                    {
+                        "Id": product_id,
+                        "Name": f"{name}.SAFE",
+                        "Checksum": [
+                            {"Algorithm": "MD5", "Value": hashlib.md5(data).hexdigest()},
+                        ],
+                    }
+                ]
+            }
+        )
+    )
+    files.auth[f"/zipper/Products({product_id})/$value"] = "Bearer tok-123"
+    urls = dict(
+        odata_url=f"{files.url}/odata",
+        download_url=f"{files.url}/zipper",
+        token_url=f"{files.url}/token",
+    )
+    monkeypatch.delenv("CDSE_USERNAME", raising=False)
+    monkeypatch.delenv("CDSE_PASSWORD", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    with pytest.raises(AuthError, match="CDSE_USERNAME and CDSE_PASSWORD"):
+        download_cdse_safe(name, Cache(tmp_path / "cache"), **urls)
+    monkeypatch.setenv("CDSE_USERNAME", "alice")
+    monkeypatch.setenv("CDSE_PASSWORD", "wrong")
+    with pytest.raises(AuthError, match="HTTP 401.*credentials"):
+        download_cdse_safe(name, Cache(tmp_path / "cache"), **urls)
+    monkeypatch.delenv("CDSE_USERNAME")
+    monkeypatch.delenv("CDSE_PASSWORD")
+    (tmp_path / ".netrc").write_text(
+        "machine identity.dataspace.copernicus.eu login alice password s3cret-pw\n"
+    )
+    (tmp_path / ".netrc").chmod(0o600)
+    caplog.set_level("DEBUG")
+    got = download_cdse_safe(name, Cache(tmp_path / "cache"), **urls)
+    assert got == tmp_path / "cache" / f"{name}.SAFE" / f"{name}.SAFE.zip"
+    assert got.read_bytes() == data
+    assert "s3cret-pw" not in caplog.text
+    # the password went to the token endpoint only
+    assert [r[1] for r in files.requests if r[0] == "POST"] == ["/token", "/token"]
