@@ -380,7 +380,7 @@ def search(
 def _coverage(item: dict, area) -> float:
     """Share of the area (lon/lat box or polygon) inside the item's footprint."""
     from shapely import wkt
-    from shapely.geometry import shape
+    from shapely.geometry import box, shape
 
     target = wkt.loads(area.wkt)
     try:

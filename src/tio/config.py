@@ -92,7 +92,8 @@ class InputConfig(_Section):
         None,
         ge=1,
         le=143,
-        description="Keep only Sentinel-2 products of this relative orbit (unset: all).",
+        description="Keep only Sentinel-2 products of this relative orbit (unset: all local "
+        "inputs; in a catalogue search, the orbit covering the area on the most dates).",
     )
     max_cloud: float = Field(
         0.5,
