@@ -739,3 +739,25 @@ def test_copernicus_odata_download_with_credentials(files, tmp_path, monkeypatch
     assert "s3cret-pw" not in caplog.text
     # the password went to the token endpoint only
     assert [r[1] for r in files.requests if r[0] == "POST"] == ["/token", "/token"]
+
+
+def test_planetary_computer_needs_its_optional_package():
+    from tio.catalog import search
+    from tio.errors import CatalogError
+
+    try:
+        import planetary_computer  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("planetary-computer is installed: the message is not shown")
+    with pytest.raises(CatalogError, match=r"pip install 'tio\[planetary\]'"):
+        search(
+            [12.7, 52.76, 12.72, 52.78], "2020-01-01", "2020-02-01", catalog="planetary-computer"
+        )
+
+
+def test_run_without_files_needs_an_area_and_dates(tmp_path):
+    res = CliRunner().invoke(cli, ["run", "--start", "2020-01-01", "-q", "-o", str(tmp_path)])
+    assert res.exit_code == 1
+    assert "no input given" in res.output and "--aoi" in res.output

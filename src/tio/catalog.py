@@ -289,20 +289,25 @@ def _query(url: str, fn):
         ) from None
 
 
+def _conforms(client, name: str) -> bool:
+    try:
+        return bool(client.conforms_to(name))
+    except Exception:  # noqa: BLE001 - conformance unknown: treated as absent
+        return False
+
+
 def _cloud_filter(client, max_cloud: float | None) -> dict:
+    """The cloud limit as a CQL2 filter, else a query, else nothing (filtered here)."""
     if max_cloud is None:
         return {}
-    if client.conforms_to("FILTER") if hasattr(client, "conforms_to") else False:
+    if _conforms(client, "FILTER"):
         return {
             "filter": {"op": "<=", "args": [{"property": "eo:cloud_cover"}, max_cloud]},
             "filter_lang": "cql2-json",
         }
-    with_query = False
-    try:
-        with_query = client.conforms_to("QUERY")
-    except Exception:  # noqa: BLE001 - conformance unknown: filter here only
-        with_query = False
-    return {"query": {"eo:cloud_cover": {"lte": max_cloud}}} if with_query else {}
+    if _conforms(client, "QUERY"):
+        return {"query": {"eo:cloud_cover": {"lte": max_cloud}}}
+    return {}
 
 
 def search(
@@ -521,6 +526,7 @@ def remote_gdal_env(remote: bool = True):
 
     with rasterio.Env(
         GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR",
+        GDAL_HTTP_TIMEOUT="60",
         GDAL_HTTP_MAX_RETRY="4",
         GDAL_HTTP_RETRY_DELAY="1",
         GDAL_HTTP_MERGE_CONSECUTIVE_RANGES="YES",
