@@ -241,6 +241,10 @@ def start_stac_api(items: list[dict], tmp: Path):
 
 CROP = (336000.0, 5840000.0, 354000.0, 5860000.0)  # EPSG:32633, inside both images
 AOI_UTM = (344000.0, 5848000.0, 346500.0, 5850500.0)  # 2.5 km x 2.5 km
+SPLIT = {  # two tiles of one acquisition, overlapping by 1 km, the area on both
+    "S2A_33UUU_20160708": (336000.0, 5840000.0, 345500.0, 5860000.0),
+    "S2A_33UVU_20160708": (344500.0, 5840000.0, 354000.0, 5860000.0),
+}
 
 
 def _aoi_lonlat(box=AOI_UTM):
@@ -339,6 +343,15 @@ def catalogue(files, shared_data, tmp_path_factory):
             scl[r0 : r0 + 15, c0 : c0 + 15] = 9
         _write_cog(files.root / folder / "SCL.tif", scl, transform * transform.scale(2, 2))
         sizes[folder] = (files.root / folder / "B04.tif").stat().st_size
+    # one acquisition cut in two overlapping tiles, the area spanning both
+    with rasterio.open(pair / "ref_S2A_20160608T153121_T33UUU_sub.jp2") as src:
+        for folder, box in SPLIT.items():
+            win = from_bounds(*box, src.transform).round_offsets().round_lengths()
+            data = src.read(1, window=win)
+            transform = src.window_transform(win)
+            _write_cog(files.root / folder / "B04.tif", data, transform, nodata=0)
+            scl = np.full((data.shape[0] // 2, data.shape[1] // 2), 4, dtype="uint8")
+            _write_cog(files.root / folder / "SCL.tif", scl, transform * transform.scale(2, 2))
     url = files.url
     common = dict(root_url=url, files_root=files.root, tile="33UUU")
     items = [
@@ -401,6 +414,26 @@ def catalogue(files, shared_data, tmp_path_factory):
             baseline="02.04",
             box=CROP,
             **common,
+        ),
+        _item(  # 2016-07-08 on two tiles, each covering part of the area
+            "S2A_33UUU_20160708_0_L2A",
+            "2016-07-08T10:20:00Z",
+            "S2A_33UUU_20160708",
+            cloud=2.0,
+            orbit=65,
+            baseline="02.04",
+            box=SPLIT["S2A_33UUU_20160708"],
+            **common,
+        ),
+        _item(
+            "S2A_33UVU_20160708_0_L2A",
+            "2016-07-08T10:20:00Z",
+            "S2A_33UVU_20160708",
+            cloud=2.0,
+            orbit=65,
+            baseline="02.04",
+            box=SPLIT["S2A_33UVU_20160708"],
+            **{**common, "tile": "33UVU"},
         ),
     ]
     api_url, server, thread = start_stac_api(items, tmp_path_factory.mktemp("stac"))
@@ -517,6 +550,35 @@ def test_search_errors_name_the_catalogue(files, catalogue):
         + ["--catalog", "nowhere"],
     )
     assert res.exit_code == 1 and "unknown catalogue 'nowhere'" in res.output
+
+
+def test_tiles_of_one_acquisition_are_merged_over_the_area(catalogue):
+    from rasterio.enums import Resampling
+
+    from tio.catalog import remote_gdal_env, search
+    from tio.stack import grid_for, read_on_grid
+
+    aoi = list(_aoi_lonlat())
+    result = search(aoi, "2016-07-01", "2016-07-31", catalog=catalogue["url"])
+    kept = [c for c in result.candidates if c.kept]
+    (left_out,) = [c for c in result.candidates if not c.kept]
+    assert len(kept) == 1 and kept[0].coverage > 0.99
+    merged = kept[0].scene
+    assert merged.tile == "33UVU" and [p.tile for p in merged.parts] == ["33UUU"]
+    assert left_out.reason == "merged into S2A_33UVU_20160708_0_L2A (tile 33UVU)"
+    # the same acquisition read whole from the 2016-06-08 crop
+    (whole,) = [
+        c.scene
+        for c in search(aoi, "2016-06-08", "2016-06-08", catalog=catalogue["url"]).candidates
+        if c.kept
+    ]
+    with remote_gdal_env():
+        grid = grid_for(merged, aoi)
+        assert grid.shape == grid_for(whole, aoi).shape  # the union of the tiles, not one
+        values = read_on_grid(merged, grid, Resampling.cubic)
+        reference = read_on_grid(whole, grid, Resampling.cubic)
+    assert np.isfinite(values).all()
+    np.testing.assert_array_equal(values, reference)
 
 
 # ------------------------------------------------------------------ tio run over HTTP

@@ -8,7 +8,8 @@ HTTP (GDAL ``/vsicurl/``: only the blocks covering the area are read) and whose
 
 * keeps one item per acquisition (same date and platform): on each tile the
   newest processing baseline; when the area spans several tiles, the tile that
-  covers the most of it (the others are listed as dropped, with the reason);
+  covers the most of it, merged with the other tiles that cover the rest (the
+  others are listed as left out, with the reason);
 * keeps one relative orbit: the one asked for, else the orbit that covers the
   whole area on the most dates.
 
@@ -378,32 +379,44 @@ def search(
             + (f" with at most {max_cloud:g} % cloud" if max_cloud is not None else "")
             + ": widen the dates or raise the cloud limit (--max-cloud)"
         )
-    chosen = select(cands, orbit=orbit)
+    chosen = select(cands, orbit=orbit, area=area)
     return SearchResult(url, sorted(cands, key=lambda c: (c.scene.date, c.scene.source)), chosen)
 
 
-def _coverage(item: dict, area) -> float:
-    """Share of the area (lon/lat box or polygon) inside the item's footprint."""
-    from shapely import wkt
+def _footprint(item: dict):
     from shapely.geometry import box, shape
 
-    target = wkt.loads(area.wkt)
     try:
-        foot = shape(item["geometry"]) if item.get("geometry") else box(*item["bbox"])
+        return shape(item["geometry"]) if item.get("geometry") else box(*item["bbox"])
     except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _coverage(item: dict | None, area, items: list[dict] | None = None) -> float:
+    """Share of the area (lon/lat box or polygon) inside the footprint of ``item`` (or the
+    union of ``items``)."""
+    from shapely import union_all, wkt
+
+    target = wkt.loads(area.wkt)
+    feet = [f for f in (_footprint(i) for i in (items or [item])) if f is not None]
+    if not feet:
         return 0.0
+    foot = union_all(feet)
     if target.area == 0:
         return float(foot.intersects(target))
     return float(foot.intersection(target).area / target.area)
 
 
-def select(cands: list[Candidate], *, orbit: int | None = None) -> int | None:
+def select(cands: list[Candidate], *, orbit: int | None = None, area=None) -> int | None:
     """Mark the duplicates and other orbits as not kept; return the orbit kept.
 
     Duplicates are the items of one acquisition (same date and platform): on one
     tile the newest processing baseline is kept; across tiles the one covering
-    the most of the area. The orbit is ``orbit``, else the one covering the whole
-    area (99 %) on the most dates (ties: the most covered on average).
+    the most of the area, with the other tiles that add to its coverage as its
+    ``parts`` (merged when read, see :func:`tio.stack.read_on_grid`) when the
+    area (an :class:`tio.aoi.Aoi`) is given and spans them. The orbit is ``orbit``,
+    else the one covering the whole area (99 %) on the most dates (ties: the most
+    covered on average).
     """
     # 1. processing baselines: one item per (date, platform, tile)
     groups: dict[tuple, list[Candidate]] = defaultdict(list)
@@ -421,8 +434,17 @@ def select(cands: list[Candidate], *, orbit: int | None = None) -> int | None:
 
         def score(o):
             mine = [c for c in live if c.scene.orbit == o]
-            full = {c.scene.date for c in mine if c.coverage >= 0.99}
-            return (len(full), sum(c.coverage for c in mine) / len(mine))
+            dates: dict[dt.date, list[Candidate]] = defaultdict(list)
+            for c in mine:
+                dates[c.scene.date].append(c)
+            cover = {
+                d: _coverage(None, area, [c.item for c in g])
+                if area is not None and len(g) > 1
+                else max(c.coverage for c in g)
+                for d, g in dates.items()
+            }
+            full = [d for d, v in cover.items() if v >= 0.99]
+            return (len(full), sum(cover.values()) / len(cover))
 
         orbit = max(sorted(orbits), key=score)
         log.info(
@@ -435,7 +457,7 @@ def select(cands: list[Candidate], *, orbit: int | None = None) -> int | None:
             if c.scene.orbit is not None and c.scene.orbit != orbit:
                 c.kept = False
                 c.reason = f"relative orbit {c.scene.orbit}, not {orbit}"
-    # 3. tiles: one item per acquisition
+    # 3. tiles: one item per acquisition; tiles merged when the area spans them
     acq: dict[tuple, list[Candidate]] = defaultdict(list)
     for c in cands:
         if c.kept:
@@ -444,18 +466,36 @@ def select(cands: list[Candidate], *, orbit: int | None = None) -> int | None:
         if len(group) < 2:
             continue
         group.sort(key=lambda c: c.coverage)
-        best = group[-1]
-        for c in group[:-1]:
+        best = group.pop()
+        parts: list[Candidate] = []
+        if area is not None and best.coverage < 0.99:
+            covered = best.coverage
+            for c in reversed(group):
+                more = _coverage(None, area, [best.item, *(p.item for p in parts), c.item])
+                if more > covered + 0.01:
+                    parts.append(c)
+                    covered = more
+        for c in group:
             c.kept = False
-            c.reason = (
-                f"same acquisition on tile {best.scene.tile}, which covers more of the area "
-                f"({100 * best.coverage:.0f} % against {100 * c.coverage:.0f} %)"
-            )
-        if best.coverage < 0.99:
-            log.warning(
-                "%s: the area spans tiles %s; only tile %s (%.0f %% of the area) is read",
+            if c in parts:
+                c.reason = f"merged into {best.scene.source} (tile {best.scene.tile})"
+            else:
+                c.reason = (
+                    f"same acquisition on tile {best.scene.tile}, which covers more of the "
+                    f"area ({100 * best.coverage:.0f} % against {100 * c.coverage:.0f} %)"
+                )
+        if parts:
+            best.scene = replace(best.scene, parts=tuple(p.scene for p in parts))
+            best.coverage = covered
+            log.info(
+                "%s: the area spans tiles %s, merged",
                 best.scene.date,
-                ", ".join(c.scene.tile for c in reversed(group)),
+                ", ".join([best.scene.tile, *(p.scene.tile for p in parts)]),
+            )
+        elif best.coverage < 0.99:
+            log.warning(
+                "%s: tile %s covers %.0f %% of the area and no other tile adds to it",
+                best.scene.date,
                 best.scene.tile,
                 100 * best.coverage,
             )

@@ -57,6 +57,9 @@ class Scene:
     mask_path
         A Sentinel-2 scene classification (SCL) raster GDAL opens, for catalogue
         scenes (:mod:`tio.catalog`) that are not SAFE products.
+    parts
+        Other tiles of the same acquisition (catalogue scenes): where this scene has
+        no data on the grid, they fill it (tiles merged over an area spanning them).
     """
 
     path: str
@@ -69,6 +72,7 @@ class Scene:
     cloud_cover: float | None = None
     product: SafeProduct | None = field(default=None, compare=False, repr=False)
     mask_path: str | None = None
+    parts: tuple[Scene, ...] = field(default=(), compare=False, repr=False)
 
 
 def _is_safe(path: Path) -> bool:
