@@ -88,6 +88,10 @@ class _FileHandler(BaseHTTPRequestHandler):
         with srv.lock:
             srv.requests.append((self.command, self.path, self.headers.get("Range")))
             fault = self._fault()
+        if isinstance(fault, str) and fault.startswith("sleep:"):  # the client times out
+            time.sleep(float(fault[6:]))
+            self.close_connection = True
+            return
         if fault in (500, 503, 429, 401, 403):
             self._send_error(fault)
             return
@@ -823,3 +827,14 @@ def test_run_without_files_needs_an_area_and_dates(tmp_path):
     res = CliRunner().invoke(cli, ["run", "--start", "2020-01-01", "-q", "-o", str(tmp_path)])
     assert res.exit_code == 1
     assert "no input given" in res.output and "--aoi" in res.output
+
+
+def test_request_retries_after_a_timeout(files, tmp_path):
+    files.reset()
+    url, checksum = _product(files, "k.zip", size=5000)
+    files.faults["/products/k.zip"] = ["sleep:1.5"]
+    got = Cache(tmp_path / "cache").fetch(url, "K", checksum=checksum, timeout=0.5, backoff=0.01)
+    assert got.stat().st_size == 5000 and len(files.requests) == 2
+    files.faults["/products/k.zip"] = ["sleep:1"] * 3
+    with pytest.raises(DownloadError, match=r"k\.zip: ReadTimeout after 2 attempts"):
+        request("GET", url, timeout=0.3, attempts=2, backoff=0.01)
