@@ -554,6 +554,15 @@ def test_search_errors_name_the_catalogue(files, catalogue):
         + ["--catalog", "nowhere"],
     )
     assert res.exit_code == 1 and "unknown catalogue 'nowhere'" in res.output
+    (files.root / "page.html").write_text("<html>not a catalogue</html>")
+    res = CliRunner().invoke(
+        cli,
+        ["search", "--aoi", _aoi_arg(), "--start", "2016-05-01", "--end", "2016-06-30"]
+        + ["--catalog", f"{files.url}/page.html"],
+    )
+    assert res.exit_code == 1, res.output
+    assert f"{files.url}/page.html: not a STAC API answer" in res.output
+    assert len(res.output.strip().splitlines()) == 1
 
 
 def test_tiles_of_one_acquisition_are_merged_over_the_area(catalogue):

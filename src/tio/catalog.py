@@ -270,6 +270,7 @@ def _open_client(url: str, *, attempts: int, backoff: float):
 
 def _query(url: str, fn):
     """Call ``fn()``; turn pystac-client and network errors into one clear line."""
+    import pystac
     import requests
     from pystac_client.exceptions import APIError
 
@@ -288,6 +289,9 @@ def _query(url: str, fn):
         raise CatalogError(
             f"{url}: cannot reach the catalogue ({type(exc).__name__}) after retries"
         ) from None
+    except (pystac.STACError, pystac.STACTypeError, ValueError, KeyError) as exc:
+        text = " ".join(str(exc).split())[:200]
+        raise CatalogError(f"{url}: not a STAC API answer ({text})") from None
 
 
 def _conforms(client, name: str) -> bool:
@@ -377,7 +381,8 @@ def search(
             f"{url}: no {collection} scene over {tuple(round(b, 4) for b in area.bounds)} "
             f"from {s} to {e}"
             + (f" with at most {max_cloud:g} % cloud" if max_cloud is not None else "")
-            + ": widen the dates or raise the cloud limit (--max-cloud)"
+            + ": widen the dates or raise the cloud limit (tio search --max-cloud, "
+            "input.catalog_max_cloud for tio run)"
         )
     chosen = select(cands, orbit=orbit, area=area)
     return SearchResult(url, sorted(cands, key=lambda c: (c.scene.date, c.scene.source)), chosen)
