@@ -494,6 +494,29 @@ def test_tio_search_through_a_real_stac_api(catalogue, tmp_path):
     assert f["properties"]["href"].endswith("/S2A_33UUU_20160529/B04.tif")
 
 
+def test_search_download_into_the_cache_verified(catalogue, files, tmp_path):
+    files.reset()
+    args = [
+        *("search", "--aoi", _aoi_arg(), "--start", "2016-05-01", "--end", "2016-06-30"),
+        *("--catalog", catalogue["url"], "--download", "--cache-dir", str(tmp_path / "c")),
+    ]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    got = sorted(p.relative_to(tmp_path / "c").as_posix() for p in (tmp_path / "c").rglob("*.tif"))
+    assert got == [
+        "S2A_33UUU_20160529_0_L2A/red.tif",
+        "S2A_33UUU_20160529_0_L2A/scl.tif",
+        "S2A_33UUU_20160608_0_L2A/red.tif",
+        "S2A_33UUU_20160608_0_L2A/scl.tif",
+    ]
+    red = tmp_path / "c" / "S2A_33UUU_20160529_0_L2A" / "red.tif"
+    assert red.read_bytes() == (files.root / "S2A_33UUU_20160529" / "B04.tif").read_bytes()
+    served = files.bytes_served
+    res = CliRunner().invoke(cli, args)  # all in the cache: nothing fetched again
+    assert res.exit_code == 0, res.output
+    assert files.bytes_served == served
+
+
 def test_search_orbit_asked_for_and_empty_search(catalogue):
     common = ["search", "--aoi", _aoi_arg(), "--catalog", catalogue["url"]]
     res = CliRunner().invoke(

@@ -46,7 +46,9 @@ __all__ = [
     "CATALOGS",
     "Candidate",
     "SearchResult",
+    "asset_checksum",
     "catalog_url",
+    "download",
     "gdal_path",
     "item_to_scene",
     "search",
@@ -544,6 +546,11 @@ def scenes_for(cfg) -> list[Scene]:
     return scenes
 
 
+def _product_name(c: Candidate) -> str:
+    """The SAFE product name of an item (Copernicus Data Space ids are product names)."""
+    return str(c.item.get("properties", {}).get("s2:product_uri") or c.item["id"])
+
+
 def _cdse_download(result: SearchResult, cfg) -> list[Scene]:
     """Copernicus Data Space: fetch each kept product's SAFE archive into the cache."""
     from .download import Cache, download_cdse_safe
@@ -554,11 +561,51 @@ def _cdse_download(result: SearchResult, cfg) -> list[Scene]:
     for c in result.candidates:
         if not c.kept:
             continue
-        props = c.item.get("properties", {})
-        name = str(props.get("s2:product_uri") or c.scene.source)
-        path = download_cdse_safe(name, cache)
+        path = download_cdse_safe(_product_name(c), cache)
         out.append(replace(open_scene(path, band=cfg.band), source=c.scene.source))
     return out
+
+
+def asset_checksum(asset: dict):
+    """The STAC ``file:checksum`` of an asset as a :class:`tio.download.Checksum`, or None."""
+    from .download import parse_multihash
+
+    value = asset.get("file:checksum")
+    return parse_multihash(value) if value else None
+
+
+def download(result: SearchResult, cache, *, band: str = "B04") -> list[Path]:
+    """The kept items' files into ``cache`` (a :class:`tio.download.Cache`), verified.
+
+    STAC assets (the band and the SCL) are fetched over HTTP(S) and checked against
+    their ``file:checksum`` when the catalogue gives one; Copernicus Data Space
+    products are fetched as SAFE archives through OData (credentials needed).
+    """
+    from .download import download_cdse_safe
+
+    paths = []
+    for c in result.candidates:
+        if not c.kept:
+            continue
+        if "dataspace.copernicus.eu" in result.url:
+            props = c.item.get("properties", {})
+            paths.append(
+                download_cdse_safe(str(props.get("s2:product_uri") or c.item["id"]), cache)
+            )
+            continue
+        assets = c.item.get("assets", {})
+        found = _asset_for(assets, band)
+        keys = [found[0]] if found else []
+        keys += [k for k in ("scl", "SCL", "SCL_20m") if k in assets][:1]
+        for key in keys:
+            href = assets[key]["href"]
+            if not href.startswith(("http://", "https://")):
+                raise CatalogError(f"{href}: only HTTP(S) assets can be downloaded")
+            name = f"{key}{Path(href.split('?')[0]).suffix}"
+            paths.append(
+                cache.fetch(href, c.item["id"], name, checksum=asset_checksum(assets[key]))
+            )
+    return paths
 
 
 @contextlib.contextmanager

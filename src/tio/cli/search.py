@@ -17,6 +17,8 @@ Examples:
       the Copernicus Data Space catalogue (downloads need CDSE_USERNAME/CDSE_PASSWORD)
   tio search ... --catalog https://my.stac.server/api/v1 --all
       any STAC API; --all also lists the items left out and why
+  tio search ... --download --cache-dir s2cache/
+      also fetch the kept scenes' band and SCL files (resumable, checksums verified)
 \b
 The same search is what `tio run --aoi ... --start ... --end ...` does when no
 input files are given.
@@ -56,8 +58,32 @@ input files are given.
     "--geojson", type=click.Path(dir_okay=False), help="Also write the items to this GeoJSON."
 )
 @click.option("-a", "--all", "show_all", is_flag=True, help="Also list items left out, and why.")
+@click.option(
+    "--download",
+    is_flag=True,
+    help="Download the kept scenes (band and SCL assets, or SAFE archives for cdse) into the "
+    "cache, resumable and checked against the catalogue's checksums.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    help="Cache folder for --download [default: input.cache_dir, ~/.cache/tio].",
+)
 @handle_errors
-def search_cmd(aoi, start, end, max_cloud, collection, orbit, catalog, band, geojson, show_all):
+def search_cmd(
+    aoi,
+    start,
+    end,
+    max_cloud,
+    collection,
+    orbit,
+    catalog,
+    band,
+    geojson,
+    show_all,
+    download,
+    cache_dir,
+):
     """List the scenes of a STAC catalogue over an area and dates (date, platform, tile, orbit,
     cloud cover, id), one per acquisition, of one relative orbit."""
     from tio.config import load_config
@@ -74,6 +100,7 @@ def search_cmd(aoi, start, end, max_cloud, collection, orbit, catalog, band, geo
                 "input.band": band,
                 "input.catalog": catalog,
                 "input.collection": collection,
+                "input.cache_dir": cache_dir,
             }.items()
             if v is not None
         },
@@ -113,3 +140,10 @@ def search_cmd(aoi, start, end, max_cloud, collection, orbit, catalog, band, geo
     if geojson:
         write_geojson(result, geojson)
         click.echo(f"written {geojson}")
+    if download:
+        from tio.catalog import download as fetch
+        from tio.download import Cache
+
+        cache = Cache(cfg.cache_dir, int(cfg.cache_limit * 1e9))
+        for path in fetch(result, cache, band=cfg.band):
+            click.echo(f"in the cache: {path}")
