@@ -870,3 +870,27 @@ def test_request_retries_after_a_timeout(files, tmp_path):
     files.faults["/products/k.zip"] = ["sleep:1"] * 3
     with pytest.raises(DownloadError, match=r"k\.zip: ReadTimeout after 2 attempts"):
         request("GET", url, timeout=0.3, attempts=2, backoff=0.01)
+
+
+def test_window_reads_over_http_are_retried_by_gdal(catalogue, files):
+    from rasterio.enums import Resampling
+
+    from tio.catalog import remote_gdal_env, search
+    from tio.stack import grid_for, read_on_grid
+
+    aoi = list(_aoi_lonlat())
+    (scene,) = [
+        c.scene
+        for c in search(aoi, "2016-06-08", "2016-06-08", catalog=catalogue["url"]).candidates
+        if c.kept
+    ]
+    with remote_gdal_env():
+        grid = grid_for(scene, aoi)
+    files.reset()
+    files.faults["/S2A_33UUU_20160608/B04.tif"] = [503]
+    files.faults["/S2A_33UUU_20160608/SCL.tif"] = [503]
+    with remote_gdal_env():
+        values = read_on_grid(scene, grid, Resampling.cubic)
+    assert np.isfinite(values).all()
+    assert files.faults["/S2A_33UUU_20160608/B04.tif"] == []  # a 503 was served, then retried
+    assert files.faults["/S2A_33UUU_20160608/SCL.tif"] == []
