@@ -143,6 +143,24 @@ def cloud_mask(
     return None
 
 
+def scl_mask(path: str, grid: Grid, *, snow: bool = False) -> np.ndarray:
+    """Cloud mask on ``grid`` from a scene classification raster alone (a STAC ``SCL`` asset).
+
+    True where SCL flags cloud, cloud shadow, no data (and snow with ``snow``) or
+    where the file does not cover the grid. Only the blocks over the grid are read.
+
+    Raises
+    ------
+    InputError
+        The grid has no CRS, or the file cannot be read (the message names it).
+    """
+    if grid.crs is None:
+        raise InputError(f"{path}: a cloud mask needs a georeferenced grid")
+    data, inside = _read_mask(path, grid, CRS.from_user_input(grid.crs), bands=[1])
+    flagged = SCL_UNUSABLE + SCL_CLOUDY + ((SCL_SNOW,) if snow else ())
+    return np.isin(data[0], flagged) | ~inside
+
+
 def b09_cloudy(
     product: SafeProduct, grid: Grid, *, threshold: float = 1200.0
 ) -> tuple[bool, float]:

@@ -92,7 +92,8 @@ class InputConfig(_Section):
         None,
         ge=1,
         le=143,
-        description="Keep only Sentinel-2 products of this relative orbit (unset: all).",
+        description="Keep only Sentinel-2 products of this relative orbit (unset: all local "
+        "inputs; in a catalogue search, the orbit covering the area on the most dates).",
     )
     max_cloud: float = Field(
         0.5,
@@ -120,6 +121,34 @@ class InputConfig(_Section):
     resampling: Literal["cubic", "cubic_spline", "lanczos", "bilinear"] = Field(
         "cubic",
         description="Resampler used when an image is not on the output grid.",
+    )
+    catalog: str = Field(
+        "earth-search",
+        description="STAC catalogue searched when no paths are given (an area and dates are): "
+        "earth-search, cdse, planetary-computer, or a STAC API URL.",
+    )
+    collection: str = Field(
+        "sentinel-2-l2a",
+        description="Catalogue collection searched: sentinel-2-l2a (cloud mask from SCL) or "
+        "sentinel-2-l1c.",
+    )
+    catalog_max_cloud: float = Field(
+        50.0,
+        ge=0,
+        le=100,
+        description="Catalogue search: largest cloud cover of a whole product (percent, "
+        "catalogue metadata) before the area is read.",
+    )
+    cache_dir: Path = Field(
+        Path("~/.cache/tio"),
+        description="Folder of downloaded products (Copernicus Data Space SAFE archives), one "
+        "sub-folder per product id.",
+    )
+    cache_limit: float = Field(
+        50.0,
+        gt=0,
+        description="Largest size of cache_dir in GB; least recently used products are "
+        "removed first.",
     )
 
     @field_validator("aoi")

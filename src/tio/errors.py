@@ -36,3 +36,15 @@ class InversionError(TioError):
 
 class OutputError(TioError):
     """A product cannot be written (unwritable folder, full disk...)."""
+
+
+class CatalogError(TioError):
+    """A catalogue search failed, or found nothing usable (names the catalogue URL)."""
+
+
+class DownloadError(TioError):
+    """A file could not be fetched or verified (names the URL or the file)."""
+
+
+class AuthError(DownloadError, CatalogError):
+    """A server refused the credentials (HTTP 401/403), or none were found."""

@@ -54,6 +54,12 @@ class Scene:
         whole product, not of the area of interest).
     product
         The SAFE product's metadata (:class:`tio.safe.SafeProduct`), for SAFE inputs.
+    mask_path
+        A Sentinel-2 scene classification (SCL) raster GDAL opens, for catalogue
+        scenes (:mod:`tio.catalog`) that are not SAFE products.
+    parts
+        Other tiles of the same acquisition (catalogue scenes): where this scene has
+        no data on the grid, they fill it (tiles merged over an area spanning them).
     """
 
     path: str
@@ -65,6 +71,8 @@ class Scene:
     orbit: int | None = None
     cloud_cover: float | None = None
     product: SafeProduct | None = field(default=None, compare=False, repr=False)
+    mask_path: str | None = None
+    parts: tuple[Scene, ...] = field(default=(), compare=False, repr=False)
 
 
 def _is_safe(path: Path) -> bool:

@@ -2,7 +2,8 @@
 
 Stages and what each leaves in the output folder::
 
-    find scenes    tio.ingest.find_scenes       (nothing: metadata only)
+    find scenes    tio.ingest.find_scenes       (nothing: metadata only), or with an
+                   area and dates but no paths tio.catalog.scenes_for (a STAC search)
     stack          tio.stack.build_stack        stack.nc
     pairs          tio.network.select_pairs     network.txt, network.png
     correlate      tio.correlation.correlate    pairs/raw/YYYYMMDD_YYYYMMDD.tif
@@ -199,11 +200,20 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
     skipped: list[str] = []
 
     # 1. scenes ------------------------------------------------------------
-    if not cfg_in.paths:
-        raise InputError("no input given: pass image files, folders or SAFE products")
-    scenes = find_scenes(
-        cfg_in.paths, band=cfg_in.band, start=cfg_in.start, end=cfg_in.end, orbit=cfg_in.orbit
-    )
+    remote = not cfg_in.paths
+    if remote:
+        if cfg_in.aoi is None or not (cfg_in.start or cfg_in.end):
+            raise InputError(
+                "no input given: pass image files, folders or SAFE products, or an area "
+                "(--aoi) and dates (--start/--end) to search the catalogue"
+            )
+        from .catalog import scenes_for
+
+        scenes = scenes_for(cfg_in)
+    else:
+        scenes = find_scenes(
+            cfg_in.paths, band=cfg_in.band, start=cfg_in.start, end=cfg_in.end, orbit=cfg_in.orbit
+        )
     log.info("%d scenes from %s to %s", len(scenes), scenes[0].date, scenes[-1].date)
 
     # 2. stack ---------------------------------------------------------------
@@ -218,7 +228,9 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
         skipped.append("stack")
         log.info("stack: up to date")
     else:
-        with _bar(len(scenes), "read", "scene", progress) as bar:
+        from .catalog import remote_gdal_env
+
+        with _bar(len(scenes), "read", "scene", progress) as bar, remote_gdal_env(remote):
             stack = build_stack(scenes, **_stack_options(cfg_in), progress=bar.update)
         save_stack(stack, stack_path)
         state.mark("stack", stack_key)

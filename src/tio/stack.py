@@ -135,6 +135,14 @@ def grid_for(
                 )
             resolution = abs(src.transform.a)
         img_bounds = transform_bounds(src.crs, target, *src.bounds, densify_pts=21)
+        own_box = tuple(src.bounds)
+        for part in scene.parts:  # tiles merged with this one: their union
+            with _open(part) as p_src:
+                if p_src.crs == src.crs:
+                    own_box = _union(own_box, tuple(p_src.bounds))
+                img_bounds = _union(
+                    img_bounds, transform_bounds(p_src.crs, target, *p_src.bounds, densify_pts=21)
+                )
         if area is not None:
             box = transform_bounds("EPSG:4326", target, *area.bounds, densify_pts=21)
             if not boxes_overlap(box, img_bounds):
@@ -148,25 +156,30 @@ def grid_for(
             box = img_bounds
         same_lattice = target == src.crs and np.isclose(resolution, abs(src.transform.a))
         if same_lattice and abs(abs(src.transform.e) - abs(src.transform.a)) < 1e-9 * resolution:
-            b = src.bounds
+            b = own_box
             win = from_bounds(
-                max(box[0], b.left),
-                max(box[1], b.bottom),
-                min(box[2], b.right),
-                min(box[3], b.top),
+                max(box[0], b[0]),
+                max(box[1], b[1]),
+                min(box[2], b[2]),
+                min(box[3], b[3]),
                 src.transform,
             )
             c0, r0 = np.floor(win.col_off + 1e-6), np.floor(win.row_off + 1e-6)
             c1 = np.ceil(win.col_off + win.width - 1e-6)
             r1 = np.ceil(win.row_off + win.height - 1e-6)
             win = Window(int(c0), int(r0), int(c1 - c0), int(r1 - r0))
-            win = win.intersection(Window(0, 0, src.width, src.height))
+            if not scene.parts:
+                win = win.intersection(Window(0, 0, src.width, src.height))
             return Grid(own_crs, src.window_transform(win), (int(win.height), int(win.width)))
         r = float(resolution)
         left, bottom = np.floor(box[0] / r) * r, np.floor(box[1] / r) * r
         right, top = np.ceil(box[2] / r) * r, np.ceil(box[3] / r) * r
         shape = (int(round((top - bottom) / r)), int(round((right - left) / r)))
         return Grid(target.to_wkt(), Affine(r, 0, left, 0, -r, top), shape)
+
+
+def _union(a, b) -> tuple[float, float, float, float]:
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
 
 
 def _to_grey(data: np.ndarray, src) -> np.ndarray:
@@ -228,16 +241,23 @@ def read_on_grid(
     outside the file are NaN); any other is warped through a GDAL WarpedVRT with
     ``resampling``. Colour images become grey (mean of R, G, B).
 
-    With ``mask_clouds``, a Sentinel-2 product's cloud mask (SCL for L2A, else
+    With ``mask_clouds``, a catalogue scene's SCL asset (``scene.mask_path``), or a
+    Sentinel-2 product's cloud mask (SCL for L2A, else
     MSK_CLASSI, else the GML cloud mask; see :mod:`tio.cloudmask`) sets its cloudy
     pixels to NaN (snow too with ``mask_snow``). A product without any cloud mask
     falls back on the original TIO rule: when the mean of band B09 over the grid is
     above ``b09_threshold`` the date is cloudy and :class:`CloudyDateError` is raised.
     The GDAL mask band of other rasters (a cloud mask stored with the image) is
-    always honoured.
+    always honoured. Pixels this scene lacks are taken from ``scene.parts`` (other
+    tiles of the same acquisition), in order.
     """
     values = _read_values(scene, grid, resampling)
     product = scene.product
+    if mask_clouds and product is None and scene.mask_path:
+        from .cloudmask import scl_mask
+
+        values[scl_mask(scene.mask_path, grid, snow=mask_snow)] = np.nan
+        log.debug("%s: cloud mask from %s", scene.source, scene.mask_path)
     if mask_clouds and product is not None:
         from .cloudmask import b09_cloudy, cloud_mask
 
@@ -256,6 +276,20 @@ def read_on_grid(
                         f"{scene.source}: cloudy by the B09 rule (mean {mean:.0f} above "
                         f"input.b09_threshold = {b09_threshold:g})"
                     )
+    for part in scene.parts:  # other tiles of the acquisition fill what this one lacks
+        holes = np.isnan(values)
+        if not holes.any():
+            break
+        more = read_on_grid(
+            part,
+            grid,
+            resampling,
+            mask_clouds=mask_clouds,
+            mask_snow=mask_snow,
+            b09_threshold=b09_threshold,
+        )
+        values[holes] = more[holes]
+        log.debug("%s: %d pixels from tile %s", scene.source, int(holes.sum()), part.tile)
     return values
 
 

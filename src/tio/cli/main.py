@@ -13,6 +13,7 @@ from .pairs import pairs_cmd
 from .quicklook import quicklook_cmd
 from .run import run_cmd
 from .scenes import scenes_cmd
+from .search import search_cmd
 
 EPILOG = """\b
 Examples:
@@ -21,6 +22,10 @@ Examples:
   tio run S2*.SAFE --aoi 6.80,45.90,6.90,45.95 --band B04 -o out/
   tio scenes downloads/ --aoi 6.80,45.90,6.90,45.95   what a run would use, date by date
   tio pairs downloads/ --max-days 60 --plot net.png   the pair network a run would correlate
+  tio search --aoi 6.80,45.90,6.90,45.95 --start 2023-06-01 --end 2023-09-30 --max-cloud 20
+                                    Sentinel-2 scenes in a STAC catalogue (Earth Search by default)
+  tio run --aoi 6.80,45.90,6.90,45.95 --start 2023-06-01 --end 2023-09-30 -o out/
+                                    the same search, then only the area is read over HTTP
   tio config > tio.toml             write the defaults, edit, then: tio run --config tio.toml
   tio correlate a.tif b.tif -o pair.tif   offsets between two images (EW, NS, score)
   tio quicklook out/ --points sites.csv   redraw pictures, animation and report of a run
@@ -41,6 +46,7 @@ def cli():
 cli.add_command(run_cmd)
 cli.add_command(scenes_cmd)
 cli.add_command(pairs_cmd)
+cli.add_command(search_cmd)
 cli.add_command(demo_cmd)
 cli.add_command(correlate_cmd)
 cli.add_command(config_cmd)

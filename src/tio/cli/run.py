@@ -16,6 +16,11 @@ Examples:
       parameters from a file, one overridden
   tio run glacier_jpegs/ --pixel-units --window 64 -o out/
       a series of images without georeferencing (dates in the file names)
+  tio run --aoi 6.80,45.90,6.90,45.95 --start 2023-06-01 --end 2023-09-30 -o out/
+      no files: search Earth Search (sentinel-2-l2a) and read only the area over HTTP
+  tio run --aoi 6.80,45.90,6.90,45.95 --start 2023-06-01 --end 2023-09-30 \\
+      --catalog cdse --collection sentinel-2-l1c -o out/
+      Copernicus Data Space: SAFE archives downloaded into the cache (input.cache_dir)
 \b
 Running it again with the same output folder skips finished stages.
 """
@@ -44,6 +49,12 @@ Running it again with the same output folder skips finished stages.
 @click.option("--start", help="First date kept (YYYY-MM-DD).")
 @click.option("--end", help="Last date kept (YYYY-MM-DD).")
 @click.option("--band", help="Band of SAFE products [default: B04].")
+@click.option(
+    "--catalog",
+    help="Without input files: STAC catalogue searched (earth-search, cdse, "
+    "planetary-computer or a URL) [default: earth-search].",
+)
+@click.option("--collection", help="Catalogue collection [default: sentinel-2-l2a].")
 @click.option("--orbit", type=int, help="Keep only this Sentinel-2 relative orbit.")
 @click.option(
     "--pairs-per-date", type=int, help="Pair each date with this many next dates [default: 4]."
@@ -75,6 +86,8 @@ def run_cmd(
     start,
     end,
     band,
+    catalog,
+    collection,
     orbit,
     pairs_per_date,
     window,
@@ -97,6 +110,8 @@ def run_cmd(
         "input.start": start,
         "input.end": end,
         "input.band": band,
+        "input.catalog": catalog,
+        "input.collection": collection,
         "input.orbit": orbit,
         "pairs.max_next": pairs_per_date,
         "correlation.window": window,
