@@ -20,9 +20,9 @@ from io import BytesIO
 
 import httpx
 import pytest
-from web_server import Server, wait_for
 
 from tio.synthetic import make_scene
+from web_server import Server, wait_for
 
 pytestmark = pytest.mark.slow
 

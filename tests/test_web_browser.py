@@ -17,9 +17,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from web_server import Server
 
 from tio.synthetic import make_scene
+from web_server import Server
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +54,16 @@ def test_submit_watch_and_explore_a_job_in_the_browser(portal, tmp_path):
             page.wait_for_selector("#source option[value='folder:valley']", state="attached")
             # the data folder's quicklook is the map background; the area is typed
             page.wait_for_selector(".leaflet-image-layer", state="attached")
+            # drawing the area: press, drag, release on the map fills the four fields
+            page.click("#draw")
+            m = page.locator("#map").bounding_box()
+            page.mouse.move(m["x"] + m["width"] * 0.4, m["y"] + m["height"] * 0.4)
+            page.mouse.down()
+            page.mouse.move(m["x"] + m["width"] * 0.6, m["y"] + m["height"] * 0.6, steps=5)
+            page.mouse.up()
+            drawn = [float(page.input_value(f"#bbox-{k}")) for k in "wsen"]
+            assert drawn[0] < drawn[2] and drawn[1] < drawn[3], drawn
+            assert page.locator("path.leaflet-interactive").count() == 1  # the rectangle
             src = page.evaluate(
                 "fetch('/api/portal').then(r => r.json()).then(i => i.sources[0].bbox)"
             )
@@ -73,9 +83,7 @@ def test_submit_watch_and_explore_a_job_in_the_browser(portal, tmp_path):
 
             # the animated overlay on the map, at the bounds of overlays.json
             anim = page.wait_for_selector("img.tio-animation", state="visible")
-            page.wait_for_function(
-                "document.querySelector('img.tio-animation').naturalWidth > 0"
-            )
+            page.wait_for_function("document.querySelector('img.tio-animation').naturalWidth > 0")
             assert "overlays/animation_4326.png" in anim.get_attribute("src")
             box = anim.bounding_box()
             assert box["width"] > 50 and box["height"] > 50

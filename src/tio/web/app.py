@@ -315,8 +315,7 @@ def create_app(settings: Settings, *, manager: JobManager | None = None) -> Fast
         b = f"{base(request)}/jobs/{job.id}"
         folder = jobs.job_dir(job.id)
         out = {
-            rel: {"href": f"{b}/files/{rel}", "type": media_type(rel)}
-            for rel in list_files(folder)
+            rel: {"href": f"{b}/files/{rel}", "type": media_type(rel)} for rel in list_files(folder)
         }
         out["archive"] = {"href": f"{b}/download.zip", "type": "application/zip"}
         return out

@@ -83,7 +83,7 @@ class JobInputs(BaseModel):
     title: str = Field("", max_length=200, description="A name for the job.")
     parameters: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
-        description="Other parameters by section, e.g. {\"correlation\": {\"window\": 64}} "
+        description='Other parameters by section, e.g. {"correlation": {"window": 64}} '
         "(see `tio config`).",
     )
 

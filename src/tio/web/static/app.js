@@ -136,7 +136,7 @@ async function initSubmit() {
       area = L.rectangle([[b[1], b[0]], [b[3], b[2]]], { color: "#f80", weight: 2, fill: false }).addTo(map);
     }
   }
-  boxInputs.forEach((i) => i.addEventListener("change", drawBox));
+  boxInputs.forEach((i) => i.addEventListener("input", drawBox));
   $("clear-area").addEventListener("click", () => { boxInputs.forEach((i) => (i.value = "")); drawBox(); });
   let drawing = false, corner = null;
   $("draw").addEventListener("click", () => {
@@ -273,7 +273,8 @@ function plotSeries(data) {
   svg += `<text x="12" y="${(T0 + H - B0) / 2}" transform="rotate(-90 12 ${(T0 + H - B0) / 2})" text-anchor="middle">${esc(data.units)}</text>`;
   const ticks = [0, Math.floor((t.length - 1) / 2), t.length - 1];
   for (const i of [...new Set(ticks)]) {
-    svg += `<text x="${x(t[i])}" y="${H - B0 + 14}" text-anchor="middle">${esc(data.dates[i])}</text>`;
+    const anchor = i === 0 ? "start" : i === t.length - 1 ? "end" : "middle";
+    svg += `<text x="${x(t[i])}" y="${H - B0 + 14}" text-anchor="${anchor}">${esc(data.dates[i])}</text>`;
   }
   series.forEach(([k, color, label], n) => {
     const pts = data[k].map((v, i) => (v === null ? null : `${x(t[i]).toFixed(1)},${y(v).toFixed(1)}`)).filter(Boolean);
