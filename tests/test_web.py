@@ -17,6 +17,7 @@ import sys
 import time
 import zipfile
 from io import BytesIO
+from pathlib import Path
 
 import httpx
 import pytest
@@ -173,6 +174,26 @@ def test_restart_keeps_the_jobs(client, server, finished_job):
         assert c.get(f"/jobs/{finished_job['jobID']}/results").status_code == 200
         lost = jobs[running]
         assert lost["status"] == "failed" and "shut down" in lost["message"], lost
+
+        # a crash (SIGKILL): the job is failed at the next start and its run is stopped
+        r = c.post("/processes/tio/execution", json={"inputs": {"source": {"folder": "demo"}}})
+        crashed = r.json()["jobID"]
+        wait_for(c, crashed, {"running"}, timeout=60)
+        pid_file = server.jobs_dir / crashed / ".tio" / "pid"
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pid = int(pid_file.read_text())
+    server.kill()
+    server.start()
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        job = c.get(f"/jobs/{crashed}").json()
+        assert job["status"] == "failed" and "stopped while" in job["message"], job
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    state = Path(f"/proc/{pid}/stat")
+    assert not state.exists() or state.read_text().split()[2] == "Z", "the orphan run goes on"
 
 
 def test_jobs_left_running_by_a_crash_are_marked_failed(tmp_path):

@@ -57,6 +57,13 @@ class Server:
         self.stop()
         raise RuntimeError(f"tio serve did not start: {self.log.read_text()[-3000:]}")
 
+    def kill(self) -> None:
+        """Stop the server abruptly (SIGKILL), as a crash would."""
+        if self.proc:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
     def stop(self, timeout: float = 60) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -111,6 +111,26 @@ def create_app(settings: Settings, *, manager: JobManager | None = None) -> Fast
     app.state.jobs = jobs
     app.state.settings = settings
 
+    @app.middleware("http")
+    async def _security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        path = request.url.path
+        if path.startswith("/jobs/") and "/files/" in path:
+            # products are data: nothing in a job folder may run a script
+            response.headers["Content-Security-Policy"] = (
+                "default-src 'none'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+                "frame-ancestors 'self'"
+            )
+        elif path.startswith("/portal"):
+            response.headers["Content-Security-Policy"] = (
+                "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                "img-src 'self' data: blob: https://tile.openstreetmap.org; connect-src 'self'; "
+                "frame-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'self'"
+            )
+        return response
+
     # -- errors as OGC exception documents ----------------------------------
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):

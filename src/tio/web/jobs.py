@@ -167,6 +167,24 @@ def progress_from_log(text: str) -> tuple[int, str]:
     return percent, last
 
 
+def _stop_orphan(folder: Path) -> None:
+    """Stop a job's ``tio run`` left behind by a server that was killed, if still running."""
+    import os
+    import signal
+
+    try:
+        pid = int((folder / ".tio" / "pid").read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except (OSError, ValueError):
+        return
+    if str(folder).encode() in cmdline and b" tio run " in cmdline:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            log.warning("stopped the run of %s left by the previous server (pid %d)", folder, pid)
+        except OSError:
+            pass
+
+
 class JobManager:
     """Queues jobs, runs at most ``max_jobs`` at once on Dask, follows their progress."""
 
@@ -196,6 +214,7 @@ class JobManager:
     def _recover(self) -> None:
         """Jobs left running by a previous server are failed; queued ones stay queued."""
         for job in self.store.list("running"):
+            _stop_orphan(self.job_dir(job.id))
             self.store.update(
                 job.id,
                 status="failed",
