@@ -340,11 +340,13 @@ def test_catalogue_source_is_accepted_by_the_schema_but_not_available(client):
     assert r.status_code == 501 and "inputs.source.catalog" in r.json()["detail"]
 
 
-def test_token_required_for_submit_and_cancel(data_dir, tmp_path):
+def test_token_required_for_submit_and_cancel_and_max_jobs(data_dir, tmp_path):
     srv = Server(
         tmp_path / "jobs",
         {"demo": data_dir / "scenes"},
         "--require-token",
+        "--max-jobs",
+        "1",
         env={"TIO_TOKEN": TOKEN},
     ).start()
     try:
@@ -362,7 +364,14 @@ def test_token_required_for_submit_and_cancel(data_dir, tmp_path):
             assert c.get(f"/jobs/{job_id}").status_code == 200  # reading needs no token
             assert c.get("/api/portal").json()["token_required"] is True
             assert c.delete(f"/jobs/{job_id}").status_code == 401
+            # --max-jobs 1: a second job waits while the first runs
+            second = c.post("/processes/tio/execution", json=body, headers=ok).json()["jobID"]
+            wait_for(c, job_id, {"running"}, timeout=60)
+            time.sleep(2)
+            assert c.get(f"/jobs/{second}").json()["status"] == "accepted"
             assert c.delete(f"/jobs/{job_id}", headers=ok).json()["status"] == "dismissed"
+            wait_for(c, second, {"running"}, timeout=60)  # starts once the first is gone
+            assert c.delete(f"/jobs/{second}", headers=ok).json()["status"] == "dismissed"
     finally:
         srv.stop()
 
