@@ -100,7 +100,9 @@ def test_landing_conformance_processes_are_ogc_json(client):
     # a browser asking for HTML is sent to the portal, which is served with Leaflet
     r = client.get("/", headers={"Accept": "text/html"}, follow_redirects=True)
     assert r.status_code == 200 and "job-form" in r.text
-    assert client.get("/portal/vendor/leaflet/leaflet.js").status_code == 200
+    leaflet = client.get("/portal/vendor/leaflet/leaflet.js")  # vendored, no CDN
+    assert leaflet.status_code == 200 and "1.9.4" in leaflet.text[:200]
+    assert "cdn" not in r.text.lower() and "https://" not in r.text
 
 
 def test_submit_poll_results(client, server, finished_job):
@@ -347,11 +349,17 @@ def test_token_required_for_submit_and_cancel_and_max_jobs(data_dir, tmp_path):
         "--require-token",
         "--max-jobs",
         "1",
+        "--max-dates",
+        "4",
         env={"TIO_TOKEN": TOKEN},
     ).start()
     try:
-        body = {"inputs": {"source": {"folder": "demo"}}}
+        body = {"inputs": {"source": {"folder": "demo"}, "start": "2021-06-01"}}  # 4 dates
         with httpx.Client(base_url=srv.url, timeout=60) as c:
+            ok = {"Authorization": f"Bearer {TOKEN}"}
+            everything = {"inputs": {"source": {"folder": "demo"}}}  # 5 dates > --max-dates
+            r = c.post("/processes/tio/execution", json=everything, headers=ok)
+            assert r.status_code == 422 and "limit of 4" in r.json()["detail"], r.text
             r = c.post("/processes/tio/execution", json=body)
             assert r.status_code == 401 and "token" in r.json()["detail"]
             assert r.headers["www-authenticate"] == "Bearer"
