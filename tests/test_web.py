@@ -163,6 +163,49 @@ def test_cancel_a_job(client, server):
     assert client.delete("/jobs/0123456789abcdef0123456789abcdef").status_code == 404
 
 
+def test_a_failing_job_says_why(client):
+    wide = {"correlation": {"window": 512}}
+    body = {"inputs": {"source": {"folder": "demo"}, "parameters": wide}}
+    r = client.post("/processes/tio/execution", json=body)
+    assert r.status_code == 201, r.text
+    done = wait_for(client, r.json()["jobID"], {"successful", "failed"})
+    assert done["status"] == "failed" and "larger than the image" in done["message"], done
+    res = client.get(f"/jobs/{done['jobID']}/results")
+    assert res.status_code == 404 and "larger than the image" in res.json()["detail"]
+    assert res.json()["type"].endswith("result-not-ready")
+    assert "larger than the image" in client.get(f"/jobs/{done['jobID']}/log").text
+
+
+@pytest.mark.filterwarnings("ignore:Port .* is already in use")
+def test_jobs_run_on_an_existing_dask_scheduler(data_dir, tmp_path):
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(
+        processes=False,
+        protocol="tcp",
+        host="127.0.0.1",
+        scheduler_port=0,
+        dashboard_address=None,
+        n_workers=1,
+        threads_per_worker=1,
+    ) as cluster:
+        srv = Server(
+            tmp_path / "jobs",
+            {"demo": data_dir / "scenes"},
+            "--scheduler",
+            cluster.scheduler_address,
+        ).start()
+        try:
+            with httpx.Client(base_url=srv.url, timeout=60) as c:
+                body = {"inputs": {"source": {"folder": "demo"}, "start": "2021-06-01"}}
+                r = c.post("/processes/tio/execution", json=body)
+                done = wait_for(c, r.json()["jobID"], {"successful", "failed"})
+                assert done["status"] == "successful", done
+        finally:
+            srv.stop()
+        assert any(p.startswith("tio-job") for p in cluster.scheduler.task_prefixes)
+
+
 def test_restart_keeps_the_jobs(client, server, finished_job):
     # a job that is running when the server stops
     r = client.post("/processes/tio/execution", json={"inputs": {"source": {"folder": "demo"}}})
