@@ -288,19 +288,19 @@ class JobManager:
 
     def cancel(self, job_id: str) -> Job | None:
         """Dismiss a job: stop it if queued or running, then remove its folder."""
-        job = self.store.get(job_id)
-        if job is None:
-            return None
-        folder = self.job_dir(job_id)
-        if job.status in ("accepted", "running"):
-            (folder / ".tio").mkdir(parents=True, exist_ok=True)
-            (folder / CANCEL_FILE).write_text("cancelled")
-        message = "cancelled by the user" if job.status not in FINISHED else "dismissed"
-        with self._lock:
+        with self._lock:  # not while the manager starts or finishes jobs
+            job = self.store.get(job_id)
+            if job is None:
+                return None
+            folder = self.job_dir(job_id)
             fut = self._futures.get(job_id)
-        if fut is None:  # not running: nothing will clean up after it
-            shutil.rmtree(folder, ignore_errors=True)
-        self.store.update(job_id, status="dismissed", message=message, finished=now())
+            if fut is not None:  # running: the worker stops it, the manager cleans up
+                (folder / ".tio").mkdir(parents=True, exist_ok=True)
+                (folder / CANCEL_FILE).write_text("cancelled")
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+            message = "cancelled by the user" if job.status not in FINISHED else "dismissed"
+            self.store.update(job_id, status="dismissed", message=message, finished=now())
         return self.store.get(job_id)
 
     def wake(self) -> None:
