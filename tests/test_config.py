@@ -97,7 +97,19 @@ def test_cli_config_prints_defaults():
 
 
 @pytest.mark.parametrize(
-    "cmd", [[], ["run"], ["demo"], ["config"], ["correlate"], ["scenes"], ["search"]]
+    "cmd",
+    [
+        [],
+        ["run"],
+        ["demo"],
+        ["config"],
+        ["correlate"],
+        ["scenes"],
+        ["quicklook"],
+        ["serve"],
+        ["search"],
+        ["pairs"],
+    ],
 )
 def test_every_command_has_help_with_examples(cmd):
     proc = subprocess.run(

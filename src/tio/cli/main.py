@@ -14,6 +14,7 @@ from .quicklook import quicklook_cmd
 from .run import run_cmd
 from .scenes import scenes_cmd
 from .search import search_cmd
+from .serve import serve_cmd
 
 EPILOG = """\b
 Examples:
@@ -29,6 +30,7 @@ Examples:
   tio config > tio.toml             write the defaults, edit, then: tio run --config tio.toml
   tio correlate a.tif b.tif -o pair.tif   offsets between two images (EW, NS, score)
   tio quicklook out/ --points sites.csv   redraw pictures, animation and report of a run
+  tio serve --data-dir alps=/data/alps   web portal and OGC API on http://127.0.0.1:8000/
 """
 
 
@@ -51,3 +53,4 @@ cli.add_command(demo_cmd)
 cli.add_command(correlate_cmd)
 cli.add_command(config_cmd)
 cli.add_command(quicklook_cmd)
+cli.add_command(serve_cmd)
