@@ -377,12 +377,26 @@ def test_malformed_bodies_and_queries(client, finished_job):
     assert r.status_code == 422 and "lon" in r.json()["detail"]
 
 
-def test_catalogue_source_is_accepted_by_the_schema_but_not_available(client):
-    r = client.post(
-        "/processes/tio/execution",
-        json={"inputs": {"source": {"catalog": "https://example.org/stac", "collection": "s2"}}},
-    )
-    assert r.status_code == 501 and "inputs.source.catalog" in r.json()["detail"]
+def test_catalogue_source_named_catalogues_only(client):
+    def post(source, **extra):
+        inputs = {"source": source, **extra}
+        return client.post("/processes/tio/execution", json={"inputs": inputs})
+
+    # a URL typed by a user is refused: the server only searches the catalogues it knows
+    r = post({"catalog": "https://example.org/stac", "collection": "sentinel-2-l2a"})
+    assert r.status_code == 422 and "inputs.source.catalog" in r.json()["detail"]
+    r = post({"catalog": "earth-search", "collection": "landsat"})
+    assert r.status_code == 422 and "inputs.source.collection" in r.json()["detail"]
+    r = post({"catalog": "earth-search", "collection": "sentinel-2-l2a"})
+    assert r.status_code == 422 and "inputs.bbox" in r.json()["detail"]
+    area = {"bbox": [7.0, 46.0, 7.05, 46.03], "start": "2023-06-01", "end": "2023-07-01"}
+    r = post({"catalog": "earth-search", "collection": "sentinel-2-l2a"}, **area)
+    assert r.status_code == 201, r.text
+    job = r.json()["jobID"]
+    config = client.get(f"/jobs/{job}/results/job.toml")
+    if config.status_code == 200:  # the job's configuration searches that catalogue
+        assert 'catalog = "earth-search"' in config.text
+    client.delete(f"/jobs/{job}")  # no internet here: do not let it retry
 
 
 def test_token_required_for_submit_and_cancel_and_max_jobs(data_dir, tmp_path):

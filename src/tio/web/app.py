@@ -467,13 +467,7 @@ def _check(req, settings: Settings, previews: _Previews) -> tuple[str, str]:
     inputs = req.inputs
     src = inputs.source
     if src.catalog is not None:
-        folders = ", ".join(settings.data_dirs) or "none"
-        raise RequestError(
-            "inputs.source.catalog",
-            "searching a STAC catalogue is not available on this server yet; use one of "
-            f"the server's data folders ({folders})",
-            status=501,
-        )
+        return _check_catalog(req, settings)
     if src.folder not in settings.data_dirs:
         known = ", ".join(settings.data_dirs) or "none is configured"
         raise RequestError(
@@ -519,6 +513,40 @@ def _check(req, settings: Settings, previews: _Previews) -> tuple[str, str]:
         )
     title = inputs.title.strip() or (
         f"{src.folder} {scenes[0].date.isoformat()} to {scenes[-1].date.isoformat()}"
+    )
+    return dump_toml(config), title
+
+
+def _check_catalog(req, settings: Settings) -> tuple[str, str]:
+    """A catalogue request: a named catalogue only (the server never fetches a URL a user
+    typed), an area and both dates; the search itself runs in the job."""
+    from tio.catalog import CATALOGS, COLLECTIONS
+    from tio.config import dump_toml, validate
+    from tio.errors import ConfigError
+
+    inputs = req.inputs
+    src = inputs.source
+    if src.catalog not in CATALOGS:
+        raise RequestError(
+            "inputs.source.catalog",
+            f"{src.catalog!r} is not a catalogue of this server; use one of {', '.join(CATALOGS)}",
+        )
+    if src.collection not in COLLECTIONS:
+        raise RequestError(
+            "inputs.source.collection",
+            f"{src.collection!r} is not supported; use one of {', '.join(COLLECTIONS)}",
+        )
+    for name, value in (("bbox", inputs.bbox), ("start", inputs.start), ("end", inputs.end)):
+        if value is None:
+            raise RequestError(f"inputs.{name}", "a catalogue search needs an area and both dates")
+    tree = build_tree(inputs, [], settings.limits)
+    tree["input"].update(catalog=src.catalog, collection=src.collection)
+    try:
+        config = validate(tree)
+    except ConfigError as exc:
+        raise RequestError("inputs.parameters", str(exc)) from None
+    title = inputs.title.strip() or (
+        f"{src.catalog} {inputs.start.isoformat()} to {inputs.end.isoformat()}"
     )
     return dump_toml(config), title
 

@@ -9,9 +9,9 @@ A request (the ``inputs`` of ``POST /processes/tio/execution``)::
      "title": "my landslide",
      "parameters": {"correlation": {"window": 64}}} # any other RunConfig value
 
-``source`` may instead be ``{"catalog": URL, "collection": NAME}`` (a STAC
-catalogue); it is accepted by the schema and refused with 501 while this
-installation has no catalogue search. Every error names the field, e.g.
+``source`` may instead be ``{"catalog": NAME, "collection": NAME}``: one of
+the STAC catalogues of :data:`tio.catalog.CATALOGS` (never a URL a user typed),
+searched by the job itself. Every error names the field, e.g.
 ``inputs.bbox: west must be below east``.
 """
 
