@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import xarray as xr
@@ -30,6 +32,9 @@ from .errors import ConfigError, InversionError
 __all__ = ["invert"]
 
 _PAIR_WEIGHTINGS = ("std", "none")
+_BASELINE_WEIGHTINGS = ("none", "short", "long")
+#: Working memory of one block of pixels (per worker thread), bytes.
+_BLOCK_BYTES = 256 * 2**20
 _COMPONENTS = {"ew": ("east-west", "positive east"), "ns": ("north-south", "positive north")}
 
 
@@ -43,7 +48,10 @@ def invert(
     min_valid_fraction: float = 0.3,
     pair_weighting: str = "std",
     score_weighting: bool = False,
-    block_size: int = 20000,
+    baseline_weighting: str = "none",
+    block_size: int | None = None,
+    workers: int | None = None,
+    residuals: bool = True,
     progress=None,
 ) -> xr.Dataset:
     """Invert a network of displacement pairs into displacement time series.
@@ -221,6 +229,12 @@ def invert(
         pair_weighting,
         block_size,
     )
+    if baseline_weighting not in _BASELINE_WEIGHTINGS:
+        raise ConfigError(
+            f"baseline_weighting must be one of {_BASELINE_WEIGHTINGS}, got {baseline_weighting!r}"
+        )
+    if workers is not None and (not isinstance(workers, numbers.Integral) or workers < 1):
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
     ew, ns, score, date1, date2 = _read_pairs(pairs, score_weighting)
     n_pairs, ny, nx = ew.shape
 
@@ -232,17 +246,23 @@ def invert(
     net = _inv.build_network(i1, i2, t_years)
     n_dates = dates.size
 
-    # A priori weights of each pair, per component (need whole maps).
+    # A priori weights of each pair, per component (need whole maps; estimated on
+    # at most ~250,000 regularly spaced pixels).
+    days = (date2 - date1) / np.timedelta64(1, "D")
+    base_w = _inv.baseline_weights(days, baseline_weighting)
     if pair_weighting == "std":
+        stride = max(1, int(math.sqrt(ny * nx / 250_000)))
         sig = {c: np.empty(n_pairs) for c in ("ew", "ns")}
         for p in range(n_pairs):
-            a, b = np.asarray(ew[p], np.float64), np.asarray(ns[p], np.float64)
-            ok = _valid(a, b, None if score is None else np.asarray(score[p], np.float64))
+            a = np.asarray(ew[p, ::stride, ::stride], np.float64)
+            b = np.asarray(ns[p, ::stride, ::stride], np.float64)
+            s = None if score is None else np.asarray(score[p, ::stride, ::stride], np.float64)
+            ok = _valid(a, b, s)
             sig["ew"][p] = _inv.robust_std(a[ok])
             sig["ns"][p] = _inv.robust_std(b[ok])
-        pair_w = {c: 1.0 / _inv.pair_sigmas(s) ** 2 for c, s in sig.items()}
+        pair_w = {c: base_w / _inv.pair_sigmas(s) ** 2 for c, s in sig.items()}
     else:
-        pair_w = {c: np.ones(n_pairs) for c in ("ew", "ns")}
+        pair_w = {c: base_w.copy() for c in ("ew", "ns")}
 
     min_valid = max(1, math.ceil(min_valid_fraction * n_pairs - 1e-9))
     f4 = np.float32
@@ -250,30 +270,39 @@ def invert(
         "cumulative": {c: np.full((n_dates, ny, nx), np.nan, f4) for c in _COMPONENTS},
         "sigma": {c: np.full((n_dates, ny, nx), np.nan, f4) for c in _COMPONENTS},
         "rms_date": {c: np.full((n_dates, ny, nx), np.nan, f4) for c in _COMPONENTS},
-        "residual": {c: np.full((n_pairs, ny, nx), np.nan, f4) for c in _COMPONENTS},
         "velocity": {c: np.full((ny, nx), np.nan, f4) for c in _COMPONENTS},
         "velocity_sigma": {c: np.full((ny, nx), np.nan, f4) for c in _COMPONENTS},
         "n_outliers": {c: np.zeros((ny, nx), np.int16) for c in _COMPONENTS},
     }
+    if residuals:
+        res["residual"] = {c: np.full((n_pairs, ny, nx), np.nan, f4) for c in _COMPONENTS}
     sum_sq = {c: np.zeros(n_pairs) for c in _COMPONENTS}
     count = np.zeros(n_pairs)
     n_valid = np.zeros((ny, nx), np.int16)
     smoothed = np.zeros((n_dates, ny, nx), bool)
 
-    # Keep each stack of (N-1)^2 normal matrices below ~64 MB.
-    max_pixels = max(256, (64 * 2**20) // (8 * max(n_dates - 1, 1) ** 2))
-    rows = max(1, min(block_size, max_pixels) // max(nx, 1))
-    for r0 in range(0, ny, rows):
+    # Working memory of a block: about _BYTES_PER_VALUE per pixel and pair or band
+    # entry, kept below _BLOCK_BYTES per worker.
+    k = n_dates - 1
+    per_pixel = 8 * (14 * n_pairs + 6 * (net.band + 1) * k + 24 * n_dates)
+    max_pixels = max(256, _BLOCK_BYTES // per_pixel)
+    if block_size is not None:
+        max_pixels = min(max_pixels, block_size)
+    rows = max(1, max_pixels // max(nx, 1))
+    n_workers = workers or _default_workers()
+    starts = list(range(0, ny, rows))
+
+    def solve(r0):
         r1 = min(ny, r0 + rows)
         m = (r1 - r0) * nx
 
-        def block(arr, r0=r0, r1=r1, m=m):
-            return np.asarray(arr[:, r0:r1, :], np.float64).reshape(n_pairs, m).T
+        def block(arr):
+            return np.asarray(arr[:, r0:r1, :], np.float64).reshape(n_pairs, m)
 
         e, n_ = block(ew), block(ns)
         s = None if score is None else block(score)
         valid = _valid(e, n_, s)
-        w0 = {c: np.broadcast_to(pair_w[c], (m, n_pairs)) for c in _COMPONENTS}
+        w0 = {c: pair_w[c][:, None] for c in _COMPONENTS}
         if s is not None:
             w0 = {c: w * np.where(valid, s, 0.0) for c, w in w0.items()}
         out = _inv.invert_block(
@@ -288,27 +317,42 @@ def invert(
             gross_outlier=gross_outlier,
             reweight_iterations=reweight_iterations,
             smoothing_gamma2=smoothing_gamma2,
+            residuals=residuals,
         )
 
-        def put(dst, src, first, r0=r0, r1=r1):
-            dst[..., r0:r1, :] = src.T.reshape(first + (r1 - r0, nx))
+        def put(dst, src, first):
+            dst[..., r0:r1, :] = src.reshape(first + (r1 - r0, nx))
 
         n_valid[r0:r1] = out["n_valid"].reshape(r1 - r0, nx)
         put(smoothed, out["smoothed"], (n_dates,))
-        inverted = out["inverted"]
-        count += valid[inverted].sum(axis=0)
         for c in _COMPONENTS:
             put(res["cumulative"][c], out[f"cum_{c}"], (n_dates,))
             put(res["sigma"][c], out[f"sigma_{c}"], (n_dates,))
             put(res["rms_date"][c], out[f"rms_date_{c}"], (n_dates,))
-            put(res["residual"][c], out[f"res_{c}"], (n_pairs,))
+            if residuals:
+                put(res["residual"][c], out[f"res_{c}"], (n_pairs,))
             res["velocity"][c][r0:r1] = out[f"vel_{c}"].reshape(r1 - r0, nx)
             res["velocity_sigma"][c][r0:r1] = out[f"vel_sigma_{c}"].reshape(r1 - r0, nx)
             res["n_outliers"][c][r0:r1] = out[f"n_out_{c}"].reshape(r1 - r0, nx)
-            r = out[f"res_{c}"][inverted]
-            sum_sq[c] += np.nansum(r**2, axis=0)
+        return r1 - r0, out["count"], {c: out[f"sum_sq_{c}"] for c in _COMPONENTS}
+
+    def collect(result):
+        nrows, cnt, sq = result
+        count[:] += cnt
+        for c in _COMPONENTS:
+            sum_sq[c] += sq[c]
         if progress is not None:
-            progress(r1 - r0)
+            progress(nrows)
+
+    if n_workers == 1 or len(starts) == 1:
+        for r0 in starts:
+            collect(solve(r0))
+    else:
+        # Blocks write disjoint rows of the outputs; at most n_workers blocks are
+        # in memory at once (each thread works on one).
+        with ThreadPoolExecutor(max_workers=n_workers) as pool:
+            for result in pool.map(solve, starts):
+                collect(result)
 
     with np.errstate(invalid="ignore", divide="ignore"):
         rms_pair = {
@@ -322,9 +366,17 @@ def invert(
         "smoothing_gamma2": float(smoothing_gamma2),
         "min_valid_fraction": float(min_valid_fraction),
         "pair_weighting": str(pair_weighting),
+        "baseline_weighting": str(baseline_weighting),
         "score_weighting": int(bool(score_weighting)),
     }
     return _assemble(pairs, dates, res, rms_pair, n_valid, smoothed, params)
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def _valid(ew, ns, score):
@@ -354,7 +406,7 @@ def _check_parameters(
         raise ConfigError(f"min_valid_fraction must be between 0 and 1, got {min_fraction!r}")
     if weighting not in _PAIR_WEIGHTINGS:
         raise ConfigError(f"pair_weighting must be one of {_PAIR_WEIGHTINGS}, got {weighting!r}")
-    if not isinstance(block, numbers.Integral) or block < 1:
+    if block is not None and (not isinstance(block, numbers.Integral) or block < 1):
         raise ConfigError(f"block_size must be an integer >= 1, got {block!r}")
 
 
@@ -448,15 +500,16 @@ def _assemble(pairs, dates, res, rms_pair, n_valid, smoothed, params):
             rms_pair[c],
             {"units": "m", "long_name": f"spatial RMS of each pair's {name} residual"},
         )
-        data[f"residual_{c}"] = (
-            ("pair", "y", "x"),
-            res["residual"][c],
-            {"units": "m", "long_name": f"{name} pair residual, data minus model"},
-        )
+        if "residual" in res:
+            data[f"residual_{c}"] = (
+                ("pair", "y", "x"),
+                res["residual"][c],
+                {"units": "m", "long_name": f"{name} pair residual, data minus model"},
+            )
         data[f"n_outliers_{c}"] = (
             ("y", "x"),
             res["n_outliers"][c],
-            {"units": "1", "long_name": f"pairs down-weighted as gross {name} outliers"},
+            {"units": "1", "long_name": f"pairs rejected as gross {name} outliers (zero weight)"},
         )
     data["n_pairs"] = (
         ("y", "x"),
