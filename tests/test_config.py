@@ -96,7 +96,7 @@ def test_cli_config_prints_defaults():
     assert "max_next = 4" in proc.stdout and "residual_scale = 2.0" in proc.stdout
 
 
-@pytest.mark.parametrize("cmd", [[], ["run"], ["demo"], ["config"], ["correlate"]])
+@pytest.mark.parametrize("cmd", [[], ["run"], ["demo"], ["config"], ["correlate"], ["invert"]])
 def test_every_command_has_help_with_examples(cmd):
     proc = subprocess.run(
         [sys.executable, "-m", "tio", *cmd, "--help"], capture_output=True, text=True

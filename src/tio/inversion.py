@@ -71,15 +71,19 @@ def invert(
     2. A priori weights ``w0``: ``1 / sigma_p**2`` with ``sigma_p`` the robust
        spatial standard deviation (1.4826 MAD over the valid pixels of the
        map) of pair ``p``, per component (``pair_weighting="std"``), or 1
-       (``"none"``); times the score if ``score_weighting``.
+       (``"none"``); times the temporal-baseline weight
+       (``baseline_weighting``: 1, ``median(days) / days`` or
+       ``days / median(days)``), times the score if ``score_weighting``.
     3. Weighted least squares, then ``reweight_iterations`` passes with
        ``w = w0 / (residual_scale**2 + r**2)``, ``r`` the residuals of the
-       previous solution; pairs with ``|r| > gross_outlier`` have their weight
-       multiplied by 1e-3. Weights are normalised to a mean of 1 over the
-       valid pairs of each pixel.
-    4. Where a pixel's valid pairs do not connect all its dates (several
+       previous solution at every valid pair; pairs with
+       ``|r| > gross_outlier`` get zero weight in that pass (NSBAS divided
+       their weight by 1000). Weights are normalised to a mean of 1 over the
+       pairs used at each pixel.
+    4. Where a pixel's used pairs do not connect all its dates (several
        connected components of the date graph, "sub-networks"; a date without
-       any valid pair is one on its own), and only there, the temporal
+       any valid pair, or whose pairs were all rejected as gross outliers, is
+       one on its own), and only there, the temporal
        smoothing ``S u = 0`` ties the sub-networks together. ``S`` is the
        time-aware second difference of the cumulative displacement ``u``
        (change of mean velocity between successive intervals times their mean
@@ -108,7 +112,7 @@ def invert(
         ``s`` (metres) of the re-weighting ``1 / (s**2 + r**2)``: residuals
         well below ``s`` keep their weight, larger ones lose it.
     gross_outlier : float, default 5.0
-        Residual (metres) above which a pair's weight is divided by 1000 in a
+        Residual (metres) above which a pair gets zero weight in a
         re-weighting pass.
     reweight_iterations : int, default 1
         Number of re-weighting passes; 0 gives plain weighted least squares.
@@ -124,10 +128,25 @@ def invert(
         A priori pair weights, see above.
     score_weighting : bool, default False
         Multiply the weights by the variable ``score``.
-    block_size : int, default 20000
+    baseline_weighting : {"none", "short", "long"}, default "none"
+        Pair weights from the temporal baseline (as GDM-OPT offers): "short"
+        multiplies by ``median(days) / days`` (favours short pairs), "long"
+        by ``days / median(days)`` (favours long pairs).
+    block_size : int, optional
         Number of pixels solved at once, at most (blocks are whole rows, at
-        least one; fewer pixels when there are many dates, to keep each stack
-        of normal matrices below ~64 MB). Memory, not results, depends on it.
+        least one). By default as many as fit in 256 MB of working memory
+        per block (about 6,000 pixels for 250 pairs and 60 dates). Memory,
+        not results, depends on it.
+    workers : int, optional
+        Blocks solved at the same time, each by one thread (the compiled
+        kernel releases the GIL); default: the number of cores available.
+        Peak memory is about the outputs, plus ``workers`` blocks of working
+        memory, plus the input if it is held in memory (a lazy, e.g. dask or
+        NetCDF-backed, Dataset is read block by block).
+    residuals : bool, default True
+        Return the residual of every pair at every pixel (``residual_ew``,
+        ``residual_ns``: as large as the input). ``rms_pair_*`` and
+        ``rms_date_*`` are computed either way.
     progress : callable, optional
         Called as ``progress(rows)`` after each block with the number of image
         rows it solved (for progress bars).
@@ -147,7 +166,8 @@ def invert(
             covariance of the increments, ``W`` the final weights (normalised),
             ``L`` the cumulative sum and ``s0^2 = sum(w r^2) / dof`` the a
             posteriori variance of unit weight, with
-            ``dof = n_valid - n_gross_outliers - (N - n_sub_networks)``
+            ``dof = n_used - (N - n_sub_networks)``, ``n_used`` the valid pairs
+            not rejected as gross outliers
             (``n_valid - (N - 1)`` for a connected network). If ``dof <= 0`` (no
             redundancy) the a priori weights are trusted instead (variance
             factor 1): the variance of a pair is ``1 / w0``, i.e. the robust
@@ -180,16 +200,18 @@ def invert(
         ``n_pairs`` (y, x) int16
             Number of valid pairs at the pixel, whether or not it was
             inverted (a pixel is inverted when ``n_pairs >= min_valid_fraction
-            * P``); pairs later down-weighted as gross outliers are counted
-            (they stay in the system with weight / 1000).
+            * P``); pairs later rejected as gross outliers are counted (the
+            pairs used are ``n_pairs - n_outliers_*``).
         ``n_outliers_ew``, ``n_outliers_ns`` (y, x) int16
-            Pairs down-weighted as gross outliers in the last re-weighting pass.
+            Pairs rejected (zero weight) as gross outliers in the last
+            re-weighting pass.
         ``smoothed`` (time, y, x) bool
             True at the dates of a pixel that are not in its largest connected
             sub-network (ties: the one with the earliest date), i.e. whose
             position relative to the bulk of the series comes only from the
-            temporal smoothing (NaN if ``smoothing_gamma2 = 0``). Dates
-            without any valid pair count as sub-networks of their own. When
+            temporal smoothing (NaN if ``smoothing_gamma2 = 0``), in the EW
+            or the NS inversion. Dates without any used pair (all invalid or
+            rejected as gross outliers) count as sub-networks of their own. When
             the first date is flagged, every later value of the pixel carries
             the smoothed offset (the series is referred to the first date),
             which its ``sigma`` shows. False where the pixel is not inverted.
@@ -216,9 +238,13 @@ def invert(
     Pixels whose normal matrix is numerically singular are left NaN instead
     of raising. The smoothing adds no information: across a gap of the
     network the series is interpolated (or extrapolated, at its ends), not
-    measured, so an accelerating motion gets an offset error there. The
-    pixels are solved in blocks with batched normal equations; the Python
-    loops run over blocks, pairs and re-weighting passes only.
+    measured, so an accelerating motion gets an offset error there.
+
+    Each pixel's system is solved by a banded Cholesky factorisation of its
+    normal matrix (see :mod:`tio._inversion`), in a compiled kernel looping
+    over the pixels of a block (numba), or with numpy operations on all the
+    pixels of a block when numba is missing; blocks run in parallel threads.
+    No Python code runs per pixel.
     """
     _check_parameters(
         residual_scale,

@@ -9,6 +9,7 @@ from tio import __version__
 from .config import config_cmd
 from .correlate import correlate_cmd
 from .demo import demo_cmd
+from .invert import invert_cmd
 from .run import run_cmd
 from .scenes import scenes_cmd
 
@@ -20,6 +21,7 @@ Examples:
   tio scenes downloads/ --aoi 6.80,45.90,6.90,45.95   what a run would use, date by date
   tio config > tio.toml             write the defaults, edit, then: tio run --config tio.toml
   tio correlate a.tif b.tif -o pair.tif   offsets between two images (EW, NS, score)
+  tio invert pairs/*.tif -o series/       pair maps -> cumulative displacement per date
 """
 
 
@@ -38,4 +40,5 @@ cli.add_command(run_cmd)
 cli.add_command(scenes_cmd)
 cli.add_command(demo_cmd)
 cli.add_command(correlate_cmd)
+cli.add_command(invert_cmd)
 cli.add_command(config_cmd)
