@@ -68,6 +68,9 @@ PIVOT_RTOL = 1e-10
 #: inside each sub-network are the data's to within ~1e-6 of their size (the
 #: limit of a vanishing smoothing weight), large enough for float64.
 LIMIT_WEIGHT = 1e-6
+#: Weight of the rows tying the cumulative displacement to the smoothed series
+#: at disconnected pixels (relative to data rows of unit weight), as NSBAS.
+TIE_WEIGHT = 5e-4
 #: Weight of the rows that pin the first date of each sub-network when
 #: ``smoothing_gamma2 == 0`` (they only remove the null space).
 ANCHOR_WEIGHT = 1e8
@@ -105,6 +108,9 @@ class Network:
     R : ndarray, shape (b+1, N-1)
         Lower band of ``S^T S``, ``S`` the time-aware second difference of the
         cumulative displacement (:func:`smoothing_operator`), ``u_0 = 0``.
+    Rs : ndarray, shape (3, N)
+        Lower band of ``S^T S`` acting on a whole series ``s_0 .. s_{N-1}``
+        (the smoothed series of :func:`augment`).
     """
 
     n_dates: int
@@ -117,6 +123,7 @@ class Network:
     Ct: sp.csr_matrix
     E: sp.csr_matrix
     R: np.ndarray
+    Rs: np.ndarray
 
 
 def build_network(i1, i2, t) -> Network:
@@ -166,12 +173,17 @@ def build_network(i1, i2, t) -> Network:
     )
     S = smoothing_operator(t)  # (N-2, N-1) on the increments
     Du = (np.eye(n, k=1) - np.eye(n))[:k]  # x = Du u, (N-1, N)
-    Su = (S @ Du)[:, 1:]  # on u_1..u_{N-1}
+    Sfull = S @ Du  # on u_0..u_{N-1}
+    Su = Sfull[:, 1:]  # on u_1..u_{N-1}
     Rd = Su.T @ Su
     R = np.zeros((b + 1, k))
     for o in range(b + 1):
         R[o, : k - o] = np.diagonal(Rd, -o)
-    return Network(n, i1, i2, t, b, to_band, C, C.T.tocsr(), E, R)
+    Rf = Sfull.T @ Sfull
+    Rs = np.zeros((3, n))
+    for o in range(min(3, n)):
+        Rs[o, : n - o] = np.diagonal(Rf, -o)
+    return Network(n, i1, i2, t, b, to_band, C, C.T.tocsr(), E, R, Rs)
 
 
 def smoothing_operator(t) -> np.ndarray:
@@ -438,6 +450,34 @@ def _tie(net, A, used, gamma2, weight):
     return A, labels
 
 
+def augment(net, A, rhs, gamma2, tie):
+    """The system of disconnected pixels with NSBAS's smoothed series.
+
+    Unknowns, interleaved by date: ``s_0, u_1, s_1, u_2, ..., s_{N-1}``
+    (``2N - 1``); ``u`` the cumulative displacement (``u_0 = 0``), ``s`` a
+    smoothed series tied to it by rows ``sqrt(tie) (u_j - s_j) = 0`` and
+    penalised by ``sqrt(gamma2) S s = 0`` (``S`` the time-aware second
+    difference). The offsets between sub-networks are those that let one
+    smooth series follow the whole record, not just the intervals next to
+    the gap. ``A`` (b+1, N-1, M) and ``rhs`` (N-1, M) are the data part.
+
+    Returns the band ``(2b+1, 2N-1, M)`` and right-hand side ``(2N-1, M)``.
+    """
+    b1, k, m = A.shape
+    n = k + 1
+    A2 = np.zeros((2 * (b1 - 1) + 1, 2 * n - 1, m))
+    for o in range(b1):
+        A2[2 * o, 1 : 2 * k : 2] = A[o]
+    rhs2 = np.zeros((2 * n - 1, m))
+    rhs2[1::2] = rhs
+    A2[0] += tie  # the s_j and u_j diagonals (u_0 = 0 is not an unknown)
+    A2[1, 1::2] -= tie  # (s_j, u_j) below u_j
+    for o in range(3):
+        if 2 * o < A2.shape[0]:
+            A2[2 * o, 0::2] += gamma2 * net.Rs[o][:, None]
+    return A2, rhs2
+
+
 def _solve_component(net, w, dz, gamma2):
     """One weighted least-squares solution of every pixel of a block.
 
@@ -453,14 +493,20 @@ def _solve_component(net, w, dz, gamma2):
     ok = band_cholesky(L)
     disc = np.flatnonzero(~ok)
     labels = None
-    if disc.size:
-        Ad, labels = _tie(net, A[:, :, disc], used[:, disc], gamma2, LIMIT_WEIGHT)
-        ok_d = band_cholesky(Ad)
-        L[:, :, disc] = Ad
-        ok[disc] = ok_d
-        A = A[:, :, disc]
     u = np.zeros((net.n_dates, w.shape[1]))
     u[1:] = band_solve(L, rhs)
+    if disc.size:
+        Ad, labels = _tie(net, A[:, :, disc], used[:, disc], gamma2, LIMIT_WEIGHT)
+        if gamma2 > 0:
+            scale = LIMIT_WEIGHT / TIE_WEIGHT
+            A2, rhs2 = augment(net, A[:, :, disc], rhs[:, disc], scale * gamma2, LIMIT_WEIGHT)
+            ok[disc] = band_cholesky(A2)
+            u[1:, disc] = band_solve(A2, rhs2)[1::2]
+        else:
+            ok[disc] = band_cholesky(Ad)
+            L[:, :, disc] = Ad
+            u[1:, disc] = band_solve(Ad, rhs[:, disc])
+        A = A[:, :, disc]
     return u, L, ok, wn, used, disc, labels, A
 
 
@@ -486,6 +532,7 @@ def _invert_component(net, d, valid, w0, *, n_iter, scale, gross, gamma2):
         net.n_dates,
         net.band,
         np.ascontiguousarray(net.R.T),
+        np.ascontiguousarray(net.Rs.T),
         int(n_iter),
         float(scale),
         float(gross),
@@ -493,6 +540,7 @@ def _invert_component(net, d, valid, w0, *, n_iter, scale, gross, gamma2):
         PIVOT_RTOL,
         LIMIT_WEIGHT,
         ANCHOR_WEIGHT,
+        TIE_WEIGHT,
     )
     with np.errstate(invalid="ignore"):
         sigma = np.sqrt(np.clip(var * s0sq[None, :], 0.0, None))
@@ -512,7 +560,10 @@ def _invert_component_numpy(net, d, valid, w0, *, n_iter, scale, gross, gamma2):
         u, L, ok, wn, used, disc, labels, A_disc = _solve_component(net, w, dz, gamma2)
         r = dz - np.asarray(net.C @ u[1:])
         if it < n_iter:
-            outlier = valid & (np.abs(r) > gross)
+            # gross outliers are rejected in the last pass only, from a solution
+            # already re-weighted (rejecting on the first, plain solution can
+            # drop good pairs that a large outlier pulled away)
+            outlier = valid & (np.abs(r) > gross) & (it == n_iter - 1)
             w = w0 / (scale**2 + r**2)
             w[outlier] = 0.0
     m = d.shape[1]
@@ -530,9 +581,9 @@ def _invert_component_numpy(net, d, valid, w0, *, n_iter, scale, gross, gamma2):
         largest = sizes.argmax(axis=1)  # ties: the sub-network of the earliest date
         smoothed[:, disc] = labels != largest[None, :]
         if gamma2 > 0:
-            Ag = A_disc + gamma2 * net.R[:, :, None]
+            Ag, _ = augment(net, A_disc, np.zeros(A_disc.shape[1:]), gamma2, TIE_WEIGHT)
             ok[disc] &= band_cholesky(Ag)
-            var[1:, disc] = band_inverse_diagonal(Ag)
+            var[1:, disc] = band_inverse_diagonal(Ag)[1::2]
         else:
             ii = np.arange(disc.size)
             ud = u[:, disc]

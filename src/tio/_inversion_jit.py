@@ -113,6 +113,32 @@ def _labels(w, i1, i2, n, labels):
         labels[j] = _find(parent, j)
 
 
+@njit(**_OPTS)
+def _augment(A0, rhs, b, k, Rs, g, tie, A2, rhs2):
+    """NSBAS's smoothed-series system of one pixel (see ``tio._inversion.augment``).
+
+    ``A0`` (k, b+1) data band (transposed storage), ``rhs`` (k,); fills ``A2``
+    (2k+1, 2b+1) and ``rhs2`` (2k+1,); unknowns ``s_0, u_1, s_1, ..., s_k``.
+    """
+    n2 = 2 * k + 1
+    for j in range(n2):
+        rhs2[j] = 0.0
+        for o in range(2 * b + 1):
+            A2[j, o] = 0.0
+    for j in range(k):
+        rhs2[2 * j + 1] = rhs[j]
+        for o in range(b + 1):
+            A2[2 * j + 1, 2 * o] = A0[j, o]
+    for j in range(n2):
+        A2[j, 0] += tie
+    for j in range(k):
+        A2[2 * j + 1, 1] -= tie
+    for i in range(k + 1):
+        for o in range(3):
+            if i + o <= k and 2 * o <= 2 * b:
+                A2[2 * i, 2 * o] += g * Rs[i, o]
+
+
 #: Pixels gathered together from the pixel-last arrays (one page per pair row
 #: serves the whole tile instead of one pixel).
 _TILE = 64
@@ -120,7 +146,7 @@ _TILE = 64
 
 @njit(**_OPTS)
 def invert_component(
-    d, valid, w0, i1, i2, n, b, R, n_iter, scale, gross, gamma2, rtol, limit, anchor
+    d, valid, w0, i1, i2, n, b, R, Rs, n_iter, scale, gross, gamma2, rtol, limit, anchor, tie
 ):
     """Robust inversion of one component for every pixel of a block.
 
@@ -152,6 +178,13 @@ def invert_component(
     x = np.zeros(k)
     Z = np.zeros((k, k))
     diag = np.zeros(k)
+    n2 = 2 * k + 1
+    b2 = 2 * b
+    A2 = np.zeros((n2, b2 + 1))
+    rhs2 = np.zeros(n2)
+    x2 = np.zeros(n2)
+    Z2 = np.zeros((n2, n2))
+    diag2 = np.zeros(n2)
     labels = np.zeros(n, dtype=np.int64)
     sizes = np.zeros(n, dtype=np.int64)
     for t0 in range(0, m, T):
@@ -212,21 +245,27 @@ def invert_component(
                 disc = not ok
                 if disc:
                     _labels(w, i1, i2, n, labels)
-                    for o in range(b + 1):
-                        for j in range(k):
-                            A[j, o] = A0[j, o]
                     if gamma2 > 0:
+                        _augment(A0, rhs, b, k, Rs, limit / tie * gamma2, limit, A2, rhs2)
+                        ok = _chol(A2, b2, n2, rtol)
+                        if ok:
+                            _band_solve(A2, b2, n2, rhs2, x2)
+                            for j in range(k):
+                                x[j] = x2[2 * j + 1]
+                    else:
                         for o in range(b + 1):
                             for j in range(k):
-                                A[j, o] += limit * R[j, o]
-                    else:
+                                A[j, o] = A0[j, o]
                         for j in range(1, n):
                             if labels[j] == j:
                                 A[j - 1, 0] += anchor
-                    ok = _chol(A, b, k, rtol)
+                        ok = _chol(A, b, k, rtol)
+                        if ok:
+                            _band_solve(A, b, k, rhs, x)
+                else:
+                    _band_solve(A, b, k, rhs, x)
                 if not ok:
                     break
-                _band_solve(A, b, k, rhs, x)
                 for p in range(p_count):
                     up2 = x[i2[p] - 1]
                     up1 = x[i1[p] - 1] if i1[p] > 0 else 0.0
@@ -235,7 +274,7 @@ def invert_component(
                     for p in range(p_count):
                         if vm[p]:
                             rr = r[p]
-                            if abs(rr) > gross:
+                            if abs(rr) > gross and it == n_iter - 1:
                                 w[p] = 0.0
                                 flag[p] = True
                             else:
@@ -264,14 +303,18 @@ def invert_component(
                 for j in range(n):
                     sm_out[j, px] = labels[j] != largest
                 if gamma2 > 0:
-                    for o in range(b + 1):
-                        for j in range(k):
-                            A[j, o] = A0[j, o] + gamma2 * R[j, o]
-                    if not _chol(A, b, k, rtol):
+                    _augment(A0, rhs, b, k, Rs, gamma2, tie, A2, rhs2)
+                    if not _chol(A2, b2, n2, rtol):
                         for p in range(p_count):
                             r[p] = np.nan
                         continue
-            _inv_diag(A, b, k, Z, diag)
+                    _inv_diag(A2, b2, n2, Z2, diag2)
+                    for j in range(k):
+                        diag[j] = diag2[2 * j + 1]
+                else:
+                    _inv_diag(A, b, k, Z, diag)
+            else:
+                _inv_diag(A, b, k, Z, diag)
             u_out[0, px] = 0.0
             var_out[0, px] = 0.0
             for j in range(k):

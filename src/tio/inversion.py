@@ -273,19 +273,22 @@ def invert(
     n_dates = dates.size
 
     # A priori weights of each pair, per component (need whole maps; estimated on
-    # at most ~250,000 regularly spaced pixels).
+    # at most ~100,000 regularly spaced pixels, read in one pass).
     days = (date2 - date1) / np.timedelta64(1, "D")
     base_w = _inv.baseline_weights(days, baseline_weighting)
     if pair_weighting == "std":
-        stride = max(1, int(math.sqrt(ny * nx / 250_000)))
-        sig = {c: np.empty(n_pairs) for c in ("ew", "ns")}
-        for p in range(n_pairs):
-            a = np.asarray(ew[p, ::stride, ::stride], np.float64)
-            b = np.asarray(ns[p, ::stride, ::stride], np.float64)
-            s = None if score is None else np.asarray(score[p, ::stride, ::stride], np.float64)
-            ok = _valid(a, b, s)
-            sig["ew"][p] = _inv.robust_std(a[ok])
-            sig["ns"][p] = _inv.robust_std(b[ok])
+        stride = max(1, math.ceil(math.sqrt(ny * nx / 100_000)))
+
+        def sample(arr):
+            return np.asarray(arr[:, ::stride, ::stride], np.float32).reshape(n_pairs, -1)
+
+        a, b = sample(ew), sample(ns)
+        ok = _valid(a, b, None if score is None else sample(score))
+        sig = {
+            c: np.array([_inv.robust_std(v[p][ok[p]]) for p in range(n_pairs)])
+            for c, v in (("ew", a), ("ns", b))
+        }
+        del a, b, ok
         pair_w = {c: base_w / _inv.pair_sigmas(s) ** 2 for c, s in sig.items()}
     else:
         pair_w = {c: base_w.copy() for c in ("ew", "ns")}
