@@ -113,6 +113,45 @@ def test_robust_inversion_beats_least_squares_with_gross_outliers():
     assert 0.5 * 0.1 * i1.size < n_out < 3 * 0.1 * i1.size
 
 
+@pytest.mark.parametrize(
+    "pattern",
+    ["one pair", "two pairs of one date", "pair of the last date", "one pair everywhere", "6 m"],
+)
+def test_each_outlier_pattern_is_rejected(pattern):
+    dates, t = _dates()
+    i1, i2 = _network()
+    truth = _history(t, (6, 7), moving=0.5)
+    pairs = _pairs(truth, dates, i1, i2, noise=0.05, seed=4)
+    ew = pairs["ew"].values
+    k7 = np.flatnonzero((i1 == 7) | (i2 == 7))
+    last = np.flatnonzero(i2 == N_DATES - 1)
+    bad = {
+        "one pair": [(12, 20.0, np.s_[:3, :])],
+        "two pairs of one date": [(k7[0], 15.0, np.s_[:]), (k7[-1], -12.0, np.s_[:])],
+        "pair of the last date": [(last[-1], -25.0, np.s_[:])],
+        "one pair everywhere": [(30, 30.0, np.s_[:])],
+        "6 m": [(5, 6.5, np.s_[:]), (40, -6.5, np.s_[:])],
+    }[pattern]
+    hit = np.zeros(ew.shape, bool)
+    for k, size, where in bad:
+        ew[k][where] += size
+        hit[k][where] = True
+    # Three passes: with the single default pass, a 25 m error on one of the 4
+    # pairs of the last date pulls the first solution so far that the 4 pairs
+    # all exceed 5 m and the date is left to the smoothing (then flagged).
+    out = invert(pairs, reweight_iterations=3)
+    err = np.abs(out["cumulative_ew"].values - truth[0])
+    assert err.max() < 0.25, (pattern, err.max())
+    assert not out["smoothed"].values.any()
+    # every injected value is rejected, and nothing else (clean pixels: none)
+    assert np.array_equal(out["n_outliers_ew"].values, hit.sum(axis=0))
+    assert (out["n_outliers_ns"].values == 0).all()
+    # its residual is the injected error
+    res = out["residual_ew"].values
+    for k, size, where in bad:
+        assert np.allclose(res[k][where], size, atol=0.3)
+
+
 def test_redundancy_lowers_the_error():
     dates, t = _dates()
     i1, i2 = _network()
