@@ -1,4 +1,4 @@
-"""Numerics of the pixel-wise time-series inversion (numpy and scipy.sparse only).
+"""Numerics of the pixel-wise time-series inversion (numpy, scipy.sparse; numba kernel).
 
 Everything here works on plain arrays of pixels laid out *pixel-last*: a block
 of ``M`` pixels is a set of ``(P, M)`` arrays (one row per pair), so that every
@@ -63,10 +63,11 @@ DAYS_PER_YEAR = 365.25
 #: largest diagonal entry marks the system singular (a date, or a group of
 #: dates, that no used pair ties to the first date).
 PIVOT_RTOL = 1e-10
-#: Weight (relative to data rows of unit weight) of the smoothing used to place
-#: the sub-networks of a disconnected pixel: small enough that the values
-#: inside each sub-network are the data's to within ~1e-6 of their size (the
-#: limit of a vanishing smoothing weight), large enough for float64.
+#: Weight (relative to data rows of unit weight) given to the tie rows of
+#: :func:`augment` (the smoothing rows keep their ratio ``gamma2 / TIE_WEIGHT``)
+#: when solving for the values of a disconnected pixel: small enough that the
+#: values inside each sub-network are the data's to within ~1e-6 of their size
+#: (the limit of a vanishing weight), large enough for float64.
 LIMIT_WEIGHT = 1e-6
 #: Weight of the rows tying the cumulative displacement to the smoothed series
 #: at disconnected pixels (relative to data rows of unit weight), as NSBAS.
@@ -435,7 +436,8 @@ def _band_system(net, wn, dz):
 def _tie(net, A, used, gamma2, weight):
     """Make the systems of disconnected pixels solvable; returns (A, labels).
 
-    ``gamma2 > 0``: add ``weight * S^T S`` (the temporal smoothing).
+    Labels the sub-networks of each pixel. ``gamma2 > 0``: add
+    ``weight * S^T S`` (unused when the values come from :func:`augment`).
     ``gamma2 == 0``: pin the first date of every sub-network that does not
     hold date 0 (:data:`ANCHOR_WEIGHT`), so that each sub-network is solved
     relative to its first date.
@@ -664,10 +666,12 @@ def invert_block(
     weight to pairs with ``|r| > gross_outlier``. Where the used pairs leave
     several sub-networks (connected components of the date graph: a date
     whose pairs are all invalid or rejected is one on its own), the data fix
-    everything inside each sub-network and the temporal smoothing, with a
-    vanishing weight (:data:`LIMIT_WEIGHT`), sets the offsets between them;
-    the covariance is that of the system regularised with weight
-    ``smoothing_gamma2``: ``(C^T W C + gamma2 S^T S)^-1 s0^2``. With
+    everything inside each sub-network and NSBAS's smoothed series
+    (:func:`augment`: tied to ``u`` with weight :data:`TIE_WEIGHT`, its
+    second difference penalised with ``smoothing_gamma2``), in the limit of
+    a vanishing weight (:data:`LIMIT_WEIGHT`), sets the offsets between them;
+    the covariance is that of the augmented system with its real weights,
+    ``s0^2`` times the inverse of its normal matrix. With
     ``smoothing_gamma2 == 0`` the dates outside the largest sub-network are
     NaN and the series is relative to the first date of that sub-network.
     """

@@ -83,19 +83,20 @@ def invert(
     4. Where a pixel's used pairs do not connect all its dates (several
        connected components of the date graph, "sub-networks"; a date without
        any valid pair, or whose pairs were all rejected as gross outliers, is
-       one on its own), and only there, the temporal
-       smoothing ``S u = 0`` ties the sub-networks together. ``S`` is the
-       time-aware second difference of the cumulative displacement ``u``
+       one on its own), and only there, they are tied as NSBAS does: a
+       smoothed series ``s`` (one value per date) is tied to the cumulative
+       displacement by rows ``sqrt(5e-4) * (u_j - s_j) = 0`` and penalised by
+       ``sqrt(gamma2) * S s = 0``, ``S`` the time-aware second difference
        (change of mean velocity between successive intervals times their mean
-       length, in metres; zero for a constant velocity on any dates). It is
-       applied in the limit of a vanishing weight: the data alone fix every
-       displacement inside each sub-network (exactly as at a connected
-       pixel), and the smoothing only sets the constant offsets between
-       sub-networks, those that minimise ``|S u|^2``. ``smoothing_gamma2``
-       weights the rows ``sqrt(gamma2) * S u = 0`` relative to data rows of
-       unit weight (weights are normalised to a mean of 1 over the valid pairs
-       of a pixel) in the covariance of those pixels, so it sets how uncertain
-       the offsets are, not their value. With ``smoothing_gamma2 = 0`` no
+       length, in metres; zero for a constant velocity on any dates). The
+       values are taken in the limit of a vanishing weight of these rows: the
+       data alone fix every displacement inside each sub-network (exactly as
+       at a connected pixel), and the smooth series that follows the whole
+       record sets the constant offsets between sub-networks. The rows enter
+       with their real weights (relative to data rows of unit weight; weights
+       are normalised to a mean of 1 over the used pairs of a pixel) in the
+       covariance of those pixels, so ``smoothing_gamma2`` sets how uncertain
+       the offsets are rather than their value. With ``smoothing_gamma2 = 0`` no
        smoothing is used: dates outside the largest sub-network are NaN, and
        the series is relative to the first date of the largest sub-network
        (so it is NaN at the first date if that date is not in it).
@@ -172,15 +173,16 @@ def invert(
             redundancy) the a priori weights are trusted instead (variance
             factor 1): the variance of a pair is ``1 / w0``, i.e. the robust
             ``sigma_p**2`` of its map with ``"std"`` weighting and 1 m² with
-            ``"none"``. Where the network is disconnected, ``G^T W G`` gets
-            ``+ smoothing_gamma2 * S^T S``: the smoothing rows act as
-            pseudo-observations of variance ``s0^2 / smoothing_gamma2``, which
-            mostly measures the strength of that prior, not the true motion
-            across the gap. The sigma assumes independent pair errors: errors
-            shared by pairs (an image badly co-registered or distorted enters
-            every pair of its date), misregistration, topographic and
-            orthorectification effects in general are not included; the
-            re-weighting is treated as fixed weights.
+            ``"none"``. Where the network is disconnected, the tie and
+            smoothing rows of step 4 enter the normal matrix as
+            pseudo-observations (variance ``s0^2 / 5e-4`` and
+            ``s0^2 / smoothing_gamma2``), which mostly measures the strength of
+            that prior, not the true motion across the gap. The sigma assumes
+            independent pair errors: errors shared by pairs (an image badly
+            co-registered or distorted enters every pair of its date),
+            misregistration, topographic and orthorectification effects in
+            general are not included; the re-weighting is treated as fixed
+            weights.
         ``velocity_ew``, ``velocity_ns`` (y, x) float32
             Slope (m/year) of a straight line fitted to the cumulative series
             with weights ``1 / sigma**2`` (the first date, whose sigma is 0,
