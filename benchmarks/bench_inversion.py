@@ -359,7 +359,9 @@ def scale_child(pixels):
     nx = 1000
     ny = pixels // nx
     t = days / 365.25
-    rows = 64
+    # chunks of the rows invert() solves at once (4 rows of 1000 pixels for 250 pairs
+    # and 60 dates), so that each chunk is generated once per read
+    rows = 4
 
     def gen(block_id, comp):
         r0 = block_id[1] * rows
@@ -412,10 +414,13 @@ def scale(args):
         print("scale run failed:", proc.stderr[-2000:])
         return
     wall, n_ok, total = proc.stdout.split()[-3:]
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak = usage.ru_maxrss / 2**20  # KiB -> GiB
     print(
         f"{int(total):,} pixels ({int(n_ok):,} inverted) on {os.cpu_count()} cores: "
-        f"{float(wall):.1f} s wall, peak resident memory {peak:.2f} GB"
+        f"{float(wall):.1f} s wall, peak resident memory {peak:.2f} GB "
+        f"(child process CPU time {usage.ru_utime + usage.ru_stime:.0f} s, including the "
+        "data generation and start-up)"
     )
 
 
@@ -424,6 +429,13 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smaller grids and fewer networks")
     ap.add_argument("--no-scale", action="store_true", help="skip the 1-million-pixel run")
     ap.add_argument("--scale-pixels", type=int, default=1_000_000)
+    ap.add_argument(
+        "--sections",
+        nargs="+",
+        default=["accuracy", "speed", "scale"],
+        choices=["accuracy", "speed", "scale"],
+        help="what to run (default: all three)",
+    )
     ap.add_argument("--scale-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.scale_child:
@@ -436,9 +448,11 @@ def main():
         from importlib.metadata import version
 
         print(f"TICOI {version('ticoi')} found")
-    accuracy(args, why is None)
-    speed(args, why is None)
-    if not args.no_scale:
+    if "accuracy" in args.sections:
+        accuracy(args, why is None)
+    if "speed" in args.sections:
+        speed(args, why is None)
+    if "scale" in args.sections and not args.no_scale:
         scale(args)
 
 
