@@ -109,6 +109,7 @@ def test_cli_config_prints_defaults():
         ["serve"],
         ["search"],
         ["pairs"],
+        ["invert"],
     ],
 )
 def test_every_command_has_help_with_examples(cmd):

@@ -113,6 +113,45 @@ def test_robust_inversion_beats_least_squares_with_gross_outliers():
     assert 0.5 * 0.1 * i1.size < n_out < 3 * 0.1 * i1.size
 
 
+@pytest.mark.parametrize(
+    "pattern",
+    ["one pair", "two pairs of one date", "pair of the last date", "one pair everywhere", "6 m"],
+)
+def test_each_outlier_pattern_is_rejected(pattern):
+    dates, t = _dates()
+    i1, i2 = _network()
+    truth = _history(t, (6, 7), moving=0.5)
+    pairs = _pairs(truth, dates, i1, i2, noise=0.05, seed=4)
+    ew = pairs["ew"].values
+    k7 = np.flatnonzero((i1 == 7) | (i2 == 7))
+    last = np.flatnonzero(i2 == N_DATES - 1)
+    bad = {
+        "one pair": [(12, 20.0, np.s_[:3, :])],
+        "two pairs of one date": [(k7[0], 15.0, np.s_[:]), (k7[-1], -12.0, np.s_[:])],
+        "pair of the last date": [(last[-1], -25.0, np.s_[:])],
+        "one pair everywhere": [(30, 30.0, np.s_[:])],
+        "6 m": [(5, 6.5, np.s_[:]), (40, -6.5, np.s_[:])],
+    }[pattern]
+    hit = np.zeros(ew.shape, bool)
+    for k, size, where in bad:
+        ew[k][where] += size
+        hit[k][where] = True
+    # Three passes: with the single default pass, a 25 m error on one of the 4
+    # pairs of the last date pulls the first solution so far that the 4 pairs
+    # all exceed 5 m and the date is left to the smoothing (then flagged).
+    out = invert(pairs, reweight_iterations=3)
+    err = np.abs(out["cumulative_ew"].values - truth[0])
+    assert err.max() < 0.25, (pattern, err.max())
+    assert not out["smoothed"].values.any()
+    # every injected value is rejected, and nothing else (clean pixels: none)
+    assert np.array_equal(out["n_outliers_ew"].values, hit.sum(axis=0))
+    assert (out["n_outliers_ns"].values == 0).all()
+    # its residual is the injected error
+    res = out["residual_ew"].values
+    for k, size, where in bad:
+        assert np.allclose(res[k][where], size, atol=0.3)
+
+
 def test_redundancy_lowers_the_error():
     dates, t = _dates()
     i1, i2 = _network()
@@ -404,10 +443,34 @@ def test_bad_parameter_raises(kwargs):
 
 # --------------------------------------------------------------------------- internals
 def test_singular_system_is_flagged_not_raised():
-    A = np.stack([np.eye(3), np.zeros((3, 3)), np.diag([1.0, 1.0, 1e-15])])
-    Ainv, ok = _inversion._spd_inverse(A)
+    # band storage (b+1, K, M): identity, zero matrix, a tiny last pivot
+    A = np.zeros((2, 3, 3))
+    A[0, :, 0] = 1.0
+    A[0, :, 2] = [1.0, 1.0, 1e-15]
+    ok = _inversion.band_cholesky(A)
     assert ok.tolist() == [True, False, False]
-    assert np.allclose(Ainv[0], np.eye(3)) and np.isnan(Ainv[1:]).all()
+    assert np.all(np.isfinite(_inversion.band_solve(A, np.ones((3, 3)))))
+
+
+def test_banded_algebra_matches_dense():
+    rng = np.random.default_rng(5)
+    b, k, m = 4, 12, 7
+    # random SPD banded matrices: Laplacian-like band plus a positive diagonal
+    Ab = np.zeros((b + 1, k, m))
+    Ab[1:] = -rng.uniform(0, 1, (b, k, m))
+    for o in range(1, b + 1):
+        Ab[o, k - o :] = 0.0
+    dense = _inversion.band_to_dense(Ab)
+    Ab[0] = -dense.sum(axis=2).T + rng.uniform(0.1, 1.0, (k, m)) - Ab[0]
+    dense = _inversion.band_to_dense(Ab)
+    rhs = rng.standard_normal((k, m))
+    L = Ab.copy()
+    assert _inversion.band_cholesky(L).all()
+    x = _inversion.band_solve(L, rhs)
+    ref = np.linalg.solve(dense, rhs.T[..., None])[..., 0].T
+    np.testing.assert_allclose(x, ref, rtol=1e-10, atol=1e-12)
+    diag = _inversion.band_inverse_diagonal(L)
+    np.testing.assert_allclose(diag, np.einsum("mii->im", np.linalg.inv(dense)), rtol=1e-10)
 
 
 def test_connected_components_labels():
@@ -432,3 +495,27 @@ def test_progress_reports_every_row_once_and_blocks_do_not_change_results():
     assert sum(rows) == 8 and len(rows) == 4
     whole = invert(pairs)
     np.testing.assert_allclose(_cum(small), _cum(whole), atol=1e-9)
+
+
+@pytest.mark.parametrize("gamma2", [0.003, 0.0])
+def test_compiled_kernel_matches_numpy(monkeypatch, gamma2):
+    """The numba kernel and the numpy implementation give the same results."""
+    if _inversion._jit is None:
+        pytest.skip("numba not installed")
+    dates, t = _dates()
+    i1, i2 = _network()
+    truth = _history(t, (12, 10), moving=0.5)
+    pairs = _pairs(truth, dates, i1, i2, noise=0.3, outliers=0.08, outlier_size=15.0)
+    ew = pairs["ew"].values
+    ew[(i1 < 8) & (i2 >= 8), :3, :] = np.nan  # rows 0-2 split in two sub-networks
+    ew[i2 == 5, 3, :] = np.nan  # row 3: date 5 keeps only its later pairs
+    ew[i1 == 5, 3, :4] = np.nan  # ... and loses them too at 4 pixels
+    kwargs = dict(reweight_iterations=2, smoothing_gamma2=gamma2)
+    fast = invert(pairs, **kwargs)
+    monkeypatch.setattr(_inversion, "USE_JIT", False)
+    ref = invert(pairs, **kwargs)
+    assert fast["smoothed"].values.any()
+    for name in ref.data_vars:
+        np.testing.assert_allclose(
+            fast[name].values, ref[name].values, rtol=1e-5, atol=1e-6, err_msg=name
+        )

@@ -83,7 +83,14 @@ def test_submit_watch_and_explore_a_job_in_the_browser(portal, tmp_path):
 
             # the animated overlay on the map, at the bounds of overlays.json
             anim = page.wait_for_selector("img.tio-animation", state="visible")
-            page.wait_for_function("document.querySelector('img.tio-animation').naturalWidth > 0")
+            # poll from Python: wait_for_function's in-page polling needs eval, which the
+            # portal's content security policy rightly forbids
+            for _ in range(300):
+                if page.evaluate("document.querySelector('img.tio-animation').naturalWidth") > 0:
+                    break
+                page.wait_for_timeout(100)
+            else:
+                raise AssertionError("the animated overlay never loaded")
             assert "overlays/animation_4326.png" in anim.get_attribute("src")
             box = anim.bounding_box()
             assert box["width"] > 50 and box["height"] > 50

@@ -1,16 +1,30 @@
-"""Numerics of the pixel-wise time-series inversion (numpy only).
+"""Numerics of the pixel-wise time-series inversion (numpy, scipy.sparse; numba kernel).
 
-Everything here works on plain arrays of pixels: a block of ``M`` pixels is a
-set of ``(M, P)`` arrays (one column per pair). The public wrapper
-:func:`tio.inversion.invert` reads the pairs, calls :func:`invert_block` on
-blocks of pixels and assembles the result.
+Everything here works on plain arrays of pixels laid out *pixel-last*: a block
+of ``M`` pixels is a set of ``(P, M)`` arrays (one row per pair), so that every
+operation of the solver runs on contiguous vectors of ``M`` pixels. The public
+wrapper :func:`tio.inversion.invert` reads the pairs, calls
+:func:`invert_block` on blocks of pixels (in parallel) and assembles the result.
 
 Notation
 --------
-``N`` dates ``t_0 < ... < t_{N-1}``; ``K = N - 1`` unknowns, the increments
+``N`` dates ``t_0 < ... < t_{N-1}``; ``K = N - 1`` increments
 ``x_k = u(t_{k+1}) - u(t_k)``; ``P`` pairs; ``G`` the ``(P, K)`` design matrix
 (row ``p`` has a 1 on every increment between the two dates of pair ``p``);
 ``L`` the ``(N, K)`` cumulative-sum operator, ``u = L x`` (so ``u_0 = 0``).
+
+The unknowns of the model are the increments ``x``. The solver works with the
+equivalent unknowns ``u_1 .. u_{N-1}`` (an exact, invertible change of
+variables ``x = D u``: same solution, same covariance after propagation),
+because there each pair row has just two non-zeros (``u_{i2} - u_{i1}``) and
+the normal matrix ``C^T W C`` is a weighted graph Laplacian (date 0 grounded)
+whose bandwidth is the longest pair span in dates (4 or 5 for "each date with
+the next 4 or 5"), instead of a dense ``(N-1)**2`` matrix. Each pixel's system
+is then solved by a banded Cholesky factorisation, ``O(N b**2)`` work, and the
+diagonal of its inverse (the variance of every cumulative displacement) comes
+from the same factor by Takahashi's recurrence. The Python loops run over the
+``N`` dates and the pairs; every step is a numpy operation on all the pixels
+of a block.
 
 Reference: Bontemps, Lacroix & Doin (2018), Remote Sensing of Environment
 210:144-158, which inverts the pair network with the NSBAS ``invers_pixel``
@@ -22,11 +36,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
+
+try:  # the compiled kernel (same results, several times faster)
+    from . import _inversion_jit as _jit
+except ImportError:  # pragma: no cover - numba not installed
+    _jit = None
 
 __all__ = [
     "DAYS_PER_YEAR",
-    "GROSS_OUTLIER_FACTOR",
     "Network",
+    "band_cholesky",
+    "band_inverse_diagonal",
+    "band_solve",
+    "baseline_weights",
     "build_network",
     "connected_components",
     "invert_block",
@@ -36,17 +59,26 @@ __all__ = [
 ]
 
 DAYS_PER_YEAR = 365.25
-#: Factor applied to the weight of a pair whose residual exceeds ``gross_outlier``
-#: (NSBAS divides such weights by 1000).
-GROSS_OUTLIER_FACTOR = 1e-3
-#: Largest condition number accepted for a normal matrix (estimated from the
-#: diagonals of the matrix and of its inverse); pixels beyond it are NaN.
-MAX_CONDITION = 1e12
+#: A pivot of the banded Cholesky factorisation below this share of the
+#: largest diagonal entry marks the system singular (a date, or a group of
+#: dates, that no used pair ties to the first date).
+PIVOT_RTOL = 1e-10
+#: Weight (relative to data rows of unit weight) given to the tie rows of
+#: :func:`augment` (the smoothing rows keep their ratio ``gamma2 / TIE_WEIGHT``)
+#: when solving for the values of a disconnected pixel: small enough that the
+#: values inside each sub-network are the data's to within ~1e-6 of their size
+#: (the limit of a vanishing weight), large enough for float64.
+LIMIT_WEIGHT = 1e-6
+#: Weight of the rows tying the cumulative displacement to the smoothed series
+#: at disconnected pixels (relative to data rows of unit weight), as NSBAS.
+TIE_WEIGHT = 5e-4
+#: Weight of the rows that pin the first date of each sub-network when
+#: ``smoothing_gamma2 == 0`` (they only remove the null space).
+ANCHOR_WEIGHT = 1e8
+#: Use the compiled kernel of :mod:`tio._inversion_jit` when numba is installed.
+USE_JIT = True
 #: Floor (metres) of the cumulative sigmas used as weights in the velocity fit.
 SIGMA_FLOOR = 1e-6
-#: Weight of the rows that pin the first date of each sub-network of a disconnected
-#: pixel (any positive value gives the same solution: they only remove the null space).
-_ANCHOR_WEIGHT = 1.0
 
 
 @dataclass(frozen=True)
@@ -61,37 +93,38 @@ class Network:
         Index of the first and second date of each pair (``i1 < i2``).
     t : ndarray, shape (N,)
         Dates in years since the first date.
-    G : ndarray, shape (P, N-1)
-        Design matrix (increments between successive dates).
-    GG : ndarray, shape (P, n_active)
-        Row-wise outer products ``G_p G_p^T``, flattened, restricted to the
-        entries ``active`` that some pair makes non-zero: ``w @ GG`` gives
-        the normal matrices ``G^T diag(w) G`` of a stack of pixels in one
-        GEMM (see :func:`normal_matrices`).
-    active : ndarray of int, shape (n_active,)
-        Flat indices (in a ``(N-1, N-1)`` matrix) of those entries.
-    E : ndarray, shape (P, N)
-        Incidence matrix: 1 where date ``j`` is one of the two dates of pair ``p``.
-    LL : ndarray, shape (N, (N-1)**2)
-        Outer products ``L_j L_j^T`` of the rows of the cumulative-sum operator.
-    R : ndarray, shape (N-1, N-1)
-        ``S^T S`` for the time-aware second-difference operator ``S``
-        acting on the increments.
-    Ru : ndarray, shape (N, N)
-        The same acting on the cumulative displacement.
+    band : int
+        Half-bandwidth ``b`` of the normal matrices (longest pair span in
+        dates, at least 2 for the smoothing).
+    to_band : scipy.sparse.csr_matrix, shape ((b+1)*(N-1), P)
+        ``to_band @ w`` gives the lower band of ``C^T diag(w) C`` of a stack of
+        pixels (``w`` of shape ``(P, M)``), entry ``[o, j]`` = ``A[j+o, j]``.
+    C : scipy.sparse.csr_matrix, shape (P, N-1)
+        Design matrix on ``u_1 .. u_{N-1}`` (+1 at the second date, -1 at the
+        first unless it is date 0).
+    Ct : scipy.sparse.csr_matrix, shape (N-1, P)
+        Its transpose.
+    E : scipy.sparse.csr_matrix, shape (N, P)
+        Incidence: 1 where date ``j`` is one of the two dates of pair ``p``.
+    R : ndarray, shape (b+1, N-1)
+        Lower band of ``S^T S``, ``S`` the time-aware second difference of the
+        cumulative displacement (:func:`smoothing_operator`), ``u_0 = 0``.
+    Rs : ndarray, shape (3, N)
+        Lower band of ``S^T S`` acting on a whole series ``s_0 .. s_{N-1}``
+        (the smoothed series of :func:`augment`).
     """
 
     n_dates: int
     i1: np.ndarray
     i2: np.ndarray
     t: np.ndarray
-    G: np.ndarray
-    GG: np.ndarray
-    active: np.ndarray
-    E: np.ndarray
-    LL: np.ndarray
+    band: int
+    to_band: sp.csr_matrix
+    C: sp.csr_matrix
+    Ct: sp.csr_matrix
+    E: sp.csr_matrix
     R: np.ndarray
-    Ru: np.ndarray
+    Rs: np.ndarray
 
 
 def build_network(i1, i2, t) -> Network:
@@ -117,18 +150,41 @@ def build_network(i1, i2, t) -> Network:
     if i1.shape != i2.shape or np.any(i1 >= i2) or np.any(i1 < 0) or np.any(i2 >= n):
         raise ValueError("pair date indices must satisfy 0 <= i1 < i2 < n_dates")
     k = n - 1
-    cols = np.arange(k)
-    G = ((cols >= i1[:, None]) & (cols < i2[:, None])).astype(np.float64)
-    GG = (G[:, :, None] * G[:, None, :]).reshape(G.shape[0], k * k)
-    active = np.flatnonzero(GG.any(axis=0))
-    E = np.zeros((i1.size, n))
-    E[np.arange(i1.size), i1] = 1.0
-    E[np.arange(i1.size), i2] = 1.0
-    L = np.tril(np.ones((n, k)), -1)  # u_j = sum_{k < j} x_k
-    LL = (L[:, :, None] * L[:, None, :]).reshape(n, k * k)
-    S = smoothing_operator(t)
-    Su = S @ (np.eye(n, k=1) - np.eye(n))[:k]  # x_k = u_{k+1} - u_k
-    return Network(n, i1, i2, t, G, GG[:, active], active, E, LL, S.T @ S, Su.T @ Su)
+    p = i1.size
+    b = int(max(2, (i2 - i1).max(initial=1)))
+    b = min(b, max(k - 1, 0))
+    pairs = np.arange(p)
+    has1 = i1 > 0
+    # design on u_1..u_{N-1}
+    rows = np.concatenate([pairs, pairs[has1]])
+    cols = np.concatenate([i2 - 1, i1[has1] - 1])
+    vals = np.concatenate([np.ones(p), -np.ones(has1.sum())])
+    C = sp.csr_matrix((vals, (rows, cols)), shape=(p, k))
+    # band of C^T diag(w) C: diagonal at i2-1 and i1-1, off-diagonal -1 at
+    # (row i2-1, column i1-1), i.e. band offset i2-i1 in column i1-1.
+    brow = np.concatenate(
+        [0 * k + (i2 - 1), 0 * k + (i1[has1] - 1), (i2 - i1)[has1] * k + (i1[has1] - 1)]
+    )
+    bcol = np.concatenate([pairs, pairs[has1], pairs[has1]])
+    bval = np.concatenate([np.ones(p), np.ones(has1.sum()), -np.ones(has1.sum())])
+    to_band = sp.csr_matrix((bval, (brow, bcol)), shape=((b + 1) * k, p))
+    E = sp.csr_matrix(
+        (np.ones(2 * p), (np.concatenate([i1, i2]), np.concatenate([pairs, pairs]))),
+        shape=(n, p),
+    )
+    S = smoothing_operator(t)  # (N-2, N-1) on the increments
+    Du = (np.eye(n, k=1) - np.eye(n))[:k]  # x = Du u, (N-1, N)
+    Sfull = S @ Du  # on u_0..u_{N-1}
+    Su = Sfull[:, 1:]  # on u_1..u_{N-1}
+    Rd = Su.T @ Su
+    R = np.zeros((b + 1, k))
+    for o in range(b + 1):
+        R[o, : k - o] = np.diagonal(Rd, -o)
+    Rf = Sfull.T @ Sfull
+    Rs = np.zeros((3, n))
+    for o in range(min(3, n)):
+        Rs[o, : n - o] = np.diagonal(Rf, -o)
+    return Network(n, i1, i2, t, b, to_band, C, C.T.tocsr(), E, R, Rs)
 
 
 def smoothing_operator(t) -> np.ndarray:
@@ -179,12 +235,29 @@ def pair_sigmas(sigmas) -> np.ndarray:
     return np.maximum(s, 1e-3 * np.median(pos))
 
 
+def baseline_weights(days, mode: str) -> np.ndarray:
+    """Pair weights from the temporal baseline (GDM-OPT's three choices).
+
+    ``"none"``: 1. ``"short"``: ``median(days) / days`` (short pairs, less
+    decorrelated, count more). ``"long"``: ``days / median(days)`` (long
+    pairs, larger signal for the same matching error, count more).
+    """
+    days = np.asarray(days, dtype=np.float64)
+    if mode == "none":
+        return np.ones_like(days)
+    ratio = days / np.median(days)
+    if mode == "short":
+        return 1.0 / ratio
+    if mode == "long":
+        return ratio
+    raise ValueError(f"unknown baseline weighting {mode!r}")
+
+
 def connected_components(valid, i1, i2, n_dates) -> np.ndarray:
     """Connected components of the date graph of every pixel.
 
-    Nodes are dates, edges are the pairs valid at the pixel. Labels are found
-    by min-label propagation, vectorised over pixels (the Python loops run
-    over pairs and sweeps only).
+    Nodes are dates, edges are the pairs valid at the pixel. A date without
+    any valid pair is its own component.
 
     Parameters
     ----------
@@ -196,193 +269,348 @@ def connected_components(valid, i1, i2, n_dates) -> np.ndarray:
     -------
     labels : ndarray of int32, shape (M, N)
         Label of each date = the index of the earliest date of its component.
-        A date without any valid pair is its own component.
     """
-    valid = np.asarray(valid, dtype=bool)
-    m, p = valid.shape
-    labels = np.tile(np.arange(n_dates, dtype=np.int32), (m, 1))
-    order = np.concatenate([np.arange(p), np.arange(p)[::-1]])
-    for _ in range(n_dates + 1):  # each sweep propagates at least one edge further
+    return _components(np.ascontiguousarray(np.asarray(valid, dtype=bool).T), i1, i2, n_dates).T
+
+
+def _components(used, i1, i2, n_dates) -> np.ndarray:
+    """:func:`connected_components` on pixel-last arrays: ``used`` (P, M) -> (N, M).
+
+    Min-label propagation, vectorised over pixels; the Python loops run over
+    pairs and sweeps (each sweep, forward then backward over the pairs,
+    propagates labels along any chain of pairs).
+    """
+    p, m = used.shape
+    labels = np.tile(np.arange(n_dates, dtype=np.int32)[:, None], (1, m))
+    order = np.argsort(i1, kind="stable")
+    order = np.concatenate([order, order[::-1]])
+    for _ in range(n_dates + 1):
         changed = False
         for q in order:
-            a = labels[:, i1[q]]
-            b = labels[:, i2[q]]
-            diff = valid[:, q] & (a != b)
+            a = labels[i1[q]]
+            b = labels[i2[q]]
+            diff = used[q] & (a != b)
             if diff.any():
                 low = np.minimum(a, b)
-                labels[:, i1[q]] = np.where(diff, low, a)
-                labels[:, i2[q]] = np.where(diff, low, b)
+                np.copyto(a, low, where=diff)
+                np.copyto(b, low, where=diff)
                 changed = True
         if not changed:
             break
+    # Min-label propagation leaves the minimum of each component everywhere in it.
     return labels
 
 
-def normal_matrices(net, w) -> np.ndarray:
-    """Normal matrices ``G^T diag(w_m) G`` of a stack of pixels, shape (M, K, K).
-
-    Only the entries some pair reaches are computed (the matrices are banded
-    for networks of short pairs); the result is a transposed view.
-    """
-    k = net.n_dates - 1
-    At = np.zeros((k * k, w.shape[0]))
-    At[net.active] = net.GG.T @ w.T
-    return At.T.reshape(w.shape[0], k, k)
+# --------------------------------------------------------------------------- banded algebra
+_COMBOS: dict[int, tuple] = {}
+_GATHER: dict[int, tuple] = {}
 
 
-def _spd_inverse(A):
-    """Invert a stack of symmetric positive (semi-)definite matrices.
-
-    Returns ``(Ainv, ok)``; matrices that are singular or whose condition
-    number exceeds :data:`MAX_CONDITION` get ``ok = False`` and a NaN inverse
-    instead of raising. The condition number is estimated by
-    ``max(diag(A)) * max(diag(A^-1))``, a lower bound of the 2-norm condition
-    number for symmetric positive definite matrices (within a factor ``K**2``).
-    """
-    try:
-        Ainv = np.linalg.inv(A)
-        ok = np.ones(A.shape[0], dtype=bool)
-    except np.linalg.LinAlgError:
-        lam, V = np.linalg.eigh(A)
-        keep = lam > np.abs(lam[:, -1:]) / MAX_CONDITION
-        ok = keep.all(axis=1)
-        inv_lam = np.where(keep, 1.0 / np.where(keep, lam, 1.0), 0.0)
-        Ainv = np.einsum("mik,mk,mjk->mij", V, inv_lam, V)
-    with np.errstate(invalid="ignore", over="ignore"):
-        cond = np.einsum("mii->mi", A).max(axis=1) * np.einsum("mii->mi", Ainv).max(axis=1)
-    ok &= np.isfinite(cond) & (cond < MAX_CONDITION)
-    Ainv[~ok] = np.nan
-    return Ainv, ok
+def _combos(nb):
+    """Index arrays of the trailing update of one Cholesky column (``nb`` below)."""
+    if nb not in _COMBOS:
+        o1, o2 = np.triu_indices(nb)  # o1 <= o2, 0-based offsets below the pivot
+        _COMBOS[nb] = (o2 - o1, o1 + 1, o1, o2)
+    return _COMBOS[nb]
 
 
-def _spd_solve(A, b):
-    """Solve a stack of symmetric positive definite systems ``A x = b``.
-
-    Falls back on :func:`_spd_inverse` (which flags singular matrices instead
-    of raising) when LAPACK reports an exactly singular matrix.
-    """
-    try:
-        return np.linalg.solve(A, b[..., None])[..., 0]
-    except np.linalg.LinAlgError:
-        Ainv, _ = _spd_inverse(A)
-        return np.einsum("mij,mj->mi", Ainv, b)
+def _gather(nb):
+    """Band coordinates of the ``nb x nb`` block below-right of a pivot."""
+    if nb not in _GATHER:
+        k, i = np.meshgrid(np.arange(nb), np.arange(nb), indexing="ij")
+        _GATHER[nb] = (np.abs(k - i), np.minimum(k, i) + 1)
+    return _GATHER[nb]
 
 
-def _robust_lsq(net, d, valid, w0, anchors, *, n_iter, scale, gross, rank):
-    """Weighted, iteratively re-weighted least squares for one component.
+def band_cholesky(A, rtol=PIVOT_RTOL):
+    """Cholesky factorisation ``A = L L^T`` of a stack of banded SPD matrices, in place.
 
     Parameters
     ----------
-    net : Network
-    d : ndarray, shape (M, P)
-        Pair displacements (any value where not valid).
-    valid : ndarray of bool, shape (M, P)
-    w0 : ndarray, shape (M, P)
-        A priori weights (1 / variance of each pair, or 1).
-    anchors : tuple (index, matrices) or None
-        Normal-matrix terms pinning one date of every sub-network but the
-        first date's at the disconnected pixels ``index``. They only remove
-        the null space: whatever the data determine is unaffected.
-    n_iter, scale, gross
-        Re-weighting passes, residual scale and gross-outlier threshold (metres).
-    rank : ndarray of int, shape (M,)
-        Rank of the data part of the system (``N - number of components``).
+    A : ndarray, shape (b+1, K, M)
+        Lower band, ``A[o, j, m] = A_m[j+o, j]`` (entries beyond the matrix are 0).
+        Overwritten by the band of ``L``.
+    rtol : float
+        A pivot below ``rtol`` times the largest diagonal entry of the matrix
+        marks it singular.
 
     Returns
     -------
-    x : (M, K) increments; Ainv : (M, K, K) inverse normal matrices (with
-    anchors); wn : (M, P) final weights normalised to a mean of 1 over the
-    valid pairs; s0sq : (M,) variance of unit weight; r : (M, P) residuals
-    (NaN where not valid); outlier : (M, P) bool; ok : (M,) bool, False where
-    the normal matrix was singular.
+    ok : ndarray of bool, shape (M,)
+        False where the matrix is singular (its ``L`` is then meaningless but
+        finite: the failing column is set to an infinite pivot).
+    """
+    bp1, k, m = A.shape
+    b = bp1 - 1
+    floor = rtol * np.maximum(A[0].max(axis=0), 0.0)
+    ok = np.ones(m, dtype=bool)
+    for j in range(k):
+        piv = A[0, j]
+        good = piv > floor
+        if not good.all():
+            ok &= good
+            piv = np.where(good, piv, np.inf)
+        d = np.sqrt(piv)
+        A[0, j] = d
+        nb = min(b, k - 1 - j)
+        if nb:
+            col = A[1 : nb + 1, j] / d
+            A[1 : nb + 1, j] = col
+            dd, jo, a1, a2 = _combos(nb)
+            A[dd, j + jo] -= col[a1] * col[a2]
+    return ok
+
+
+def band_solve(L, rhs):
+    """Solve ``L L^T x = rhs`` for a stack of banded Cholesky factors.
+
+    ``L`` (b+1, K, M) from :func:`band_cholesky`; ``rhs`` (K, M). Returns x (K, M).
+    """
+    bp1, k, _ = L.shape
+    b = bp1 - 1
+    y = np.array(rhs, dtype=np.float64, copy=True)
+    for j in range(k):
+        y[j] /= L[0, j]
+        nb = min(b, k - 1 - j)
+        if nb:
+            y[j + 1 : j + nb + 1] -= L[1 : nb + 1, j] * y[j]
+    for j in range(k - 1, -1, -1):
+        nb = min(b, k - 1 - j)
+        if nb:
+            y[j] -= np.einsum("im,im->m", L[1 : nb + 1, j], y[j + 1 : j + nb + 1])
+        y[j] /= L[0, j]
+    return y
+
+
+def band_inverse_diagonal(L):
+    """Diagonal of ``(L L^T)^-1`` for a stack of banded Cholesky factors, (K, M).
+
+    Takahashi's recurrence: the entries of the inverse ``Z`` inside the band
+    are computed from the last column backwards,
+    ``Z[j, i] = (delta_ij / L[j, j] - sum_{k > j} L[k, j] Z[k, i]) / L[j, j]``,
+    which needs only entries of ``Z`` inside the band.
+    """
+    bp1, k, m = L.shape
+    b = bp1 - 1
+    Z = np.zeros((bp1, k, m))
+    for j in range(k - 1, -1, -1):
+        ljj = L[0, j]
+        nb = min(b, k - 1 - j)
+        if nb:
+            lc = L[1 : nb + 1, j]
+            oo, jo = _gather(nb)
+            zsub = Z[oo, j + jo]  # (nb, nb, M): Z[j+1+kk, j+1+ii]
+            zji = -np.einsum("km,kim->im", lc, zsub) / ljj
+            Z[1 : nb + 1, j] = zji
+            Z[0, j] = (1.0 / ljj - np.einsum("km,km->m", lc, zji)) / ljj
+        else:
+            Z[0, j] = 1.0 / ljj**2
+    return Z[0]
+
+
+def band_to_dense(Ab) -> np.ndarray:
+    """Dense ``(M, K, K)`` symmetric matrices from a lower band (tests, debugging)."""
+    bp1, k, m = Ab.shape
+    A = np.zeros((m, k, k))
+    for o in range(bp1):
+        j = np.arange(k - o)
+        A[:, j + o, j] = Ab[o, : k - o].T
+        A[:, j, j + o] = Ab[o, : k - o].T
+    return A
+
+
+# --------------------------------------------------------------------------- per component
+def _normalised(w, n_used):
+    """Weights scaled to a mean of 1 over the used pairs of each pixel."""
+    mean = w.sum(axis=0) / np.maximum(n_used, 1)
+    return w / np.where(mean > 0, mean, 1.0)
+
+
+def _band_system(net, wn, dz):
+    k = net.n_dates - 1
+    A = np.asarray(net.to_band @ wn).reshape(net.band + 1, k, wn.shape[1])
+    rhs = np.asarray(net.Ct @ (wn * dz))
+    return A, rhs
+
+
+def _tie(net, A, used, gamma2, weight):
+    """Make the systems of disconnected pixels solvable; returns (A, labels).
+
+    Labels the sub-networks of each pixel. ``gamma2 > 0``: add
+    ``weight * S^T S`` (unused when the values come from :func:`augment`).
+    ``gamma2 == 0``: pin the first date of every sub-network that does not
+    hold date 0 (:data:`ANCHOR_WEIGHT`), so that each sub-network is solved
+    relative to its first date.
+    """
+    labels = _components(used, net.i1, net.i2, net.n_dates)
+    A = A.copy()
+    if gamma2 > 0:
+        A += weight * net.R[:, :, None]
+    else:
+        roots = labels[1:] == np.arange(1, net.n_dates)[:, None]
+        A[0] += ANCHOR_WEIGHT * roots
+    return A, labels
+
+
+def augment(net, A, rhs, gamma2, tie):
+    """The system of disconnected pixels with NSBAS's smoothed series.
+
+    Unknowns, interleaved by date: ``s_0, u_1, s_1, u_2, ..., s_{N-1}``
+    (``2N - 1``); ``u`` the cumulative displacement (``u_0 = 0``), ``s`` a
+    smoothed series tied to it by rows ``sqrt(tie) (u_j - s_j) = 0`` and
+    penalised by ``sqrt(gamma2) S s = 0`` (``S`` the time-aware second
+    difference). The offsets between sub-networks are those that let one
+    smooth series follow the whole record, not just the intervals next to
+    the gap. ``A`` (b+1, N-1, M) and ``rhs`` (N-1, M) are the data part.
+
+    Returns the band ``(2b+1, 2N-1, M)`` and right-hand side ``(2N-1, M)``.
+    """
+    b1, k, m = A.shape
+    n = k + 1
+    A2 = np.zeros((2 * (b1 - 1) + 1, 2 * n - 1, m))
+    for o in range(b1):
+        A2[2 * o, 1 : 2 * k : 2] = A[o]
+    rhs2 = np.zeros((2 * n - 1, m))
+    rhs2[1::2] = rhs
+    A2[0] += tie  # the s_j and u_j diagonals (u_0 = 0 is not an unknown)
+    A2[1, 1::2] -= tie  # (s_j, u_j) below u_j
+    for o in range(3):
+        if 2 * o < A2.shape[0]:
+            A2[2 * o, 0::2] += gamma2 * net.Rs[o][:, None]
+    return A2, rhs2
+
+
+def _solve_component(net, w, dz, gamma2):
+    """One weighted least-squares solution of every pixel of a block.
+
+    Returns ``u`` (N, M) with ``u[0] = 0``, the Cholesky factor ``L``, ``ok``
+    and, for the pixels whose used pairs leave the network disconnected
+    (index ``disc``), their date labels and the band matrix without the tie
+    (to build the covariance).
+    """
+    used = w > 0
+    wn = _normalised(w, used.sum(axis=0))
+    A, rhs = _band_system(net, wn, dz)
+    L = A.copy()
+    ok = band_cholesky(L)
+    disc = np.flatnonzero(~ok)
+    labels = None
+    u = np.zeros((net.n_dates, w.shape[1]))
+    u[1:] = band_solve(L, rhs)
+    if disc.size:
+        Ad, labels = _tie(net, A[:, :, disc], used[:, disc], gamma2, LIMIT_WEIGHT)
+        if gamma2 > 0:
+            scale = LIMIT_WEIGHT / TIE_WEIGHT
+            A2, rhs2 = augment(net, A[:, :, disc], rhs[:, disc], scale * gamma2, LIMIT_WEIGHT)
+            ok[disc] = band_cholesky(A2)
+            u[1:, disc] = band_solve(A2, rhs2)[1::2]
+        else:
+            ok[disc] = band_cholesky(Ad)
+            L[:, :, disc] = Ad
+            u[1:, disc] = band_solve(Ad, rhs[:, disc])
+        A = A[:, :, disc]
+    return u, L, ok, wn, used, disc, labels, A
+
+
+def _invert_component(net, d, valid, w0, *, n_iter, scale, gross, gamma2):
+    """Robust weighted least squares of one component for a block of pixels.
+
+    ``d``, ``valid``, ``w0`` are (P, M). Returns a dict of pixel-last arrays:
+    ``u``, ``sigma`` (N, M), ``r`` (P, M), ``outlier`` (P, M), ``ok`` (M,),
+    ``smoothed`` (N, M). Runs the compiled kernel of
+    :mod:`tio._inversion_jit` when numba is installed (and :data:`USE_JIT`),
+    else :func:`_invert_component_numpy`; both give the same results.
+    """
+    if not (USE_JIT and _jit is not None):
+        return _invert_component_numpy(
+            net, d, valid, w0, n_iter=n_iter, scale=scale, gross=gross, gamma2=gamma2
+        )
+    u, var, s0sq, r, outlier, smoothed, ok = _jit.invert_component(
+        np.ascontiguousarray(d, dtype=np.float64),
+        np.ascontiguousarray(valid, dtype=bool),
+        np.ascontiguousarray(np.broadcast_to(w0, d.shape), dtype=np.float64),
+        net.i1.astype(np.int64),
+        net.i2.astype(np.int64),
+        net.n_dates,
+        net.band,
+        np.ascontiguousarray(net.R.T),
+        np.ascontiguousarray(net.Rs.T),
+        int(n_iter),
+        float(scale),
+        float(gross),
+        float(gamma2),
+        PIVOT_RTOL,
+        LIMIT_WEIGHT,
+        ANCHOR_WEIGHT,
+        TIE_WEIGHT,
+    )
+    with np.errstate(invalid="ignore"):
+        sigma = np.sqrt(np.clip(var * s0sq[None, :], 0.0, None))
+    return {"u": u, "sigma": sigma, "r": r, "outlier": outlier, "ok": ok, "smoothed": smoothed}
+
+
+def _invert_component_numpy(net, d, valid, w0, *, n_iter, scale, gross, gamma2):
+    """Robust weighted least squares of one component for a block of pixels (numpy).
+
+    ``d``, ``valid``, ``w0`` are (P, M). Returns a dict of pixel-last arrays.
     """
     dz = np.where(valid, d, 0.0)
     w0 = np.where(valid, w0, 0.0)
-    n_valid = valid.sum(axis=1)
-
-    def normal(w):
-        # Weights normalised to a mean of 1 over the valid pairs: the smoothing
-        # weight is relative to unit-weight data rows.
-        mean_w = w.sum(axis=1) / np.maximum(n_valid, 1)
-        wn = w / np.where(mean_w > 0, mean_w, 1.0)[:, None]
-        A = normal_matrices(net, wn)
-        if anchors is not None:
-            A[anchors[0]] += anchors[1]
-        return A, (wn * dz) @ net.G, wn
-
-    A, b, wn = normal(w0)
+    w = w0
     outlier = np.zeros_like(valid)
-    for _ in range(n_iter):
-        x = _spd_solve(A, b)
-        r = np.where(valid, dz - x @ net.G.T, 0.0)
-        outlier = valid & (np.abs(r) > gross)
-        w = w0 / (scale**2 + r**2)
-        w = np.where(outlier, w * GROSS_OUTLIER_FACTOR, w)
-        A, b, wn = normal(w)
-    Ainv, ok = _spd_inverse(A)  # the last solution needs the inverse anyway
-    x = np.einsum("mij,mj->mi", Ainv, b)
-    r = dz - x @ net.G.T
-    wrss = np.where(valid, wn * r**2, 0.0).sum(axis=1)
-    dof = n_valid - outlier.sum(axis=1) - rank
-    # Without redundancy, trust the a priori weights: variance 1 / w0 (sigma_p**2
-    # of each pair for "std" weighting, 1 m^2 for "none").
-    mean_w0 = w0.sum(axis=1) / np.maximum(n_valid, 1)
+    for it in range(n_iter + 1):
+        u, L, ok, wn, used, disc, labels, A_disc = _solve_component(net, w, dz, gamma2)
+        r = dz - np.asarray(net.C @ u[1:])
+        if it < n_iter:
+            # gross outliers are rejected in the last pass only, from a solution
+            # already re-weighted (rejecting on the first, plain solution can
+            # drop good pairs that a large outlier pulled away)
+            outlier = valid & (np.abs(r) > gross) & (it == n_iter - 1)
+            w = w0 / (scale**2 + r**2)
+            w[outlier] = 0.0
+    m = d.shape[1]
+    n = net.n_dates
+    n_used = used.sum(axis=0)
+    n_comp = np.ones(m, dtype=np.int64)
+    smoothed = np.zeros((n, m), dtype=bool)
+    var = np.zeros((n, m))
+    var[1:] = band_inverse_diagonal(L)
+    if disc.size:
+        is_root = labels == np.arange(n)[:, None]
+        n_comp[disc] = is_root.sum(axis=0)
+        flat = labels + n * np.arange(disc.size)[None, :]
+        sizes = np.bincount(flat.T.ravel(), minlength=disc.size * n).reshape(disc.size, n)
+        largest = sizes.argmax(axis=1)  # ties: the sub-network of the earliest date
+        smoothed[:, disc] = labels != largest[None, :]
+        if gamma2 > 0:
+            Ag, _ = augment(net, A_disc, np.zeros(A_disc.shape[1:]), gamma2, TIE_WEIGHT)
+            ok[disc] &= band_cholesky(Ag)
+            var[1:, disc] = band_inverse_diagonal(Ag)[1::2]
+        else:
+            ii = np.arange(disc.size)
+            ud = u[:, disc]
+            ud -= ud[largest, ii][None, :]
+            vd = var[:, disc]
+            vd[largest, ii] = 0.0
+            ud[smoothed[:, disc]] = np.nan
+            vd[smoothed[:, disc]] = np.nan
+            u[:, disc] = ud
+            var[:, disc] = vd
+    rank = n - n_comp
+    wrss = np.where(used, wn * r**2, 0.0).sum(axis=0)
+    dof = n_used - rank
+    mean_w0 = np.where(used, w0, 0.0).sum(axis=0) / np.maximum(n_used, 1)
     prior = 1.0 / np.where(mean_w0 > 0, mean_w0, 1.0)
     s0sq = np.where(dof > 0, wrss / np.maximum(dof, 1), prior)
-    r = np.where(valid, r, np.nan)
-    return x, Ainv, wn, s0sq, r, outlier, ok
-
-
-def _cumulative(x) -> np.ndarray:
-    """Cumulative displacement ``u = L x``, shape (M, N), ``u[:, 0] = 0``."""
-    u = np.zeros((x.shape[0], x.shape[1] + 1))
-    np.cumsum(x, axis=1, out=u[:, 1:])
-    return u
-
-
-def _cumulative_var(cov) -> np.ndarray:
-    """Diagonal of ``L C L^T`` (variance of the cumulative displacement), (M, N).
-
-    Uses ``var(u_{j+1}) = var(u_j) + 2 cov(u_j, x_j) + var(x_j)``.
-    """
-    m, k, _ = cov.shape
-    lower = np.tril(np.ones((k, k)), -1)
-    step = 2.0 * np.einsum("mjl,jl->mj", cov, lower) + np.einsum("mjj->mj", cov)
-    var = np.zeros((m, k + 1))
-    np.cumsum(step, axis=1, out=var[:, 1:])
-    return var
-
-
-def _cumulative_cov(cov) -> np.ndarray:
-    """Full covariance ``L C L^T`` of the cumulative displacement, (M, N, N)."""
-    m, k, _ = cov.shape
-    T = np.zeros((m, k + 1, k + 1))
-    T[:, 1:, 1:] = np.cumsum(np.cumsum(cov, axis=1), axis=2)
-    return T
-
-
-def _smooth_offsets(net, u, labels):
-    """Offsets between sub-networks that make the whole series smoothest.
-
-    ``u`` (M, N) is exact inside each sub-network (labelled by ``labels``)
-    and 0 at the first date of every sub-network but the first date's. Each
-    of those sub-networks is shifted by the constant ``a_c`` minimising
-    ``|S (u + B a)|^2`` (``S`` the time-aware second difference): the limit of
-    the smoothing-regularised least squares as the smoothing weight goes to 0,
-    which leaves everything the data determine untouched.
-    """
-    m, n = u.shape
-    cols = np.arange(n)
-    B = (labels[:, :, None] == cols) & (cols > 0)  # (M, N dates, N labels)
-    B = B.astype(np.float64)
-    RB = np.einsum("ik,mkj->mij", net.Ru, B)
-    Q = np.einsum("mij,mik->mjk", B, RB)
-    unused = ~B.any(axis=1)  # labels that are not the root of another sub-network
-    Q[:, cols, cols] += unused
-    rhs = -np.einsum("mij,mi->mj", RB, u)
-    Qinv, ok = _spd_inverse(Q)
-    a = np.einsum("mjk,mk->mj", Qinv, rhs)
-    return u + np.einsum("mij,mj->mi", B, a), ok
+    sigma = np.sqrt(np.clip(var * s0sq[None, :], 0.0, None))
+    return {
+        "u": u,
+        "sigma": sigma,
+        "r": np.where(valid, r, np.nan),
+        "outlier": outlier,
+        "ok": ok & np.isfinite(u).any(axis=0),
+        "smoothed": smoothed,
+    }
 
 
 def invert_block(
@@ -398,136 +626,118 @@ def invert_block(
     gross_outlier,
     reweight_iterations,
     smoothing_gamma2,
+    residuals=True,
 ):
-    """Invert a block of pixels, both components.
+    """Invert a block of pixels, both components (pixel-last arrays).
 
     Parameters
     ----------
     net : Network
-    ew, ns : ndarray, shape (M, P)
+    ew, ns : ndarray, shape (P, M)
         Pair displacements of each pixel (metres).
-    valid : ndarray of bool, shape (M, P)
-        Pairs usable at each pixel (both components finite).
-    w0_ew, w0_ns : ndarray, shape (M, P)
+    valid : ndarray of bool, shape (P, M)
+        Pairs usable at each pixel.
+    w0_ew, w0_ns : ndarray, shape (P, M) (or broadcastable)
         A priori weights of each pair at each pixel.
     min_valid : int
         Pixels with fewer valid pairs are not inverted.
     residual_scale, gross_outlier, reweight_iterations, smoothing_gamma2
         See :func:`tio.inversion.invert`.
+    residuals : bool
+        Return the residual of every pair (``res_c``, (P, M)).
 
     Returns
     -------
     dict
-        ``inverted`` (M,) bool; ``n_valid`` (M,); ``smoothed`` (M, N) bool and,
-        for each component ``c`` in ``("ew", "ns")``: ``cum_c`` and ``sigma_c``
-        (M, N), ``res_c`` (M, P), ``rms_date_c`` (M, N), ``vel_c`` and
-        ``vel_sigma_c`` (M,), ``n_out_c`` (M,). NaN / False / 0 where a pixel
-        is not inverted.
+        ``inverted`` (M,) bool; ``n_valid`` (M,); ``smoothed`` (N, M) bool
+        (a date outside the largest sub-network of the EW or the NS network
+        of the pixel); and for each component ``c`` in ``("ew", "ns")``:
+        ``cum_c`` and ``sigma_c`` (N, M), ``rms_date_c`` (N, M), ``vel_c`` and
+        ``vel_sigma_c`` (M,), ``n_out_c`` (M,), ``sum_sq_c`` (P,) (sum of the
+        squared residuals of each pair over the inverted pixels), ``res_c``
+        (P, M) if ``residuals``; plus ``count`` (P,) the number of inverted
+        pixels where each pair is valid. NaN / False / 0 where a pixel is not
+        inverted.
 
     Notes
     -----
-    At pixels whose valid pairs leave several sub-networks (connected
-    components of the date graph), the data fix everything inside each
-    sub-network; the offsets between sub-networks are set by the temporal
-    smoothing in the limit of a vanishing weight (:func:`_smooth_offsets`),
-    and the covariance is that of the system regularised with weight
-    ``smoothing_gamma2``: ``(G^T W G + gamma2 S^T S)^-1 s0^2``. With
+    Each re-weighting pass recomputes the weights of every valid pair from its
+    residual to the previous solution, ``w0 / (s**2 + r**2)``, and gives zero
+    weight to pairs with ``|r| > gross_outlier``. Where the used pairs leave
+    several sub-networks (connected components of the date graph: a date
+    whose pairs are all invalid or rejected is one on its own), the data fix
+    everything inside each sub-network and NSBAS's smoothed series
+    (:func:`augment`: tied to ``u`` with weight :data:`TIE_WEIGHT`, its
+    second difference penalised with ``smoothing_gamma2``), in the limit of
+    a vanishing weight (:data:`LIMIT_WEIGHT`), sets the offsets between them;
+    the covariance is that of the augmented system with its real weights,
+    ``s0^2`` times the inverse of its normal matrix. With
     ``smoothing_gamma2 == 0`` the dates outside the largest sub-network are
     NaN and the series is relative to the first date of that sub-network.
     """
-    m, p = valid.shape
+    p, m = valid.shape
     n = net.n_dates
-    k = n - 1
-    n_valid = valid.sum(axis=1)
+    n_valid = valid.sum(axis=0)
     out = {
         "n_valid": n_valid,
         "inverted": np.zeros(m, dtype=bool),
-        "smoothed": np.zeros((m, n), dtype=bool),
+        "smoothed": np.zeros((n, m), dtype=bool),
+        "count": np.zeros(p),
     }
     for c in ("ew", "ns"):
-        out[f"cum_{c}"] = np.full((m, n), np.nan)
-        out[f"sigma_{c}"] = np.full((m, n), np.nan)
-        out[f"rms_date_{c}"] = np.full((m, n), np.nan)
-        out[f"res_{c}"] = np.full((m, p), np.nan)
+        out[f"cum_{c}"] = np.full((n, m), np.nan)
+        out[f"sigma_{c}"] = np.full((n, m), np.nan)
+        out[f"rms_date_{c}"] = np.full((n, m), np.nan)
+        if residuals:
+            out[f"res_{c}"] = np.full((p, m), np.nan)
         out[f"vel_{c}"] = np.full(m, np.nan)
         out[f"vel_sigma_{c}"] = np.full(m, np.nan)
         out[f"n_out_{c}"] = np.zeros(m, dtype=np.int64)
+        out[f"sum_sq_{c}"] = np.zeros(p)
 
     todo = np.flatnonzero(n_valid >= max(min_valid, 1))
     if todo.size == 0:
         return out
-    v = valid[todo]
-
-    # Connectivity of every pixel's network.
-    labels = connected_components(v, net.i1, net.i2, n)
-    is_root = labels == np.arange(n)
-    n_comp = is_root.sum(axis=1)
-    rank = n - n_comp
-    flat = labels + n * np.arange(todo.size)[:, None]
-    sizes = np.bincount(flat.ravel(), minlength=todo.size * n).reshape(todo.size, n)
-    largest = sizes.argmax(axis=1)  # ties: the sub-network of the earliest date
-    disc_idx = np.flatnonzero(n_comp > 1)
-    smoothed = (n_comp[:, None] > 1) & (labels != largest[:, None])
-    anchors = None
-    if disc_idx.size:
-        roots = is_root[disc_idx]
-        roots[:, 0] = False
-        mats = _ANCHOR_WEIGHT * (roots.astype(np.float64) @ net.LL).reshape(-1, k, k)
-        anchors = (disc_idx, mats)
-
-    ok_all = np.ones(todo.size, dtype=bool)
+    v = valid[:, todo]
     results = {}
+    ok_all = np.ones(todo.size, dtype=bool)
+    smoothed = np.zeros((n, todo.size), dtype=bool)
     for c, d, w0 in (("ew", ew, w0_ew), ("ns", ns, w0_ns)):
-        x, Ainv, wn, s0sq, r, outlier, ok = _robust_lsq(
+        w0 = np.broadcast_to(w0, valid.shape)
+        res = _invert_component(
             net,
-            d[todo],
+            d[:, todo],
             v,
-            w0[todo],
-            anchors,
+            w0[:, todo],
             n_iter=reweight_iterations,
             scale=residual_scale,
             gross=gross_outlier,
-            rank=rank,
+            gamma2=smoothing_gamma2,
         )
-        u = _cumulative(x)
-        cov = Ainv * s0sq[:, None, None]
-        sigma = np.sqrt(np.clip(_cumulative_var(cov), 0.0, None))
-        if disc_idx.size and smoothing_gamma2 > 0:
-            ud, ok_d = _smooth_offsets(net, u[disc_idx], labels[disc_idx])
-            A = normal_matrices(net, wn[disc_idx]) + smoothing_gamma2 * net.R
-            Cinv, ok_c = _spd_inverse(A)
-            var = _cumulative_var(Cinv * s0sq[disc_idx, None, None])
-            u[disc_idx] = ud
-            sigma[disc_idx] = np.sqrt(np.clip(var, 0.0, None))
-            ok[disc_idx] &= ok_d & ok_c
-        elif disc_idx.size:
-            # var(u_j - u_ref), ref = first date of the largest sub-network.
-            ref = largest[disc_idx]
-            ii = np.arange(disc_idx.size)
-            Td = _cumulative_cov(cov[disc_idx])
-            u[disc_idx] -= u[disc_idx, ref][:, None]
-            var = np.einsum("mjj->mj", Td) + Td[ii, ref, ref][:, None] - 2.0 * Td[ii, :, ref]
-            sigma[disc_idx] = np.sqrt(np.clip(var, 0.0, None))
-            u[smoothed] = np.nan
-            sigma[smoothed] = np.nan
-        ok_all &= ok
-        results[c] = (u, sigma, r, outlier)
+        ok_all &= res["ok"]
+        smoothed |= res["smoothed"]
+        results[c] = res
 
     idx = todo[ok_all]
     out["inverted"][idx] = True
-    out["smoothed"][idx] = smoothed[ok_all]
-    vv = v[ok_all]
-    count = vv.astype(np.float64) @ net.E
-    for c, (u, sigma, r, outlier) in results.items():
-        u, sigma, r = u[ok_all], sigma[ok_all], r[ok_all]
-        out[f"cum_{c}"][idx] = u
-        out[f"sigma_{c}"][idx] = sigma
-        out[f"res_{c}"][idx] = r
-        out[f"n_out_{c}"][idx] = outlier[ok_all].sum(axis=1)
-        sq = np.where(vv, r, 0.0) ** 2 @ net.E
+    out["smoothed"][:, idx] = smoothed[:, ok_all]
+    vv = v[:, ok_all]
+    out["count"] = vv.sum(axis=1).astype(np.float64)
+    count = np.asarray(net.E @ vv.astype(np.float64))
+    for c, res in results.items():
+        u, sigma, r = res["u"][:, ok_all], res["sigma"][:, ok_all], res["r"][:, ok_all]
+        out[f"cum_{c}"][:, idx] = u
+        out[f"sigma_{c}"][:, idx] = sigma
+        if residuals:
+            out[f"res_{c}"][:, idx] = r
+        out[f"n_out_{c}"][idx] = res["outlier"][:, ok_all].sum(axis=0)
+        sq = np.where(vv, r, 0.0) ** 2
+        out[f"sum_sq_{c}"] = sq.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[f"rms_date_{c}"][idx] = np.where(count > 0, np.sqrt(sq / count), np.nan)
-        vel, vel_sigma = linear_velocity(net.t, u, sigma)
+            out[f"rms_date_{c}"][:, idx] = np.where(
+                count > 0, np.sqrt(np.asarray(net.E @ sq) / count), np.nan
+            )
+        vel, vel_sigma = linear_velocity(net.t, u.T, sigma.T)
         out[f"vel_{c}"][idx] = vel
         out[f"vel_sigma_{c}"][idx] = vel_sigma
     return out

@@ -327,7 +327,10 @@ class InversionConfig(_Section):
         2.0, gt=0, description="s in the re-weighting w = 1/(s^2 + r^2) (metres)."
     )
     gross_outlier: float = Field(
-        5.0, gt=0, description="Residuals above this (metres) lose their weight (divided by 1000)."
+        5.0,
+        gt=0,
+        description="Pairs whose residual exceeds this (metres) get zero weight in the next "
+        "re-weighting pass.",
     )
     reweight_iterations: int = Field(
         1, ge=0, le=20, description="Passes of iterative re-weighting after the first solution."
@@ -343,6 +346,11 @@ class InversionConfig(_Section):
     )
     pair_weighting: Literal["std", "none"] = Field(
         "std", description="Initial pair weights: 1/sigma^2 of each map's robust spread, or none."
+    )
+    baseline_weighting: Literal["none", "short", "long"] = Field(
+        "none",
+        description="Pair weights from the temporal baseline, as GDM-OPT: none, short "
+        "(weight median/days: favour short pairs) or long (days/median: favour long pairs).",
     )
     score_weighting: bool = Field(
         False, description="Multiply pair weights by the correlation score."

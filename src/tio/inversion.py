@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import xarray as xr
@@ -30,6 +32,9 @@ from .errors import ConfigError, InversionError
 __all__ = ["invert"]
 
 _PAIR_WEIGHTINGS = ("std", "none")
+_BASELINE_WEIGHTINGS = ("none", "short", "long")
+#: Working memory of one block of pixels (per worker thread), bytes.
+_BLOCK_BYTES = 256 * 2**20
 _COMPONENTS = {"ew": ("east-west", "positive east"), "ns": ("north-south", "positive north")}
 
 
@@ -43,7 +48,10 @@ def invert(
     min_valid_fraction: float = 0.3,
     pair_weighting: str = "std",
     score_weighting: bool = False,
-    block_size: int = 20000,
+    baseline_weighting: str = "none",
+    block_size: int | None = None,
+    workers: int | None = None,
+    residuals: bool = True,
     progress=None,
 ) -> xr.Dataset:
     """Invert a network of displacement pairs into displacement time series.
@@ -63,27 +71,32 @@ def invert(
     2. A priori weights ``w0``: ``1 / sigma_p**2`` with ``sigma_p`` the robust
        spatial standard deviation (1.4826 MAD over the valid pixels of the
        map) of pair ``p``, per component (``pair_weighting="std"``), or 1
-       (``"none"``); times the score if ``score_weighting``.
+       (``"none"``); times the temporal-baseline weight
+       (``baseline_weighting``: 1, ``median(days) / days`` or
+       ``days / median(days)``), times the score if ``score_weighting``.
     3. Weighted least squares, then ``reweight_iterations`` passes with
        ``w = w0 / (residual_scale**2 + r**2)``, ``r`` the residuals of the
-       previous solution; pairs with ``|r| > gross_outlier`` have their weight
-       multiplied by 1e-3. Weights are normalised to a mean of 1 over the
-       valid pairs of each pixel.
-    4. Where a pixel's valid pairs do not connect all its dates (several
+       previous solution at every valid pair; pairs with
+       ``|r| > gross_outlier`` get zero weight in that pass (NSBAS divided
+       their weight by 1000). Weights are normalised to a mean of 1 over the
+       pairs used at each pixel.
+    4. Where a pixel's used pairs do not connect all its dates (several
        connected components of the date graph, "sub-networks"; a date without
-       any valid pair is one on its own), and only there, the temporal
-       smoothing ``S u = 0`` ties the sub-networks together. ``S`` is the
-       time-aware second difference of the cumulative displacement ``u``
+       any valid pair, or whose pairs were all rejected as gross outliers, is
+       one on its own), and only there, they are tied as NSBAS does: a
+       smoothed series ``s`` (one value per date) is tied to the cumulative
+       displacement by rows ``sqrt(5e-4) * (u_j - s_j) = 0`` and penalised by
+       ``sqrt(gamma2) * S s = 0``, ``S`` the time-aware second difference
        (change of mean velocity between successive intervals times their mean
-       length, in metres; zero for a constant velocity on any dates). It is
-       applied in the limit of a vanishing weight: the data alone fix every
-       displacement inside each sub-network (exactly as at a connected
-       pixel), and the smoothing only sets the constant offsets between
-       sub-networks, those that minimise ``|S u|^2``. ``smoothing_gamma2``
-       weights the rows ``sqrt(gamma2) * S u = 0`` relative to data rows of
-       unit weight (weights are normalised to a mean of 1 over the valid pairs
-       of a pixel) in the covariance of those pixels, so it sets how uncertain
-       the offsets are, not their value. With ``smoothing_gamma2 = 0`` no
+       length, in metres; zero for a constant velocity on any dates). The
+       values are taken in the limit of a vanishing weight of these rows: the
+       data alone fix every displacement inside each sub-network (exactly as
+       at a connected pixel), and the smooth series that follows the whole
+       record sets the constant offsets between sub-networks. The rows enter
+       with their real weights (relative to data rows of unit weight; weights
+       are normalised to a mean of 1 over the used pairs of a pixel) in the
+       covariance of those pixels, so ``smoothing_gamma2`` sets how uncertain
+       the offsets are rather than their value. With ``smoothing_gamma2 = 0`` no
        smoothing is used: dates outside the largest sub-network are NaN, and
        the series is relative to the first date of the largest sub-network
        (so it is NaN at the first date if that date is not in it).
@@ -100,7 +113,7 @@ def invert(
         ``s`` (metres) of the re-weighting ``1 / (s**2 + r**2)``: residuals
         well below ``s`` keep their weight, larger ones lose it.
     gross_outlier : float, default 5.0
-        Residual (metres) above which a pair's weight is divided by 1000 in a
+        Residual (metres) above which a pair gets zero weight in a
         re-weighting pass.
     reweight_iterations : int, default 1
         Number of re-weighting passes; 0 gives plain weighted least squares.
@@ -116,10 +129,25 @@ def invert(
         A priori pair weights, see above.
     score_weighting : bool, default False
         Multiply the weights by the variable ``score``.
-    block_size : int, default 20000
+    baseline_weighting : {"none", "short", "long"}, default "none"
+        Pair weights from the temporal baseline (as GDM-OPT offers): "short"
+        multiplies by ``median(days) / days`` (favours short pairs), "long"
+        by ``days / median(days)`` (favours long pairs).
+    block_size : int, optional
         Number of pixels solved at once, at most (blocks are whole rows, at
-        least one; fewer pixels when there are many dates, to keep each stack
-        of normal matrices below ~64 MB). Memory, not results, depends on it.
+        least one). By default as many as fit in 256 MB of working memory
+        per block (about 6,000 pixels for 250 pairs and 60 dates). Memory,
+        not results, depends on it.
+    workers : int, optional
+        Blocks solved at the same time, each by one thread (the compiled
+        kernel releases the GIL); default: the number of cores available.
+        Peak memory is about the outputs, plus ``workers`` blocks of working
+        memory, plus the input if it is held in memory (a lazy, e.g. dask or
+        NetCDF-backed, Dataset is read block by block).
+    residuals : bool, default True
+        Return the residual of every pair at every pixel (``residual_ew``,
+        ``residual_ns``: as large as the input). ``rms_pair_*`` and
+        ``rms_date_*`` are computed either way.
     progress : callable, optional
         Called as ``progress(rows)`` after each block with the number of image
         rows it solved (for progress bars).
@@ -139,20 +167,22 @@ def invert(
             covariance of the increments, ``W`` the final weights (normalised),
             ``L`` the cumulative sum and ``s0^2 = sum(w r^2) / dof`` the a
             posteriori variance of unit weight, with
-            ``dof = n_valid - n_gross_outliers - (N - n_sub_networks)``
+            ``dof = n_used - (N - n_sub_networks)``, ``n_used`` the valid pairs
+            not rejected as gross outliers
             (``n_valid - (N - 1)`` for a connected network). If ``dof <= 0`` (no
             redundancy) the a priori weights are trusted instead (variance
             factor 1): the variance of a pair is ``1 / w0``, i.e. the robust
             ``sigma_p**2`` of its map with ``"std"`` weighting and 1 m² with
-            ``"none"``. Where the network is disconnected, ``G^T W G`` gets
-            ``+ smoothing_gamma2 * S^T S``: the smoothing rows act as
-            pseudo-observations of variance ``s0^2 / smoothing_gamma2``, which
-            mostly measures the strength of that prior, not the true motion
-            across the gap. The sigma assumes independent pair errors: errors
-            shared by pairs (an image badly co-registered or distorted enters
-            every pair of its date), misregistration, topographic and
-            orthorectification effects in general are not included; the
-            re-weighting is treated as fixed weights.
+            ``"none"``. Where the network is disconnected, the tie and
+            smoothing rows of step 4 enter the normal matrix as
+            pseudo-observations (variance ``s0^2 / 5e-4`` and
+            ``s0^2 / smoothing_gamma2``), which mostly measures the strength of
+            that prior, not the true motion across the gap. The sigma assumes
+            independent pair errors: errors shared by pairs (an image badly
+            co-registered or distorted enters every pair of its date),
+            misregistration, topographic and orthorectification effects in
+            general are not included; the re-weighting is treated as fixed
+            weights.
         ``velocity_ew``, ``velocity_ns`` (y, x) float32
             Slope (m/year) of a straight line fitted to the cumulative series
             with weights ``1 / sigma**2`` (the first date, whose sigma is 0,
@@ -172,16 +202,18 @@ def invert(
         ``n_pairs`` (y, x) int16
             Number of valid pairs at the pixel, whether or not it was
             inverted (a pixel is inverted when ``n_pairs >= min_valid_fraction
-            * P``); pairs later down-weighted as gross outliers are counted
-            (they stay in the system with weight / 1000).
+            * P``); pairs later rejected as gross outliers are counted (the
+            pairs used are ``n_pairs - n_outliers_*``).
         ``n_outliers_ew``, ``n_outliers_ns`` (y, x) int16
-            Pairs down-weighted as gross outliers in the last re-weighting pass.
+            Pairs rejected (zero weight) as gross outliers in the last
+            re-weighting pass.
         ``smoothed`` (time, y, x) bool
             True at the dates of a pixel that are not in its largest connected
             sub-network (ties: the one with the earliest date), i.e. whose
             position relative to the bulk of the series comes only from the
-            temporal smoothing (NaN if ``smoothing_gamma2 = 0``). Dates
-            without any valid pair count as sub-networks of their own. When
+            temporal smoothing (NaN if ``smoothing_gamma2 = 0``), in the EW
+            or the NS inversion. Dates without any used pair (all invalid or
+            rejected as gross outliers) count as sub-networks of their own. When
             the first date is flagged, every later value of the pixel carries
             the smoothed offset (the series is referred to the first date),
             which its ``sigma`` shows. False where the pixel is not inverted.
@@ -208,9 +240,13 @@ def invert(
     Pixels whose normal matrix is numerically singular are left NaN instead
     of raising. The smoothing adds no information: across a gap of the
     network the series is interpolated (or extrapolated, at its ends), not
-    measured, so an accelerating motion gets an offset error there. The
-    pixels are solved in blocks with batched normal equations; the Python
-    loops run over blocks, pairs and re-weighting passes only.
+    measured, so an accelerating motion gets an offset error there.
+
+    Each pixel's system is solved by a banded Cholesky factorisation of its
+    normal matrix (see :mod:`tio._inversion`), in a compiled kernel looping
+    over the pixels of a block (numba), or with numpy operations on all the
+    pixels of a block when numba is missing; blocks run in parallel threads.
+    No Python code runs per pixel.
     """
     _check_parameters(
         residual_scale,
@@ -221,6 +257,12 @@ def invert(
         pair_weighting,
         block_size,
     )
+    if baseline_weighting not in _BASELINE_WEIGHTINGS:
+        raise ConfigError(
+            f"baseline_weighting must be one of {_BASELINE_WEIGHTINGS}, got {baseline_weighting!r}"
+        )
+    if workers is not None and (not isinstance(workers, numbers.Integral) or workers < 1):
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
     ew, ns, score, date1, date2 = _read_pairs(pairs, score_weighting)
     n_pairs, ny, nx = ew.shape
 
@@ -232,17 +274,26 @@ def invert(
     net = _inv.build_network(i1, i2, t_years)
     n_dates = dates.size
 
-    # A priori weights of each pair, per component (need whole maps).
+    # A priori weights of each pair, per component (need whole maps; estimated on
+    # at most ~100,000 regularly spaced pixels, read in one pass).
+    days = (date2 - date1) / np.timedelta64(1, "D")
+    base_w = _inv.baseline_weights(days, baseline_weighting)
     if pair_weighting == "std":
-        sig = {c: np.empty(n_pairs) for c in ("ew", "ns")}
-        for p in range(n_pairs):
-            a, b = np.asarray(ew[p], np.float64), np.asarray(ns[p], np.float64)
-            ok = _valid(a, b, None if score is None else np.asarray(score[p], np.float64))
-            sig["ew"][p] = _inv.robust_std(a[ok])
-            sig["ns"][p] = _inv.robust_std(b[ok])
-        pair_w = {c: 1.0 / _inv.pair_sigmas(s) ** 2 for c, s in sig.items()}
+        stride = max(1, math.ceil(math.sqrt(ny * nx / 100_000)))
+
+        def sample(arr):
+            return np.asarray(arr[:, ::stride, ::stride], np.float32).reshape(n_pairs, -1)
+
+        a, b = sample(ew), sample(ns)
+        ok = _valid(a, b, None if score is None else sample(score))
+        sig = {
+            c: np.array([_inv.robust_std(v[p][ok[p]]) for p in range(n_pairs)])
+            for c, v in (("ew", a), ("ns", b))
+        }
+        del a, b, ok
+        pair_w = {c: base_w / _inv.pair_sigmas(s) ** 2 for c, s in sig.items()}
     else:
-        pair_w = {c: np.ones(n_pairs) for c in ("ew", "ns")}
+        pair_w = {c: base_w.copy() for c in ("ew", "ns")}
 
     min_valid = max(1, math.ceil(min_valid_fraction * n_pairs - 1e-9))
     f4 = np.float32
@@ -250,30 +301,39 @@ def invert(
         "cumulative": {c: np.full((n_dates, ny, nx), np.nan, f4) for c in _COMPONENTS},
         "sigma": {c: np.full((n_dates, ny, nx), np.nan, f4) for c in _COMPONENTS},
         "rms_date": {c: np.full((n_dates, ny, nx), np.nan, f4) for c in _COMPONENTS},
-        "residual": {c: np.full((n_pairs, ny, nx), np.nan, f4) for c in _COMPONENTS},
         "velocity": {c: np.full((ny, nx), np.nan, f4) for c in _COMPONENTS},
         "velocity_sigma": {c: np.full((ny, nx), np.nan, f4) for c in _COMPONENTS},
         "n_outliers": {c: np.zeros((ny, nx), np.int16) for c in _COMPONENTS},
     }
+    if residuals:
+        res["residual"] = {c: np.full((n_pairs, ny, nx), np.nan, f4) for c in _COMPONENTS}
     sum_sq = {c: np.zeros(n_pairs) for c in _COMPONENTS}
     count = np.zeros(n_pairs)
     n_valid = np.zeros((ny, nx), np.int16)
     smoothed = np.zeros((n_dates, ny, nx), bool)
 
-    # Keep each stack of (N-1)^2 normal matrices below ~64 MB.
-    max_pixels = max(256, (64 * 2**20) // (8 * max(n_dates - 1, 1) ** 2))
-    rows = max(1, min(block_size, max_pixels) // max(nx, 1))
-    for r0 in range(0, ny, rows):
+    # Working memory of a block: about _BYTES_PER_VALUE per pixel and pair or band
+    # entry, kept below _BLOCK_BYTES per worker.
+    k = n_dates - 1
+    per_pixel = 8 * (14 * n_pairs + 6 * (net.band + 1) * k + 24 * n_dates)
+    max_pixels = max(256, _BLOCK_BYTES // per_pixel)
+    if block_size is not None:
+        max_pixels = min(max_pixels, block_size)
+    rows = max(1, max_pixels // max(nx, 1))
+    n_workers = workers or _default_workers()
+    starts = list(range(0, ny, rows))
+
+    def solve(r0):
         r1 = min(ny, r0 + rows)
         m = (r1 - r0) * nx
 
-        def block(arr, r0=r0, r1=r1, m=m):
-            return np.asarray(arr[:, r0:r1, :], np.float64).reshape(n_pairs, m).T
+        def block(arr):
+            return np.asarray(arr[:, r0:r1, :], np.float64).reshape(n_pairs, m)
 
         e, n_ = block(ew), block(ns)
         s = None if score is None else block(score)
         valid = _valid(e, n_, s)
-        w0 = {c: np.broadcast_to(pair_w[c], (m, n_pairs)) for c in _COMPONENTS}
+        w0 = {c: pair_w[c][:, None] for c in _COMPONENTS}
         if s is not None:
             w0 = {c: w * np.where(valid, s, 0.0) for c, w in w0.items()}
         out = _inv.invert_block(
@@ -288,27 +348,42 @@ def invert(
             gross_outlier=gross_outlier,
             reweight_iterations=reweight_iterations,
             smoothing_gamma2=smoothing_gamma2,
+            residuals=residuals,
         )
 
-        def put(dst, src, first, r0=r0, r1=r1):
-            dst[..., r0:r1, :] = src.T.reshape(first + (r1 - r0, nx))
+        def put(dst, src, first):
+            dst[..., r0:r1, :] = src.reshape(first + (r1 - r0, nx))
 
         n_valid[r0:r1] = out["n_valid"].reshape(r1 - r0, nx)
         put(smoothed, out["smoothed"], (n_dates,))
-        inverted = out["inverted"]
-        count += valid[inverted].sum(axis=0)
         for c in _COMPONENTS:
             put(res["cumulative"][c], out[f"cum_{c}"], (n_dates,))
             put(res["sigma"][c], out[f"sigma_{c}"], (n_dates,))
             put(res["rms_date"][c], out[f"rms_date_{c}"], (n_dates,))
-            put(res["residual"][c], out[f"res_{c}"], (n_pairs,))
+            if residuals:
+                put(res["residual"][c], out[f"res_{c}"], (n_pairs,))
             res["velocity"][c][r0:r1] = out[f"vel_{c}"].reshape(r1 - r0, nx)
             res["velocity_sigma"][c][r0:r1] = out[f"vel_sigma_{c}"].reshape(r1 - r0, nx)
             res["n_outliers"][c][r0:r1] = out[f"n_out_{c}"].reshape(r1 - r0, nx)
-            r = out[f"res_{c}"][inverted]
-            sum_sq[c] += np.nansum(r**2, axis=0)
+        return r1 - r0, out["count"], {c: out[f"sum_sq_{c}"] for c in _COMPONENTS}
+
+    def collect(result):
+        nrows, cnt, sq = result
+        count[:] += cnt
+        for c in _COMPONENTS:
+            sum_sq[c] += sq[c]
         if progress is not None:
-            progress(r1 - r0)
+            progress(nrows)
+
+    if n_workers == 1 or len(starts) == 1:
+        for r0 in starts:
+            collect(solve(r0))
+    else:
+        # Blocks write disjoint rows of the outputs; at most n_workers blocks are
+        # in memory at once (each thread works on one).
+        with ThreadPoolExecutor(max_workers=n_workers) as pool:
+            for result in pool.map(solve, starts):
+                collect(result)
 
     with np.errstate(invalid="ignore", divide="ignore"):
         rms_pair = {
@@ -322,9 +397,17 @@ def invert(
         "smoothing_gamma2": float(smoothing_gamma2),
         "min_valid_fraction": float(min_valid_fraction),
         "pair_weighting": str(pair_weighting),
+        "baseline_weighting": str(baseline_weighting),
         "score_weighting": int(bool(score_weighting)),
     }
     return _assemble(pairs, dates, res, rms_pair, n_valid, smoothed, params)
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def _valid(ew, ns, score):
@@ -354,7 +437,7 @@ def _check_parameters(
         raise ConfigError(f"min_valid_fraction must be between 0 and 1, got {min_fraction!r}")
     if weighting not in _PAIR_WEIGHTINGS:
         raise ConfigError(f"pair_weighting must be one of {_PAIR_WEIGHTINGS}, got {weighting!r}")
-    if not isinstance(block, numbers.Integral) or block < 1:
+    if block is not None and (not isinstance(block, numbers.Integral) or block < 1):
         raise ConfigError(f"block_size must be an integer >= 1, got {block!r}")
 
 
@@ -448,15 +531,16 @@ def _assemble(pairs, dates, res, rms_pair, n_valid, smoothed, params):
             rms_pair[c],
             {"units": "m", "long_name": f"spatial RMS of each pair's {name} residual"},
         )
-        data[f"residual_{c}"] = (
-            ("pair", "y", "x"),
-            res["residual"][c],
-            {"units": "m", "long_name": f"{name} pair residual, data minus model"},
-        )
+        if "residual" in res:
+            data[f"residual_{c}"] = (
+                ("pair", "y", "x"),
+                res["residual"][c],
+                {"units": "m", "long_name": f"{name} pair residual, data minus model"},
+            )
         data[f"n_outliers_{c}"] = (
             ("y", "x"),
             res["n_outliers"][c],
-            {"units": "1", "long_name": f"pairs down-weighted as gross {name} outliers"},
+            {"units": "1", "long_name": f"pairs rejected as gross {name} outliers (zero weight)"},
         )
     data["n_pairs"] = (
         ("y", "x"),

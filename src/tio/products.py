@@ -16,7 +16,8 @@ cumulative_ew_sigma.tif     1-sigma uncertainty of cumulative_ew, m
 cumulative_ns_sigma.tif     1-sigma uncertainty of cumulative_ns, m
 velocity.tif                mean velocity EW, NS, magnitude and their 1-sigma, m/year
 rms_date_ew.tif, _ns.tif    RMS of the residuals of the pairs through each date, m
-n_pairs.tif                 number of valid pairs used per pixel
+n_pairs.tif                 valid pairs, pairs used EW and NS (valid minus rejected)
+smoothed.tif                1 where a date is placed by the temporal smoothing only
 rms_pair.csv                spatial RMS of each pair's residuals, m
 timeseries.nc               all of the above in one CF-1.8 NetCDF cube (x, y, time)
 ==========================  ==========================================================
@@ -128,7 +129,27 @@ def write_products(ts: xr.Dataset, out_dir: str | Path, *, netcdf: bool = True) 
         dates,
         TIO_QUANTITY=f"RMS of north-south residuals of the pairs through each date ({units})",
     )
-    tif("n_pairs.tif", ts["n_pairs"].values.astype("float32"), ["number of valid pairs used"])
+    n_valid = ts["n_pairs"].values.astype("float32")
+    inverted = np.isfinite(ts["cumulative_ew"].values).any(axis=0)
+    used = [
+        np.where(inverted, n_valid - ts[f"n_outliers_{c}"].values, np.nan) for c in ("ew", "ns")
+    ]
+    tif(
+        "n_pairs.tif",
+        np.stack([n_valid, *used]),
+        [
+            "number of valid pairs (EW and NS finite)",
+            "number of pairs used, east-west (valid minus rejected gross outliers)",
+            "number of pairs used, north-south (valid minus rejected gross outliers)",
+        ],
+    )
+    tif(
+        "smoothed.tif",
+        np.where(inverted, ts["smoothed"].values.astype("float32"), np.nan),
+        dates,
+        TIO_QUANTITY="1 where the date is tied to the rest of the series only by the temporal "
+        "smoothing (network disconnected at that pixel), 0 otherwise",
+    )
 
     buf = io.StringIO()
     w = csv.writer(buf)

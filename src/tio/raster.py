@@ -34,6 +34,7 @@ __all__ = [
     "coords_from_transform",
     "dates_from_name",
     "read_pair",
+    "read_pair_stack",
     "write_geotiff",
     "write_pair",
 ]
@@ -269,3 +270,74 @@ def read_tags(path: str | Path) -> dict[str, str]:
             return src.tags()
     except RasterioError:
         return {}
+
+
+def read_pair_stack(paths: Sequence[str | Path]) -> xr.Dataset:
+    """Read pair maps (``tio correlate`` outputs) into the input of :func:`tio.inversion.invert`.
+
+    Every file must be on the grid of the first one (same size, geotransform
+    and CRS) and in the same units. Dates come from the ``TIO_DATE1`` /
+    ``TIO_DATE2`` tags, else from ``YYYYMMDD_YYYYMMDD`` or
+    ``YYYY-MM-DD_YYYY-MM-DD`` in the file name (:func:`read_pair`).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``ew``, ``ns``, ``score`` (pair, y, x) float32; coords ``x``, ``y``,
+        ``pair`` (file stem), ``date1``, ``date2`` (datetime64[ns]); attrs
+        ``crs``, ``transform``, ``units``.
+
+    Raises
+    ------
+    InputError
+        No file, an unreadable file or one without dates, a file on another
+        grid or in other units (the message names it and says how it differs),
+        a pair whose first date is not before its second.
+    """
+    if not paths:
+        raise InputError("no pair maps given")
+    maps = []
+    first = None
+    for path in paths:
+        ds = read_pair(path)
+        if first is None:
+            first = ds
+        else:
+            name = Path(path).name
+            ref = Path(first.attrs["path"]).name
+            if (ds.sizes["y"], ds.sizes["x"]) != (first.sizes["y"], first.sizes["x"]):
+                raise InputError(
+                    f"{path}: {ds.sizes['x']} x {ds.sizes['y']} values, but {ref} has "
+                    f"{first.sizes['x']} x {first.sizes['y']}: every pair map must be on one grid"
+                )
+            if not np.allclose(ds.attrs["transform"], first.attrs["transform"], rtol=0, atol=1e-6):
+                raise InputError(
+                    f"{path}: geotransform {tuple(ds.attrs['transform'])} differs from {ref}'s "
+                    f"{tuple(first.attrs['transform'])}: every pair map must be on one grid"
+                )
+            if (ds.attrs["crs"] or None) != (first.attrs["crs"] or None):
+                raise InputError(
+                    f"{path}: CRS differs from {ref}'s: every pair map must be on one grid"
+                )
+            if ds.attrs["units"] != first.attrs["units"]:
+                raise InputError(
+                    f"{name}: units {ds.attrs['units']!r}, but {ref} is in {first.attrs['units']!r}"
+                )
+        d1, d2 = ds.attrs["date1"], ds.attrs["date2"]
+        if d1 >= d2:
+            raise InputError(f"{path}: first date {d1} is not before second date {d2}")
+        maps.append(ds)
+    return xr.Dataset(
+        {
+            v: (("pair", "y", "x"), np.stack([m[v].values for m in maps]).astype("float32"))
+            for v in ("ew", "ns", "score")
+        },
+        coords={
+            "x": first["x"].values,
+            "y": first["y"].values,
+            "pair": [Path(m.attrs["path"]).stem for m in maps],
+            "date1": ("pair", np.array([np.datetime64(m.attrs["date1"], "ns") for m in maps])),
+            "date2": ("pair", np.array([np.datetime64(m.attrs["date2"], "ns") for m in maps])),
+        },
+        attrs={k: first.attrs[k] for k in ("crs", "transform", "units")},
+    )

@@ -9,6 +9,7 @@ from tio import __version__
 from .config import config_cmd
 from .correlate import correlate_cmd
 from .demo import demo_cmd
+from .invert import invert_cmd
 from .pairs import pairs_cmd
 from .quicklook import quicklook_cmd
 from .run import run_cmd
@@ -31,6 +32,7 @@ Examples:
   tio correlate a.tif b.tif -o pair.tif   offsets between two images (EW, NS, score)
   tio quicklook out/ --points sites.csv   redraw pictures, animation and report of a run
   tio serve --data-dir alps=/data/alps   web portal and OGC API on http://127.0.0.1:8000/
+  tio invert pairs/*.tif -o series/       pair maps -> cumulative displacement per date
 """
 
 
@@ -51,6 +53,7 @@ cli.add_command(pairs_cmd)
 cli.add_command(search_cmd)
 cli.add_command(demo_cmd)
 cli.add_command(correlate_cmd)
+cli.add_command(invert_cmd)
 cli.add_command(config_cmd)
 cli.add_command(quicklook_cmd)
 cli.add_command(serve_cmd)

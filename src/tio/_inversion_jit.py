@@ -1,0 +1,352 @@
+"""Compiled (numba) kernel of the robust inversion of one component.
+
+Same mathematics, same results as the numpy implementation in
+:mod:`tio._inversion` (``_invert_component_numpy``), but each pixel's whole
+robust inversion (normal equations, banded Cholesky factorisation, solution,
+re-weighting, ties of disconnected networks, diagonal of the inverse) runs in
+one compiled loop over the pixels of a block, without temporary ``(P, M)``
+arrays. The kernel releases the GIL: :func:`tio.inversion.invert` runs blocks
+on a pool of threads, one block per thread. The numpy version is
+used when numba is not installed; ``tests/test_inversion.py`` checks that both
+agree.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_OPTS = dict(cache=True, nogil=True, fastmath=False)
+
+
+@njit(**_OPTS)
+def _chol(A, b, k, rtol):
+    """In-place banded Cholesky of one matrix, band ``A[j, o] = A_full[j+o, j]``; False if singular.
+
+    The diagonal of the factor is stored as its inverse (``A[j, 0] = 1 / L[j, j]``).
+    """
+    floor = 0.0
+    for j in range(k):
+        if A[j, 0] > floor:
+            floor = A[j, 0]
+    floor *= rtol
+    for j in range(k):
+        piv = A[j, 0]
+        if not piv > floor:
+            return False
+        inv = 1.0 / np.sqrt(piv)
+        A[j, 0] = inv
+        nb = b if j + b < k else k - 1 - j
+        for o in range(1, nb + 1):
+            A[j, o] *= inv
+        for o1 in range(1, nb + 1):
+            c1 = A[j, o1]
+            for o2 in range(o1, nb + 1):
+                A[j + o1, o2 - o1] -= c1 * A[j, o2]
+    return True
+
+
+@njit(**_OPTS)
+def _band_solve(L, b, k, rhs, x):
+    for j in range(k):
+        x[j] = rhs[j]
+    for j in range(k):
+        xj = x[j] * L[j, 0]
+        x[j] = xj
+        nb = b if j + b < k else k - 1 - j
+        for o in range(1, nb + 1):
+            x[j + o] -= L[j, o] * xj
+    for j in range(k - 1, -1, -1):
+        nb = b if j + b < k else k - 1 - j
+        s = x[j]
+        for o in range(1, nb + 1):
+            s -= L[j, o] * x[j + o]
+        x[j] = s * L[j, 0]
+
+
+@njit(**_OPTS)
+def _inv_diag(L, b, k, Z, out):
+    """Takahashi: band of the inverse (``Z`` dense, ``(k, k)``) from the factor.
+
+    Only the entries of ``Z`` within the band are computed; its diagonal goes
+    into ``out``.
+    """
+    for j in range(k - 1, -1, -1):
+        il = L[j, 0]
+        nb = b if j + b < k else k - 1 - j
+        s_diag = 0.0
+        for ii in range(nb):  # Z[j+1+ii, j]
+            c = j + 1 + ii
+            s = 0.0
+            for kk in range(nb):
+                s += L[j, 1 + kk] * Z[j + 1 + kk, c]
+            z = -s * il
+            Z[c, j] = z
+            Z[j, c] = z
+            s_diag += L[j, 1 + ii] * z
+        Z[j, j] = (il - s_diag) * il
+        out[j] = Z[j, j]
+
+
+@njit(**_OPTS)
+def _find(parent, a):
+    while parent[a] != a:
+        parent[a] = parent[parent[a]]
+        a = parent[a]
+    return a
+
+
+@njit(**_OPTS)
+def _labels(w, i1, i2, n, labels):
+    """Label of each date = its component's earliest date (edges: pairs with w > 0)."""
+    parent = np.arange(n)
+    for p in range(i1.size):
+        if w[p] > 0:
+            ra = _find(parent, i1[p])
+            rb = _find(parent, i2[p])
+            if ra != rb:
+                if ra < rb:
+                    parent[rb] = ra
+                else:
+                    parent[ra] = rb
+    for j in range(n):
+        labels[j] = _find(parent, j)
+
+
+@njit(**_OPTS)
+def _augment(A0, rhs, b, k, Rs, g, tie, A2, rhs2):
+    """NSBAS's smoothed-series system of one pixel (see ``tio._inversion.augment``).
+
+    ``A0`` (k, b+1) data band (transposed storage), ``rhs`` (k,); fills ``A2``
+    (2k+1, 2b+1) and ``rhs2`` (2k+1,); unknowns ``s_0, u_1, s_1, ..., s_k``.
+    """
+    n2 = 2 * k + 1
+    for j in range(n2):
+        rhs2[j] = 0.0
+        for o in range(2 * b + 1):
+            A2[j, o] = 0.0
+    for j in range(k):
+        rhs2[2 * j + 1] = rhs[j]
+        for o in range(b + 1):
+            A2[2 * j + 1, 2 * o] = A0[j, o]
+    for j in range(n2):
+        A2[j, 0] += tie
+    for j in range(k):
+        A2[2 * j + 1, 1] -= tie
+    for i in range(k + 1):
+        for o in range(3):
+            if i + o <= k and 2 * o <= 2 * b:
+                A2[2 * i, 2 * o] += g * Rs[i, o]
+
+
+#: Pixels gathered together from the pixel-last arrays (one page per pair row
+#: serves the whole tile instead of one pixel).
+_TILE = 64
+
+
+@njit(**_OPTS)
+def invert_component(
+    d, valid, w0, i1, i2, n, b, R, Rs, n_iter, scale, gross, gamma2, rtol, limit, anchor, tie
+):
+    """Robust inversion of one component for every pixel of a block.
+
+    Arrays are pixel-last: ``d``, ``valid``, ``w0`` (P, M). Returns ``u``
+    (N, M), ``var`` (N, M) (unit-variance diagonal of the covariance, NaN
+    outside the largest sub-network when ``gamma2 == 0``), ``s0sq`` (M),
+    ``r`` (P, M) (NaN where not valid), ``outlier`` (P, M), ``smoothed``
+    (N, M), ``ok`` (M).
+    """
+    p_count, m = d.shape
+    k = n - 1
+    u_out = np.zeros((n, m))
+    var_out = np.zeros((n, m))
+    s0_out = np.zeros(m)
+    r_out = np.empty((p_count, m))
+    out_flag = np.zeros((p_count, m), dtype=np.bool_)
+    sm_out = np.zeros((n, m), dtype=np.bool_)
+    ok_out = np.zeros(m, dtype=np.bool_)
+    T = _TILE
+    tv = np.zeros((T, p_count), dtype=np.bool_)
+    tdz = np.zeros((T, p_count))
+    twz = np.zeros((T, p_count))
+    tr = np.zeros((T, p_count))
+    tflag = np.zeros((T, p_count), dtype=np.bool_)
+    w = np.empty(p_count)
+    A = np.zeros((k, b + 1))
+    A0 = np.zeros((k, b + 1))
+    rhs = np.zeros(k)
+    x = np.zeros(k)
+    Z = np.zeros((k, k))
+    diag = np.zeros(k)
+    n2 = 2 * k + 1
+    b2 = 2 * b
+    A2 = np.zeros((n2, b2 + 1))
+    rhs2 = np.zeros(n2)
+    x2 = np.zeros(n2)
+    Z2 = np.zeros((n2, n2))
+    diag2 = np.zeros(n2)
+    labels = np.zeros(n, dtype=np.int64)
+    sizes = np.zeros(n, dtype=np.int64)
+    for t0 in range(0, m, T):
+        nt = min(T, m - t0)
+        for p in range(p_count):
+            for q in range(nt):
+                v = valid[p, t0 + q]
+                tv[q, p] = v
+                if v:
+                    tdz[q, p] = d[p, t0 + q]
+                    twz[q, p] = w0[p, t0 + q]
+                else:
+                    tdz[q, p] = 0.0
+                    twz[q, p] = 0.0
+                tflag[q, p] = False
+                tr[q, p] = np.nan
+        for q in range(nt):
+            px = t0 + q
+            dz = tdz[q]
+            wz = twz[q]
+            vm = tv[q]
+            r = tr[q]
+            flag = tflag[q]
+            for p in range(p_count):
+                w[p] = wz[p]
+            ok = True
+            disc = False
+            norm = 1.0
+            n_used = 0
+            for it in range(n_iter + 1):
+                su = 0.0
+                n_used = 0
+                for p in range(p_count):
+                    if w[p] > 0:
+                        su += w[p]
+                        n_used += 1
+                norm = n_used / su if su > 0 else 1.0
+                for o in range(b + 1):
+                    for j in range(k):
+                        A[j, o] = 0.0
+                for j in range(k):
+                    rhs[j] = 0.0
+                for p in range(p_count):
+                    wp = w[p] * norm
+                    if wp > 0:
+                        a = i1[p] - 1
+                        c = i2[p] - 1
+                        A[c, 0] += wp
+                        rhs[c] += wp * dz[p]
+                        if a >= 0:
+                            A[a, 0] += wp
+                            A[a, c - a] -= wp
+                            rhs[a] -= wp * dz[p]
+                for o in range(b + 1):
+                    for j in range(k):
+                        A0[j, o] = A[j, o]
+                ok = _chol(A, b, k, rtol)
+                disc = not ok
+                if disc:
+                    _labels(w, i1, i2, n, labels)
+                    if gamma2 > 0:
+                        _augment(A0, rhs, b, k, Rs, limit / tie * gamma2, limit, A2, rhs2)
+                        ok = _chol(A2, b2, n2, rtol)
+                        if ok:
+                            _band_solve(A2, b2, n2, rhs2, x2)
+                            for j in range(k):
+                                x[j] = x2[2 * j + 1]
+                    else:
+                        for o in range(b + 1):
+                            for j in range(k):
+                                A[j, o] = A0[j, o]
+                        for j in range(1, n):
+                            if labels[j] == j:
+                                A[j - 1, 0] += anchor
+                        ok = _chol(A, b, k, rtol)
+                        if ok:
+                            _band_solve(A, b, k, rhs, x)
+                else:
+                    _band_solve(A, b, k, rhs, x)
+                if not ok:
+                    break
+                for p in range(p_count):
+                    up2 = x[i2[p] - 1]
+                    up1 = x[i1[p] - 1] if i1[p] > 0 else 0.0
+                    r[p] = dz[p] - (up2 - up1)
+                if it < n_iter:
+                    for p in range(p_count):
+                        if vm[p]:
+                            rr = r[p]
+                            if abs(rr) > gross and it == n_iter - 1:
+                                w[p] = 0.0
+                                flag[p] = True
+                            else:
+                                w[p] = wz[p] / (scale * scale + rr * rr)
+                                flag[p] = False
+            if not ok:
+                for p in range(p_count):
+                    r[p] = np.nan
+                continue
+            # covariance (unit variance) and the sub-network structure
+            n_comp = 1
+            largest = 0
+            if disc:
+                n_comp = 0
+                for j in range(n):
+                    sizes[j] = 0
+                for j in range(n):
+                    sizes[labels[j]] += 1
+                    if labels[j] == j:
+                        n_comp += 1
+                best = -1
+                for j in range(n):
+                    if sizes[j] > best:
+                        best = sizes[j]
+                        largest = j
+                for j in range(n):
+                    sm_out[j, px] = labels[j] != largest
+                if gamma2 > 0:
+                    _augment(A0, rhs, b, k, Rs, gamma2, tie, A2, rhs2)
+                    if not _chol(A2, b2, n2, rtol):
+                        for p in range(p_count):
+                            r[p] = np.nan
+                        continue
+                    _inv_diag(A2, b2, n2, Z2, diag2)
+                    for j in range(k):
+                        diag[j] = diag2[2 * j + 1]
+                else:
+                    _inv_diag(A, b, k, Z, diag)
+            else:
+                _inv_diag(A, b, k, Z, diag)
+            u_out[0, px] = 0.0
+            var_out[0, px] = 0.0
+            for j in range(k):
+                u_out[j + 1, px] = x[j]
+                var_out[j + 1, px] = diag[j]
+            if disc and gamma2 <= 0:
+                ref = u_out[largest, px]
+                for j in range(n):
+                    if labels[j] == largest:
+                        u_out[j, px] -= ref
+                    else:
+                        u_out[j, px] = np.nan
+                        var_out[j, px] = np.nan
+                var_out[largest, px] = 0.0
+            # a posteriori variance of unit weight
+            wrss = 0.0
+            sw0 = 0.0
+            for p in range(p_count):
+                if w[p] > 0:
+                    wrss += w[p] * norm * r[p] * r[p]
+                    sw0 += wz[p]
+                if not vm[p]:
+                    r[p] = np.nan
+            dof = n_used - (n - n_comp)
+            if dof > 0:
+                s0_out[px] = wrss / dof
+            else:
+                mean_w0 = sw0 / max(n_used, 1)
+                s0_out[px] = 1.0 / mean_w0 if mean_w0 > 0 else 1.0
+            ok_out[px] = True
+        for p in range(p_count):
+            for q in range(nt):
+                r_out[p, t0 + q] = tr[q, p]
+                out_flag[p, t0 + q] = tflag[q, p]
+    return u_out, var_out, s0_out, r_out, out_flag, sm_out, ok_out
