@@ -500,7 +500,9 @@ def test_periodic_stripes_are_nan_or_right(theta, weak):
     if weak >= 0.3:  # enough texture to tell the stripes apart: mostly measured
         assert right.mean() > 0.5 and np.sqrt(np.mean(err[right] ** 2)) < 0.1
     off = correlate_arrays(ref, sec, step=12, min_texture=0.0, max_peak_ratio=1.0)
-    wrong = np.hypot(off.dx - dx, off.dy - dy) > 0.5
+    # without the tests, many windows are off by more than 0.25 px (poorly constrained
+    # along the stripes, or on the wrong stripe) with a high score
+    wrong = np.hypot(off.dx - dx, off.dy - dy) > 0.25
     if weak < 0.3:
         assert (wrong & (off.score > 0.8)).mean() > 0.02
 
