@@ -1526,8 +1526,16 @@ def _process_block(
         lvc = None if lv is None else lv[clean]
         zncc[clean] = zncc_surfaces(r[clean], q[clean], w, s, sec_local_var=lvc)[0]
     if not clean.all():
-        d = ~clean
-        zncc[d], frac[d] = zncc_surfaces(r[d], q[d], w, s, rv[d], qv[d], min_overlap=min_overlap)
+        # windows whose only unusable pixels form the outside of a rectangle of the
+        # secondary sub-image (near the image edges) take a cheaper exact formulation
+        rect = ~clean & _rectangular(rv, qv)
+        if rect.any():
+            zncc[rect], frac[rect] = _zncc_rect(r[rect], q[rect], qv[rect], w, s, min_overlap)
+        d = ~clean & ~rect
+        if d.any():
+            zncc[d], frac[d] = zncc_surfaces(
+                r[d], q[d], w, s, rv[d], qv[d], min_overlap=min_overlap
+            )
     iy, ix, ok = integer_peaks(zncc)
     # The matched secondary window must be usable enough. Offsets are not excluded
     # beforehand: a true match that is too masked must give NaN, not a false match.
@@ -1547,23 +1555,131 @@ def _process_block(
         return dy, dx, score
     score[idx] = peak_score(zncc[idx], iy[idx], ix[idx])
 
-    # ---- sub-pixel stage on the windows with a valid integer peak
-    ty, tx, alive = _subpixel(
-        _demean(r[idx])[0],
-        _demean(q[idx])[0],
-        iy[idx],
-        ix[idx],
-        rv[idx],
-        qv[idx],
-        w=w,
-        s=s,
-        iterations=iterations,
-        upsample=upsample,
-    )
-    dy[idx] = np.where(alive, ty, np.nan)
-    dx[idx] = np.where(alive, tx, np.nan)
-    score[idx] = np.where(alive, score[idx], np.nan)
+    # ---- sub-pixel stage on the windows with a valid integer peak. Windows whose
+    # reference window and secondary block (one pixel larger than the window, plus one
+    # pixel of margin for a move of the integer position) are fully usable - most
+    # windows near the image edges - take the compiled path; the others are weighted
+    # by their usable pixels.
+    full = _blocks_usable(rv[idx], qv[idx], iy[idx], ix[idx], w)
+    for sel, fast in ((idx[full], True), (idx[~full], False)):
+        if sel.size == 0:
+            continue
+        if fast:
+            ty, tx, alive = _subpixel_fast(
+                _demean(r[sel])[0],
+                _demean(q[sel])[0],
+                iy[sel],
+                ix[sel],
+                w=w,
+                s=s,
+                iterations=iterations,
+                init=_parabolic_init(zncc[sel], iy[sel], ix[sel]),
+            )
+        else:
+            ty, tx, alive = _subpixel(
+                _demean(r[sel])[0],
+                _demean(q[sel])[0],
+                iy[sel],
+                ix[sel],
+                rv[sel],
+                qv[sel],
+                w=w,
+                s=s,
+                iterations=iterations,
+                upsample=upsample,
+            )
+        dy[sel] = np.where(alive, ty, np.nan)
+        dx[sel] = np.where(alive, tx, np.nan)
+        score[sel] = np.where(alive, score[sel], np.nan)
     return dy, dx, score
+
+
+def _rectangular(rv, qv):
+    """Whether each reference window is fully usable and the usable pixels of each
+    secondary sub-image fill a rectangle (its bounding box)."""
+    rows = qv.any(axis=2)
+    cols = qv.any(axis=1)
+    h = rows.sum(axis=1)
+    wd = cols.sum(axis=1)
+    # rows (cols) with a usable pixel must be contiguous: first + count = last + 1
+    p = qv.shape[1]
+    contiguous = (p - np.argmax(rows[:, ::-1], axis=1) - np.argmax(rows, axis=1) == h) & (
+        p - np.argmax(cols[:, ::-1], axis=1) - np.argmax(cols, axis=1) == wd
+    )
+    return rv.all(axis=(1, 2)) & contiguous & (qv.sum(axis=(1, 2)) == h * wd) & (h > 0)
+
+
+def _zncc_rect(r, q, qv, w, s, min_overlap):
+    """Masked ZNCC (same result as :func:`zncc_surfaces` with masks) of fully usable
+    reference windows against secondary sub-images whose usable pixels form a
+    rectangle.
+
+    The pixels valid in both windows at an offset then form a rectangle too: its
+    area and the sums of the reference and secondary values (and squares) over it
+    come from integral images; only the cross term needs an FFT correlation, of the
+    reference window with the secondary sub-image set to zero outside its rectangle.
+    """
+    k, p, _ = q.shape
+    n = 2 * s + 1
+    size = sfft.next_fast_len(p, real=True)
+    rows = qv.any(axis=2)
+    cols = qv.any(axis=1)
+    y0 = np.argmax(rows, axis=1)
+    y1 = p - np.argmax(rows[:, ::-1], axis=1)
+    x0 = np.argmax(cols, axis=1)
+    x1 = p - np.argmax(cols[:, ::-1], axis=1)
+    rs, flat_r, _ = _standardise(r)
+    # the secondary standardised over its usable pixels, zero elsewhere (float32)
+    v32 = qv.astype(np.float32)
+    q32 = np.asarray(q, np.float32)
+    nq = np.maximum(v32.sum(axis=(1, 2), dtype=np.float64), 1.0)
+    mean = np.einsum("kij,kij->k", q32, v32, dtype=np.float64) / nq
+    qs = q32 - mean.astype(np.float32)[:, None, None]
+    qs *= v32
+    sd = np.sqrt(np.einsum("kij,kij->k", qs, qs, dtype=np.float64) / nq)
+    flat_q = (sd <= _FLAT * np.abs(mean)) | (sd == 0)
+    qs *= np.where(flat_q, 0.0, 1.0 / np.where(flat_q, 1.0, sd)).astype(np.float32)[:, None, None]
+    # cross term: sum over the overlap of r * q (q is zero outside its rectangle)
+    fr = _rfft2_rows(rs, size)
+    np.conjugate(fr, out=fr)
+    fr *= sfft.rfft2(qs, s=(size, size))
+    srq = _irfft2_rows(fr, size, n)[:, :, :n].astype(np.float64)
+    from tio import _kernels
+
+    zncc = np.empty((k, n, n))
+    frac = np.empty((k, n, n))
+    _kernels.rect_zncc(
+        srq,
+        rs,
+        qs,
+        y0,
+        y1,
+        x0,
+        x1,
+        max(min_overlap, _MIN_OVERLAP),
+        _FLAT,
+        zncc,
+        frac,
+    )
+    zncc[flat_r | flat_q] = np.nan
+    return zncc, frac
+
+
+def _blocks_usable(rv, qv, iy, ix, w):
+    """Whether the reference window and the secondary block around the integer peak
+    (``w + 4`` pixels square, centred on the matched window) are fully usable."""
+    k, p, _ = qv.shape
+    if k == 0:
+        return np.zeros(0, dtype=bool)
+    ok = rv.all(axis=(1, 2)) & (iy >= 2) & (ix >= 2) & (iy + w + 2 <= p) & (ix + w + 2 <= p)
+    # integral image of the unusable pixels of the secondary sub-images
+    c = np.zeros((k, p + 1, p + 1), dtype=np.int32)
+    np.cumsum(np.cumsum(~qv, axis=1, dtype=np.int32), axis=2, out=c[:, 1:, 1:])
+    kk = np.arange(k)
+    y0, x0 = np.clip(iy - 2, 0, p), np.clip(ix - 2, 0, p)
+    y1, x1 = np.clip(iy + w + 2, 0, p), np.clip(ix + w + 2, 0, p)
+    bad = c[kk, y1, x1] - c[kk, y0, x1] - c[kk, y1, x0] + c[kk, y0, x0]
+    return ok & (bad == 0)
 
 
 # --------------------------------------------------------------------------------------

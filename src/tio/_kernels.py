@@ -214,3 +214,68 @@ def newton_peaks(fb, fa, weight, whiten, sy, sx, max_step, out_y, out_x, ok):
         ok[t] = conv
         out_y[t] = y
         out_x[t] = x
+
+
+@njit(**_OPTS)
+def rect_zncc(srq, rs, qs, y0, y1, x0, x1, min_cnt, flat, out_z, out_frac):
+    """ZNCC surfaces of windows whose usable secondary pixels form a rectangle.
+
+    ``srq`` (K, n, n) sums of ``rs * qs`` over each offset (an FFT correlation; ``qs`` is
+    zero outside the rectangle), ``rs`` (K, w, w) and ``qs`` (K, P, P) the standardised
+    reference windows and secondary sub-images, ``[y0, y1) x [x0, x1)`` the rectangle
+    of usable pixels of each sub-image. For each offset ``(v, u)`` the pixels usable in
+    both windows form the rectangle rows ``[max(y0 - v, 0), min(y1 - v, w))`` (and
+    likewise for the columns) of the reference window; the sums of the values and
+    squares over it come from integral images. Writes the ZNCC (NaN where the overlap
+    has fewer than ``min_cnt`` pixels or either window is flat: variance below
+    ``flat`` times the count) and the overlap fraction.
+    """
+    k, n, _ = srq.shape
+    w = rs.shape[1]
+    p = qs.shape[1]
+    for t in range(k):
+        ir = np.zeros((w + 1, w + 1))
+        ir2 = np.zeros((w + 1, w + 1))
+        for i in range(w):
+            a1 = 0.0
+            a2 = 0.0
+            for j in range(w):
+                x = rs[t, i, j]
+                a1 += x
+                a2 += x * x
+                ir[i + 1, j + 1] = ir[i, j + 1] + a1
+                ir2[i + 1, j + 1] = ir2[i, j + 1] + a2
+        iq = np.zeros((p + 1, p + 1))
+        iq2 = np.zeros((p + 1, p + 1))
+        for i in range(p):
+            a1 = 0.0
+            a2 = 0.0
+            for j in range(p):
+                x = qs[t, i, j]
+                a1 += x
+                a2 += x * x
+                iq[i + 1, j + 1] = iq[i, j + 1] + a1
+                iq2[i + 1, j + 1] = iq2[i, j + 1] + a2
+        for v in range(n):
+            ra = min(max(y0[t] - v, 0), w)
+            rb = min(max(y1[t] - v, 0), w)
+            for u in range(n):
+                ca = min(max(x0[t] - u, 0), w)
+                cb = min(max(x1[t] - u, 0), w)
+                cnt = max(rb - ra, 0) * max(cb - ca, 0)
+                out_frac[t, v, u] = cnt / (w * w)
+                if cnt < min_cnt or cnt == 0:
+                    out_z[t, v, u] = np.nan
+                    continue
+                sr = ir[rb, cb] - ir[ra, cb] - ir[rb, ca] + ir[ra, ca]
+                sr2 = ir2[rb, cb] - ir2[ra, cb] - ir2[rb, ca] + ir2[ra, ca]
+                qa, qb, qc, qd = ra + v, rb + v, ca + u, cb + u
+                sq = iq[qb, qd] - iq[qa, qd] - iq[qb, qc] + iq[qa, qc]
+                sq2 = iq2[qb, qd] - iq2[qa, qd] - iq2[qb, qc] + iq2[qa, qc]
+                var_r = sr2 - sr * sr / cnt
+                var_q = sq2 - sq * sq / cnt
+                if not (var_r > flat * cnt and var_q > flat * cnt):
+                    out_z[t, v, u] = np.nan
+                    continue
+                z = (srq[t, v, u] - sr * sq / cnt) / math.sqrt(var_r * var_q)
+                out_z[t, v, u] = min(max(z, -1.0), 1.0)
