@@ -716,8 +716,10 @@ def test_score_high_for_shifted_copy_low_for_unrelated(l8, l7):
         # most windows find no peak inside the search range (NaN: no match) ...
         assert np.isfinite(f.score).mean() < 0.25
         assert np.median(np.nan_to_num(f.score, nan=0.0)) < 0.3
-        # ... and the chance peaks that remain are weak
-        assert np.nanmedian(f.score) < 0.45
+        # ... and the chance peaks that remain (if any: most are also flat ridges) are
+        # weak
+        kept = f.score[np.isfinite(f.score)]
+        assert kept.size == 0 or np.median(kept) < 0.45
 
 
 # --------------------------------------------------------------------------------------

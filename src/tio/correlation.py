@@ -164,9 +164,12 @@ def correlate_arrays(
         peak (and more than 2 px from it): a distinct second match nearly as good
         as the first, as given by repetitive texture (crevasse fields, crop rows,
         waves, stripes) or noise. A single straight edge (one elongated ridge) is
-        kept. Measured rejection of good windows on shifted copies: 0.1 % on
-        Landsat-8, 0.2 % on Landsat-7, 0.6-1.8 % on Sentinel-2 farmland (edges
-        whose ridge has a second bump). 1 disables the test.
+        kept, unless the ridge is so flat that the peak is not located along it
+        (fall-off of the ZNCC around the peak, in its weakest direction, below a
+        fifth of ``1 - peak`` per squared pixel: the peak then wanders by pixels
+        with the noise). Measured rejection of good windows on shifted copies: 0.1 %
+        on Landsat-8, 0.2 % on Landsat-7, 0.6-1.8 % on Sentinel-2 farmland (edges
+        whose ridge has a second bump). 1 disables both tests.
     prior : OffsetField or pair (dx, dy) of array_like, optional
         A priori offsets, in pixels, on the output grid (arrays of shape
         ``(ny, nx)``, same conventions as the result; NaN means 0): window
