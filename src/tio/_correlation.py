@@ -314,10 +314,6 @@ def texture_scale(texture, valid, window, step, max_bad):
     tv = sliding_window_view(texture, (w, w))[:: step * k, :: step * k]
     vv = sliding_window_view(valid, (w, w))[:: step * k, :: step * k]
     all_valid = bool(valid.all())
-    if all_valid:  # population std of every sampled window, from integral images
-        lv = local_variance_map(texture, w)[:: step * k, :: step * k]
-        sd = np.sqrt(lv / (w * w))
-        return float(np.median(sd)) if sd.size else 0.0
     out = []
     for i in range(tv.shape[0]):  # one row of sampled windows at a time (bounded memory)
         t, v = tv[i], vv[i]
