@@ -117,7 +117,7 @@ def correlate_arrays(
        secondary is centred on the current estimate - first the parabolic sub-pixel
        position of the ZNCC peak, then the previous estimate while it moves by more
        than 0.01 px (at most ``2`` estimates) - so both weighted windows are exact
-       shifted copies; with a cos^2 roll-off of the cross-power spectrum toward
+       shifted copies; with a cosine roll-off of the cross-power spectrum toward
        Nyquist (aliased frequencies) this removes the bias toward integer values
        ("pixel locking"). Measured with benchmarks/bench_correlation.py (32-px
        windows, 1 % noise): mean error within 0.004 px at every fractional shift.
