@@ -500,7 +500,9 @@ def test_periodic_stripes_are_nan_or_right(theta, weak):
     if weak >= 0.3:  # enough texture to tell the stripes apart: mostly measured
         assert right.mean() > 0.5 and np.sqrt(np.mean(err[right] ** 2)) < 0.1
     off = correlate_arrays(ref, sec, step=12, min_texture=0.0, max_peak_ratio=1.0)
-    wrong = np.hypot(off.dx - dx, off.dy - dy) > 0.5
+    # without the tests, many windows are off by more than 0.25 px (poorly constrained
+    # along the stripes, or on the wrong stripe) with a high score
+    wrong = np.hypot(off.dx - dx, off.dy - dy) > 0.25
     if weak < 0.3:
         assert (wrong & (off.score > 0.8)).mean() > 0.02
 
@@ -714,8 +716,10 @@ def test_score_high_for_shifted_copy_low_for_unrelated(l8, l7):
         # most windows find no peak inside the search range (NaN: no match) ...
         assert np.isfinite(f.score).mean() < 0.25
         assert np.median(np.nan_to_num(f.score, nan=0.0)) < 0.3
-        # ... and the chance peaks that remain are weak
-        assert np.nanmedian(f.score) < 0.45
+        # ... and the chance peaks that remain (if any: most are also flat ridges) are
+        # weak
+        kept = f.score[np.isfinite(f.score)]
+        assert kept.size == 0 or np.median(kept) < 0.45
 
 
 # --------------------------------------------------------------------------------------

@@ -9,10 +9,12 @@ Two entry points:
   displacements in map units, placed at the window centres.
 
 The numerics (FFT-based zero-normalised cross-correlation after Lewis 1995 and
-Padfield 2012 for the integer offset; upsampled-DFT phase correlation after
-Guizar-Sicairos et al. 2008, iterated with a taper that follows the estimated shift,
-for the sub-pixel part) live in :mod:`tio._correlation`. Flat and ambiguous windows
-(weak texture, repetitive patterns: peak-ratio test after Hu & Mordohai 2012) give
+Padfield 2012 for the integer offset; phase correlation whose peak is located on
+the continuous inverse DFT (Guizar-Sicairos et al. 2008 for the principle, Newton
+iterations for the search), iterated with a taper that follows the estimated shift,
+for the sub-pixel part) live in :mod:`tio._correlation`, with compiled (numba)
+kernels in :mod:`tio._kernels`. Flat and ambiguous windows (weak texture, repetitive
+patterns: peak-ratio test after Hu & Mordohai 2012; flat ridges along edges) give
 NaN rather than a confident wrong offset; a Wallis pre-filter (Wallis 1976)
 equalises local contrast; a prior offset field or a coarse-to-fine image pyramid
 (Burt & Adelson 1983) reaches displacements larger than the search range; tiles of
@@ -108,14 +110,17 @@ def correlate_arrays(
        get zero weight (masked ZNCC, Padfield 2012). Windows without enough texture
        and windows whose ZNCC surface has a second peak nearly as high as the first
        (repetitive texture) are rejected;
-    2. sub-pixel offset: phase correlation of the Hann-tapered windows with the
-       matrix-multiply upsampled DFT of Guizar-Sicairos et al. (2008, Opt. Lett.
-       33:156). A second estimate is made with the taper (and the weight of unusable
-       pixels) of the secondary moved by the first estimate, so both weighted windows
-       are exact shifted copies; with a cos^2 roll-off of the cross-power spectrum
-       toward Nyquist (aliased frequencies) this removes the bias toward integer
-       values ("pixel locking"): measured bias < 0.003 px at every fractional shift,
-       random error ~0.013 px RMS for 32-px windows of Landsat-8 pan with 2 % noise.
+    2. sub-pixel offset: phase correlation of the tapered windows (cos^2 roll-off
+       over a quarter of the window at each end, flat in between), the maximum of the
+       continuous inverse DFT (Guizar-Sicairos et al. 2008, Opt. Lett. 33:156) found
+       by Newton iterations. The taper (and the weight of unusable pixels) of the
+       secondary is centred on the current estimate - first the parabolic sub-pixel
+       position of the ZNCC peak, then the previous estimate while it moves by more
+       than 0.01 px (at most ``2`` estimates) - so both weighted windows are exact
+       shifted copies; with a cosine roll-off of the cross-power spectrum toward
+       Nyquist (aliased frequencies) this removes the bias toward integer values
+       ("pixel locking"). Measured with benchmarks/bench_correlation.py (32-px
+       windows, 1 % noise): mean error within 0.004 px at every fractional shift.
 
     Parameters
     ----------
@@ -164,9 +169,12 @@ def correlate_arrays(
         peak (and more than 2 px from it): a distinct second match nearly as good
         as the first, as given by repetitive texture (crevasse fields, crop rows,
         waves, stripes) or noise. A single straight edge (one elongated ridge) is
-        kept. Measured rejection of good windows on shifted copies: 0.1 % on
-        Landsat-8, 0.2 % on Landsat-7, 0.6-1.8 % on Sentinel-2 farmland (edges
-        whose ridge has a second bump). 1 disables the test.
+        kept, unless the ridge is so flat that the peak is not located along it
+        (fall-off of the ZNCC around the peak, in its weakest direction, below a
+        fifth of ``1 - peak`` per squared pixel: the peak then wanders by pixels
+        with the noise). Measured rejection of good windows on shifted copies: 0.1 %
+        on Landsat-8, 0.2 % on Landsat-7, 0.6-1.8 % on Sentinel-2 farmland (edges
+        whose ridge has a second bump). 1 disables both tests.
     prior : OffsetField or pair (dx, dy) of array_like, optional
         A priori offsets, in pixels, on the output grid (arrays of shape
         ``(ny, nx)``, same conventions as the result; NaN means 0): window
@@ -234,8 +242,8 @@ def correlate_arrays(
 
     The windows are processed in tiles whose working memory stays under about
     130 MB (measured ~70 MB) per worker, besides a few float32 copies of the two
-    images. Speed: about 12,000 windows/s on 2 cores for a 5000 x 5000 pair (window
-    32, step 8, search 8), as printed by benchmarks/bench_correlation.py.
+    images. Speed and memory on a 5000 x 5000 pair (window 32, step 8, search 8): see
+    benchmarks/bench_correlation.py and the README.
     """
     ref, sec, rmask, smask, prior_yx = _c.check_inputs(
         reference,

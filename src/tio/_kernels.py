@@ -1,0 +1,282 @@
+"""Compiled kernels of the sub-pixel stage of TIO's correlator (private).
+
+Numba-compiled loops over a batch of windows (the GIL is released, so the tiles of
+windows processed by the correlator's thread pool run in parallel). They replace
+chains of numpy operations whose temporaries made the sub-pixel stage memory-bound:
+
+* :func:`tapered_blocks` - the secondary block of every window, at its own integer
+  position, multiplied by the separable taper moved by the current sub-pixel
+  estimate and demeaned (weighted mean), written into a zero-padded FFT buffer;
+* :func:`newton_peaks` - the whitened, weighted cross-power spectrum of every window
+  and the maximum of its inverse DFT, located by Newton iterations on the continuous
+  (trigonometric polynomial) correlation surface: the value, gradient and Hessian at
+  any real position are sums over the half spectrum, so the peak is found exactly
+  (no upsampled grid, no parabola through grid values: no pixel-locking of the
+  peak finder), in a few iterations from a start within the main lobe.
+
+The FFTs themselves stay in :mod:`scipy.fft` (batched pocketfft).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+# No ``parallel=True``: the kernels run inside the correlator's own thread pool (one
+# tile per thread), and release the GIL.
+_OPTS = dict(cache=True, fastmath=False, nogil=True)
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _taper(x, w, roll):
+    """Taper of a ``w``-px window at real position ``x``: 0 at -1 and ``w``, cos^2 roll-off
+    over ``roll`` px from each end, 1 in between (scalar version of ``_correlation.taper``)."""
+    if x <= -1.0 or x >= w:
+        return 0.0
+    d = min(x + 1.0, w - x)
+    if d >= roll:
+        return 1.0
+    s = math.sin(0.5 * math.pi * d / roll)
+    return s * s
+
+
+@njit(**_OPTS)
+def tapered_blocks(qd, by, bx, fy, fx, w, roll, out):
+    """Write the tapered, demeaned secondary blocks into ``out`` (zeroed beforehand).
+
+    ``qd`` (K, P, P) secondary sub-images; block ``k`` is
+    ``qd[k, by[k]:by[k] + w + 2, bx[k]:bx[k] + w + 2]``, its taper is
+    ``taper(i - 1 - fy[k]) * taper(j - 1 - fx[k])``; ``out`` (K, L, L) float32.
+    """
+    k = qd.shape[0]
+    n = w + 2
+    for t in range(k):
+        ty = np.empty(n)
+        tx = np.empty(n)
+        for i in range(n):
+            ty[i] = _taper(i - 1.0 - fy[t], w, roll)
+            tx[i] = _taper(i - 1.0 - fx[t], w, roll)
+        sw = 0.0
+        sv = 0.0
+        r0 = by[t]
+        c0 = bx[t]
+        for i in range(n):
+            if ty[i] == 0.0:
+                continue
+            row = 0.0
+            for j in range(n):
+                row += tx[j] * qd[t, r0 + i, c0 + j]
+            sv += ty[i] * row
+        swx = 0.0
+        for j in range(n):
+            swx += tx[j]
+        swy = 0.0
+        for i in range(n):
+            swy += ty[i]
+        sw = swx * swy
+        mean = sv / sw if sw > 0 else 0.0
+        for i in range(n):
+            for j in range(n):
+                out[t, i, j] = (qd[t, r0 + i, c0 + j] - mean) * ty[i] * tx[j]
+
+
+@njit(**_OPTS)
+def newton_peaks(fb, fa, weight, whiten, sy, sx, max_step, out_y, out_x, ok):
+    """Peak of the whitened cross-correlation of each window, by Newton iterations.
+
+    ``fb`` (K, L, H) half spectra of the secondary blocks, ``fa`` (K, L, H) conjugate
+    half spectra of the reference windows, ``weight`` (L, H) spectral weight (with the
+    Hermitian multiplicity), ``whiten`` the exponent of the modulus division (0.5: the
+    cross-power spectrum is divided by the square root of its modulus). The correlation
+    at a real position ``(y, x)`` (pixels) is
+    ``c(y, x) = sum_{a,b} Re(X[a, b] exp(2 i pi (f_a y + f_b x) / L))``; starting at
+    ``(sy, sx)`` the Newton step is taken while the Hessian is negative definite (else
+    a gradient step), each step clipped to ``max_step`` px. Results in ``out_y``,
+    ``out_x``; ``ok`` False for a flat spectrum or no convergence.
+    """
+    k, L, H = fb.shape
+    tau = 2.0 * math.pi / L
+    for t in range(k):
+        xr = np.empty((L, H))
+        xi = np.empty((L, H))
+        mmax = 0.0
+        for a in range(L):
+            for b in range(H):
+                c = fb[t, a, b] * fa[t, a, b]
+                re = c.real
+                im = c.imag
+                xr[a, b] = re
+                xi[a, b] = im
+                m = re * re + im * im
+                if m > mmax:
+                    mmax = m
+        if not mmax > 0.0:
+            ok[t] = False
+            out_y[t] = np.nan
+            out_x[t] = np.nan
+            continue
+        tiny = 1e-24 * mmax
+        for a in range(L):
+            for b in range(H):
+                m = xr[a, b] * xr[a, b] + xi[a, b] * xi[a, b]
+                if m < tiny:
+                    m = tiny
+                if whiten == 0.5:
+                    g = weight[a, b] / math.sqrt(math.sqrt(m))
+                else:
+                    g = weight[a, b] / m ** (0.5 * whiten)
+                xr[a, b] *= g
+                xi[a, b] *= g
+        y = sy[t]
+        x = sx[t]
+        conv = False
+        s0r = np.empty(L)
+        s0i = np.empty(L)
+        s1r = np.empty(L)
+        s1i = np.empty(L)
+        s2r = np.empty(L)
+        s2i = np.empty(L)
+        ecr = np.empty(H)
+        eci = np.empty(H)
+        for _it in range(12):
+            for b in range(H):
+                ecr[b] = math.cos(tau * b * x)
+                eci[b] = math.sin(tau * b * x)
+            # inner sums over the columns: sum_b X[a, b] e^{i tau f_b x} * (1, f_b, f_b^2)
+            for a in range(L):
+                r0 = 0.0
+                i0 = 0.0
+                r1 = 0.0
+                i1 = 0.0
+                r2 = 0.0
+                i2 = 0.0
+                for b in range(H):
+                    vr = xr[a, b] * ecr[b] - xi[a, b] * eci[b]
+                    vi = xr[a, b] * eci[b] + xi[a, b] * ecr[b]
+                    r0 += vr
+                    i0 += vi
+                    r1 += b * vr
+                    i1 += b * vi
+                    r2 += b * b * vr
+                    i2 += b * b * vi
+                s0r[a] = r0
+                s0i[a] = i0
+                s1r[a] = r1
+                s1i[a] = i1
+                s2r[a] = r2
+                s2i[a] = i2
+            gy = 0.0
+            gx = 0.0
+            hyy = 0.0
+            hxx = 0.0
+            hxy = 0.0
+            for a in range(L):
+                fa_ = a if a <= L // 2 else a - L
+                ph = tau * fa_ * y
+                cr = math.cos(ph)
+                ci = math.sin(ph)
+                # Re(e * S) and Im(e * S)
+                re0 = cr * s0r[a] - ci * s0i[a]
+                im0 = cr * s0i[a] + ci * s0r[a]
+                re1 = cr * s1r[a] - ci * s1i[a]
+                im1 = cr * s1i[a] + ci * s1r[a]
+                re2 = cr * s2r[a] - ci * s2i[a]
+                # d/dy of Re(e^{i tau f y} S) = -tau f Im(...); d2/dy2 = -(tau f)^2 Re(...)
+                gy += -fa_ * im0
+                gx += -im1
+                hyy += -fa_ * fa_ * re0
+                hxx += -re2
+                hxy += -fa_ * re1
+            gy *= tau
+            gx *= tau
+            hyy *= tau * tau
+            hxx *= tau * tau
+            hxy *= tau * tau
+            det = hyy * hxx - hxy * hxy
+            if hyy < 0.0 and det > 0.0:
+                dy = -(hxx * gy - hxy * gx) / det
+                dx = -(hyy * gx - hxy * gy) / det
+            else:  # not concave here: gradient ascent step
+                nrm = math.sqrt(gy * gy + gx * gx)
+                if nrm == 0.0:
+                    break
+                dy = max_step * gy / nrm
+                dx = max_step * gx / nrm
+            dy = min(max(dy, -max_step), max_step)
+            dx = min(max(dx, -max_step), max_step)
+            y += dy
+            x += dx
+            # quadratic convergence: after a step below 1e-3 px the error is ~1e-6 px
+            if abs(dy) < 1e-3 and abs(dx) < 1e-3:
+                conv = hyy < 0.0 and det > 0.0
+                break
+        ok[t] = conv
+        out_y[t] = y
+        out_x[t] = x
+
+
+@njit(**_OPTS)
+def rect_zncc(srq, rs, qs, y0, y1, x0, x1, min_cnt, flat, out_z, out_frac):
+    """ZNCC surfaces of windows whose usable secondary pixels form a rectangle.
+
+    ``srq`` (K, n, n) sums of ``rs * qs`` over each offset (an FFT correlation; ``qs`` is
+    zero outside the rectangle), ``rs`` (K, w, w) and ``qs`` (K, P, P) the standardised
+    reference windows and secondary sub-images, ``[y0, y1) x [x0, x1)`` the rectangle
+    of usable pixels of each sub-image. For each offset ``(v, u)`` the pixels usable in
+    both windows form the rectangle rows ``[max(y0 - v, 0), min(y1 - v, w))`` (and
+    likewise for the columns) of the reference window; the sums of the values and
+    squares over it come from integral images. Writes the ZNCC (NaN where the overlap
+    has fewer than ``min_cnt`` pixels or either window is flat: variance below
+    ``flat`` times the count) and the overlap fraction.
+    """
+    k, n, _ = srq.shape
+    w = rs.shape[1]
+    p = qs.shape[1]
+    for t in range(k):
+        ir = np.zeros((w + 1, w + 1))
+        ir2 = np.zeros((w + 1, w + 1))
+        for i in range(w):
+            a1 = 0.0
+            a2 = 0.0
+            for j in range(w):
+                x = rs[t, i, j]
+                a1 += x
+                a2 += x * x
+                ir[i + 1, j + 1] = ir[i, j + 1] + a1
+                ir2[i + 1, j + 1] = ir2[i, j + 1] + a2
+        iq = np.zeros((p + 1, p + 1))
+        iq2 = np.zeros((p + 1, p + 1))
+        for i in range(p):
+            a1 = 0.0
+            a2 = 0.0
+            for j in range(p):
+                x = qs[t, i, j]
+                a1 += x
+                a2 += x * x
+                iq[i + 1, j + 1] = iq[i, j + 1] + a1
+                iq2[i + 1, j + 1] = iq2[i, j + 1] + a2
+        for v in range(n):
+            ra = min(max(y0[t] - v, 0), w)
+            rb = min(max(y1[t] - v, 0), w)
+            for u in range(n):
+                ca = min(max(x0[t] - u, 0), w)
+                cb = min(max(x1[t] - u, 0), w)
+                cnt = max(rb - ra, 0) * max(cb - ca, 0)
+                out_frac[t, v, u] = cnt / (w * w)
+                if cnt < min_cnt or cnt == 0:
+                    out_z[t, v, u] = np.nan
+                    continue
+                sr = ir[rb, cb] - ir[ra, cb] - ir[rb, ca] + ir[ra, ca]
+                sr2 = ir2[rb, cb] - ir2[ra, cb] - ir2[rb, ca] + ir2[ra, ca]
+                qa, qb, qc, qd = ra + v, rb + v, ca + u, cb + u
+                sq = iq[qb, qd] - iq[qa, qd] - iq[qb, qc] + iq[qa, qc]
+                sq2 = iq2[qb, qd] - iq2[qa, qd] - iq2[qb, qc] + iq2[qa, qc]
+                var_r = sr2 - sr * sr / cnt
+                var_q = sq2 - sq * sq / cnt
+                if not (var_r > flat * cnt and var_q > flat * cnt):
+                    out_z[t, v, u] = np.nan
+                    continue
+                z = (srq[t, v, u] - sr * sq / cnt) / math.sqrt(var_r * var_q)
+                out_z[t, v, u] = min(max(z, -1.0), 1.0)
