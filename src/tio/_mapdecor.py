@@ -12,15 +12,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cmcrameri.cm  # noqa: F401  (registers the "cmc.*" colour maps)
 import numpy as np
 import xarray as xr
 from affine import Affine
 from matplotlib import patheffects
 
-# Perceptually ordered colour maps (never jet). EW and NS: a diverging map that is
-# symmetric in lightness and centred at zero; magnitudes, RMS, counts: sequential
-# maps with monotonic lightness.
-DIVERGING = "RdBu_r"
+# Perceptually uniform colour maps (never jet). EW and NS: Crameri's "vik", diverging,
+# light at zero, readable by colour-blind viewers (Crameri, Shephard & Heron 2020,
+# Nature Communications 11:5444); magnitudes, RMS, counts: matplotlib's sequential
+# "magma" and "viridis", monotonic in lightness.
+
+DIVERGING = "cmc.vik"
 SEQUENTIAL = "magma"
 SEQUENTIAL_LIGHT = "viridis"
 
