@@ -122,14 +122,13 @@ def executor(compute) -> Iterator[Executor]:
                 threads_per_worker=1,
                 processes=True,
                 memory_limit=compute.memory_limit or "auto",
-                dashboard_address=None,
+                dashboard_address=":0",
                 silence_logs=logging.ERROR,
             )
             client = Client(cluster)
             limit = cluster.workers[next(iter(cluster.workers))].memory_manager.memory_limit
-            desc = (
-                f"local Dask cluster, {n} workers of 1 thread"
-                + (f", {limit / 2**30:.1f} GiB each" if limit else "")
+            desc = f"local Dask cluster, {n} workers of 1 thread" + (
+                f", {limit / 2**30:.1f} GiB each" if limit else ""
             )
         try:
             yield _DaskExecutor(client, desc)
@@ -215,13 +214,13 @@ def write_pair_cube(path: Path, files: Sequence[Path], pairs, key: str) -> None:
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        template.to_zarr(tmp, compute=False, mode="w", consolidated=False)
+        template.to_zarr(tmp, compute=False, mode="w", consolidated=False, zarr_format=2)
         for k, f in enumerate(files):
             m = first if k == 0 else read_pair(f)
             region = xr.Dataset(
                 {v: (("pair", "y", "x"), m[v].values[None].astype("float32")) for v in _CUBE_VARS}
             )
-            region.to_zarr(tmp, region={"pair": slice(k, k + 1)}, consolidated=False)
+            region.to_zarr(tmp, region={"pair": slice(k, k + 1)}, consolidated=False, zarr_format=2)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -239,7 +238,7 @@ def _cube_rows(nx: int) -> int:
 
 def open_pair_cube(path) -> xr.Dataset:
     """The Zarr pair cube (lazy), with the attributes :func:`tio.inversion.invert` keeps."""
-    ds = xr.open_zarr(path, consolidated=False)
+    ds = xr.open_zarr(path, consolidated=False, zarr_format=2)
     ds.attrs["crs"] = ds.attrs.get("crs") or None
     ds.attrs.pop("tio_key", None)
     return ds
@@ -348,7 +347,7 @@ def invert_block(
     region = ts.drop_vars([v for v in ts.variables if "y" not in ts[v].dims])
     done = _marks(Path(ts_path)) / "done" / f"{r0}"
     try:
-        region.to_zarr(ts_path, region={"y": slice(r0, r1)}, consolidated=False)
+        region.to_zarr(ts_path, region={"y": slice(r0, r1)}, consolidated=False, zarr_format=2)
         np.save(done.with_suffix(".tmp.npy"), stats)
         os.replace(done.with_suffix(".tmp.npy"), done.with_suffix(".npy"))
     except OSError as exc:
@@ -433,7 +432,7 @@ def invert_blocks(
                 },
                 attrs=head.attrs,
             )
-            template.to_zarr(ts_path, compute=False, mode="w", consolidated=False)
+            template.to_zarr(ts_path, compute=False, mode="w", consolidated=False, zarr_format=2)
             (marks / "done").mkdir(parents=True)
             created.write_text(key)
     except OSError as exc:
@@ -451,7 +450,7 @@ def invert_blocks(
         name="invert",
     )
     stats = sum(np.load(done / f"{r0}.npy") for r0 in starts)
-    ts = xr.open_zarr(ts_path, consolidated=False)
+    ts = xr.open_zarr(ts_path, consolidated=False, zarr_format=2)
     with np.errstate(invalid="ignore", divide="ignore"):
         for k, c in enumerate(("ew", "ns")):
             rms = np.where(stats[2] > 0, np.sqrt(stats[k] / stats[2]), np.nan).astype("float32")

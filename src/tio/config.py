@@ -359,7 +359,7 @@ class ComputeConfig(_Section):
     scheduler: str | None = Field(
         None,
         description="Address of a running dask.distributed scheduler (e.g. tcp://host:8786) "
-        "whose workers see the output folder; \"synchronous\" runs every task in this process "
+        'whose workers see the output folder; "synchronous" runs every task in this process '
         "without Dask. Unset: a local Dask cluster sized to the machine.",
     )
     workers: int | None = Field(
@@ -371,7 +371,7 @@ class ComputeConfig(_Section):
     )
     memory_limit: str | None = Field(
         None,
-        description="Memory limit of each local worker, e.g. \"4GB\" (Dask spills, then "
+        description='Memory limit of each local worker, e.g. "4GB" (Dask spills, then '
         "pauses, then restarts a worker above it). Unset: the machine's memory shared "
         "between the workers. Ignored with a scheduler address.",
     )

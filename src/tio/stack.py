@@ -403,7 +403,9 @@ def build_stack(
             continue
         k = 0 if writer else len(kept)
         try:
-            cube[k] = read_on_grid(scene, grid, rs, mask_snow=mask_snow, b09_threshold=b09_threshold)
+            cube[k] = read_on_grid(
+                scene, grid, rs, mask_snow=mask_snow, b09_threshold=b09_threshold
+            )
         except (RasterioError, InputError) as exc:
             dropped.append((scene.source, f"cannot be read: {exc}"))
             continue
@@ -460,7 +462,6 @@ class _ZarrStackWriter:
     def __init__(self, store, n: int, x, y):
         import dask.array as da
 
-
         self.path = Path(store)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         shape = (n, y.size, x.size)
@@ -483,7 +484,7 @@ class _ZarrStackWriter:
         try:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            template.to_zarr(self.tmp, compute=False, mode="w", consolidated=False)
+            template.to_zarr(self.tmp, compute=False, mode="w", consolidated=False, zarr_format=2)
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
@@ -496,14 +497,15 @@ class _ZarrStackWriter:
             }
         )
         try:
-            ds.to_zarr(self.tmp, region={"time": slice(k, k + 1)}, consolidated=False)
+            ds.to_zarr(
+                self.tmp, region={"time": slice(k, k + 1)}, consolidated=False, zarr_format=2
+            )
         except OSError as exc:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
     def finish(self, scenes, attrs: dict) -> None:
         import zarr
-
 
         try:
             group = zarr.open_group(self.tmp, mode="r+")
@@ -525,7 +527,7 @@ class _ZarrStackWriter:
 
 def open_stack(path) -> xr.Dataset:
     """A stack written by :func:`build_stack` with ``store=``: lazy (dask) arrays."""
-    ds = xr.open_zarr(path, consolidated=False)
+    ds = xr.open_zarr(path, consolidated=False, zarr_format=2)
     attrs = dict(ds.attrs)
     dates, sources = attrs.pop("dates"), attrs.pop("sources")
     ds = ds.isel(time=slice(0, len(dates))).assign_coords(
