@@ -212,7 +212,8 @@ def write_pair_cube(path: Path, files: Sequence[Path], pairs, key: str) -> None:
         },
     )
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for old in path.parent.glob(f".{path.name}.tmp*"):  # left by a killed run
+            shutil.rmtree(old, ignore_errors=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         template.to_zarr(tmp, compute=False, mode="w", consolidated=False, zarr_format=2)
         for k, f in enumerate(files):

@@ -284,6 +284,7 @@ def _run_stages(
         skipped.append("correlate")
     matched = []
     if todo:
+        _remove_leftovers(raw_dir)
         run_tasks = tasks.get()
         with _bar(len(todo), "correlate", "pair", progress) as bar:
             # one task per pair: it reads its two dates from stack.zarr, writes its GeoTIFF
@@ -388,6 +389,13 @@ def _run_stages(
     return RunResult(
         out_dir=out, scenes=scenes, pairs=pairs, timeseries=ts, products=products, skipped=skipped
     )
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Temporary files of tasks killed in a previous run (no task of this run is running)."""
+    for p in folder.glob(".*.tmp*"):
+        with contextlib.suppress(OSError):
+            p.unlink()
 
 
 def _rows_of(path: Path) -> int:

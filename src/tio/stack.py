@@ -482,7 +482,8 @@ class _ZarrStackWriter:
             coords={"x": x, "y": y},
         )
         try:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            for old in self.path.parent.glob(f".{self.path.name}.tmp*"):  # of a killed run
+                shutil.rmtree(old, ignore_errors=True)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             template.to_zarr(self.tmp, compute=False, mode="w", consolidated=False, zarr_format=2)
         except OSError as exc:
