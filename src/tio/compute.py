@@ -397,7 +397,8 @@ def invert_blocks(
     cube_path, ts_path = Path(cube_path), Path(ts_path)
     cube = open_pair_cube(cube_path)
     ny, nx = cube.sizes["y"], cube.sizes["x"]
-    rows = rows or _cube_rows(nx)
+    # about 2**24 pair-pixel values per block (~0.4 GB of float64 ew/ns/score per task)
+    rows = rows or max(1, min(_cube_rows(nx), (1 << 24) // (cube.sizes["pair"] * max(nx, 1))))
     starts = list(range(0, ny, rows))
     weights = (
         pair_weights(cube, bool(params.get("score_weighting")))
