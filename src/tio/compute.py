@@ -80,6 +80,12 @@ class _DaskExecutor(Executor):
                     exc = fut.exception()
                     if isinstance(exc, TioError):
                         raise exc
+                    if type(exc).__name__ == "KilledWorker":
+                        raise TioError(
+                            f"a {name} task killed the workers that ran it several times "
+                            "(out of memory? give them more with --memory-limit, or fewer "
+                            f"workers): {exc}"
+                        )
                     raise TioError(f"a {name} task failed: {type(exc).__name__}: {exc}")
                 out[index[fut.key]] = fut.result()
                 fut.release()
