@@ -161,6 +161,11 @@ def test_deleted_pair_product_is_the_only_one_recomputed(scenes, reference, tmp_
     assert f"correlate: {N_PAIRS - 1} of {N_PAIRS} pairs already done" in log
     assert "correlate: 1 pairs correlated" in log
     _assert_same_products(reference, out)
+    # where the work runs is not a parameter of the results: nothing is redone
+    other = _config(scenes, out, **{"compute.scheduler": None, "compute.workers": 1})
+    result = run(other, progress=False)
+    assert {"stack", "correlate", "correct", "invert"} <= set(result.skipped)
+    assert (out / "tio.log").read_text().count("tasks run on") == log.count("tasks run on")
 
 
 def test_worker_killed_mid_task_does_not_lose_the_run(scenes, reference, cluster, tmp_path):
