@@ -136,7 +136,7 @@ def run_once(scenes: Path, out: Path, workers: int, args) -> tuple[float, int, i
     if args.memory_limit:
         cmd += ["--memory-limit", args.memory_limit]
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     mem = PeakMemory(proc.pid)
     rc = proc.wait()
     seconds = time.monotonic() - t0
