@@ -20,6 +20,7 @@ Usage::
     python benchmarks/bench_scale.py                       # 1000, 2000, 5000 px; 1 and 2 workers
     python benchmarks/bench_scale.py --sizes 10980 --workers 2 --dates 3 --pairs-per-date 2
     python benchmarks/bench_scale.py --sizes 1000 --step 16 --keep /tmp/scale
+    python benchmarks/bench_scale.py --sizes 10980 --workers 0 --dates 2 --pairs-per-date 1
 
 The default run (3 areas x 2 worker counts, 4 dates, 5 pairs each: 2.6 M
 correlation windows per worker count) should take about 10-15 minutes on an idle
@@ -124,8 +125,7 @@ def run_once(scenes: Path, out: Path, workers: int, args) -> tuple[float, int, i
         str(scenes),
         "-o",
         str(out),
-        "--workers",
-        str(workers),
+        *(["--scheduler", "synchronous"] if workers == 0 else ["--workers", str(workers)]),
         "--pairs-per-date",
         str(args.pairs_per_date),
         "--step",
@@ -150,7 +150,13 @@ def run_once(scenes: Path, out: Path, workers: int, args) -> tuple[float, int, i
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 5000])
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="local Dask workers; 0: no Dask (--scheduler synchronous, correlation on all cores)",
+    )
     ap.add_argument("--dates", type=int, default=4)
     ap.add_argument("--pairs-per-date", type=int, default=2)
     ap.add_argument("--step", type=int, default=8)
