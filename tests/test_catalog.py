@@ -634,9 +634,9 @@ def test_tio_run_reads_only_the_area_over_http(catalogue, files, tmp_path):
         ],
     )
     assert res.exit_code == 0, res.output
-    import xarray as xr
+    from tio.stack import open_stack
 
-    with xr.open_dataset(out / "stack.nc", engine="h5netcdf") as ds:
+    with open_stack(out / "stack.zarr") as ds:
         assert [str(t)[:10] for t in ds.time.values] == ["2016-05-29", "2016-06-08"]
         assert list(ds.source.values) == ["S2A_33UUU_20160529_0_L2A", "S2A_33UUU_20160608_0_L2A"]
         # the lon/lat box of the 2.5 km area, back in UTM and snapped to pixels

@@ -9,6 +9,7 @@ one section per stage::
     [correction]   what is removed from each pair before inversion
     [inversion]    the robust time-series inversion
     [output]       which products are written
+    [compute]      where the work runs (Dask), how many workers, how much memory
 
 Defaults follow the original ISTerre TIO service (each date paired with the next
 4 dates, median offset removed, residual scale 2 m, gross outliers above 5 m,
@@ -36,6 +37,7 @@ from .errors import ConfigError, TioError
 __all__ = [
     "ConfigError",
     "CorrectionConfig",
+    "ComputeConfig",
     "CorrelationConfig",
     "InputConfig",
     "InversionConfig",
@@ -388,6 +390,43 @@ class OutputConfig(_Section):
         return v
 
 
+class ComputeConfig(_Section):
+    """Where and how the work runs (never changes the results)."""
+
+    scheduler: str | None = Field(
+        None,
+        description="Address of a running dask.distributed scheduler (e.g. tcp://host:8786) "
+        'whose workers see the output folder; "synchronous" runs every task in this process '
+        "without Dask. Unset: a local Dask cluster sized to the machine.",
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=512,
+        description="Worker processes of the local cluster (one thread each). Unset: one per "
+        "CPU core. Ignored with a scheduler address.",
+    )
+    memory_limit: str | None = Field(
+        None,
+        description='Memory limit of each local worker, e.g. "4GB" (Dask spills, then '
+        "pauses, then restarts a worker above it). Unset: the machine's memory shared "
+        "between the workers. Ignored with a scheduler address.",
+    )
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _check_memory(cls, v):
+        if v is not None:
+            from dask.utils import parse_bytes
+
+            try:
+                if parse_bytes(v) <= 0:
+                    raise ValueError
+            except (ValueError, TypeError):
+                raise ValueError("must be a size such as 4GB or 500MiB") from None
+        return v
+
+
 class RunConfig(_Section):
     """Every parameter of a TIO run."""
 
@@ -397,6 +436,7 @@ class RunConfig(_Section):
     correction: CorrectionConfig = Field(default_factory=CorrectionConfig)
     inversion: InversionConfig = Field(default_factory=InversionConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
 
     @model_validator(mode="after")
     def _check_window(self):

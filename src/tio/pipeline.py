@@ -4,11 +4,12 @@ Stages and what each leaves in the output folder::
 
     find scenes    tio.ingest.find_scenes       (nothing: metadata only), or with an
                    area and dates but no paths tio.catalog.scenes_for (a STAC search)
-    stack          tio.stack.build_stack        stack.nc
+    stack          tio.stack.build_stack        stack.zarr (chunked, one date at a time)
     pairs          tio.network.select_pairs     network.txt, network.png
     correlate      tio.correlation.correlate    pairs/raw/YYYYMMDD_YYYYMMDD.tif
     correct        tio.corrections.correct_pairs pairs/corrected/*.tif, pairs/corrections.csv
-    invert         tio.inversion.invert         timeseries.nc and the GeoTIFF products
+    invert         tio.compute.invert_blocks    pairs/cube.zarr, .tio/timeseries.zarr, then
+                                                timeseries.nc and the GeoTIFF products
     quicklooks     tio.quicklook                quicklook_*.png
 
 Every output carries a key: a hash of the parameters and of the inputs that
@@ -16,10 +17,15 @@ made it (a ``TIO_KEY`` tag in GeoTIFFs, ``.tio/state.json`` for the rest). A
 stage whose outputs exist with the same key is skipped, so a run started again
 after a crash, or with only late-stage parameters changed, redoes only what is
 needed. Outputs are written under temporary names and renamed when complete.
+
+Correlation (one task per pair) and inversion (one task per band of rows) run
+as tasks of :mod:`tio.compute` (Dask, or this process), which read their inputs
+from the run folder and write their outputs there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -35,6 +41,7 @@ import xarray as xr
 from tqdm import tqdm
 
 from . import __version__
+from .compute import Executor, executor
 from .config import RunConfig, dump_toml
 from .errors import InputError, OutputError
 from .ingest import Scene, find_scenes
@@ -117,12 +124,6 @@ def _bar(total: int, desc: str, unit: str, enabled: bool):
     )
 
 
-def _image(stack: xr.Dataset, i: int) -> xr.DataArray:
-    da = stack["image"].isel(time=i).drop_vars(["time", "source"], errors="ignore")
-    da.attrs = {"crs": stack.attrs.get("crs"), "transform": list(stack.attrs["transform"])}
-    return da
-
-
 _STACK_OPTIONS = (
     "aoi",
     "resampling",
@@ -176,7 +177,8 @@ def run(config: RunConfig, *, progress: bool = True, verbose: bool = False) -> R
         with atomic_path(out / "config.toml") as tmp:
             tmp.write_text(dump_toml(config))
         state = _State(out)
-        result = _run_stages(config, out, state, progress)
+        with _LazyExecutor(config.compute) as tasks:
+            result = _run_stages(config, out, state, progress, tasks)
         log.info("done in %.1f s; products in %s", time.monotonic() - started, out.resolve())
         return result
     except Exception as exc:
@@ -189,12 +191,34 @@ def run(config: RunConfig, *, progress: bool = True, verbose: bool = False) -> R
             log.removeHandler(console)
 
 
-def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> RunResult:
+class _LazyExecutor:
+    """The executor of ``[compute]``, started on first use (not for an up-to-date run)."""
+
+    def __init__(self, compute):
+        self.compute = compute
+        self.stack = contextlib.ExitStack()
+        self.executor: Executor | None = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stack.close()
+
+    def get(self) -> Executor:
+        if self.executor is None:
+            self.executor = self.stack.enter_context(executor(self.compute))
+            log.info("tasks run on: %s", self.executor.description)
+        return self.executor
+
+
+def _run_stages(
+    config: RunConfig, out: Path, state: _State, progress: bool, tasks: _LazyExecutor
+) -> RunResult:
     # the numerical stages are imported here so that `tio --help` stays instant
-    from .correlation import correlate
-    from .inversion import invert
+    from .compute import correlate_pair, invert_blocks, pair_cube_key, write_pair_cube
     from .products import write_products
-    from .stack import build_stack, load_stack, save_stack
+    from .stack import build_stack, open_stack
 
     cfg_in, cfg_c = config.input, config.correlation
     skipped: list[str] = []
@@ -222,17 +246,18 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
         cfg_in.model_dump(mode="json", exclude={"start", "end"}),
         _scene_fingerprint(scenes),
     )
-    stack_path = out / "stack.nc"
+    stack_path = out / "stack.zarr"
     if state.done("stack", stack_key, stack_path):
-        stack = load_stack(stack_path)
+        stack = open_stack(stack_path)
         skipped.append("stack")
         log.info("stack: up to date")
     else:
         from .catalog import remote_gdal_env
 
         with _bar(len(scenes), "read", "scene", progress) as bar, remote_gdal_env(remote):
-            stack = build_stack(scenes, **_stack_options(cfg_in), progress=bar.update)
-        save_stack(stack, stack_path)
+            stack = build_stack(
+                scenes, **_stack_options(cfg_in), progress=bar.update, store=stack_path
+            )
         state.mark("stack", stack_key)
     kept = set(stack["source"].values.tolist())
     scenes = [s for s in scenes if s.source in kept]  # without the dropped dates
@@ -270,20 +295,30 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
     if not todo:
         skipped.append("correlate")
     matched = []
-    with _bar(len(todo), "correlate", "pair", progress) as bar:
-        for p in todo:
-            ds = correlate(
-                _image(stack, p.i),
-                _image(stack, p.j),
-                **cfg_c.model_dump(exclude={"min_score"}),  # the rest are correlate()'s options
+    if todo:
+        _remove_leftovers(raw_dir)
+        run_tasks = tasks.get()
+        with _bar(len(todo), "correlate", "pair", progress) as bar:
+            # one task per pair: it reads its two dates from stack.zarr, writes its GeoTIFF
+            matched = run_tasks.map(
+                correlate_pair,
+                [
+                    (
+                        str(stack_path),
+                        p.i,
+                        p.j,
+                        cfg_c.model_dump(exclude={"min_score"}),  # correlate()'s options
+                        str(raw_dir / f"{p.name}.tif"),
+                        {"TIO_KEY": raw_keys[p.name]},
+                        run_tasks.threads,
+                    )
+                    for p in todo
+                ],
+                on_done=lambda _: bar.update(),
+                name="correlate",
             )
-            valid = float(np.isfinite(ds["ew"].values).mean())
-            write_pair(
-                raw_dir / f"{p.name}.tif", ds, p.date1, p.date2, {"TIO_KEY": raw_keys[p.name]}
-            )
+        for p, valid in zip(todo, matched, strict=True):
             log.debug("correlated %s: %.0f %% of windows matched", p.name, 100 * valid)
-            matched.append(valid)
-            bar.update()
     if todo:
         log.info(
             "correlate: %d pairs correlated, %.0f %% of windows matched on average",
@@ -332,12 +367,22 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
         log.info("invert: up to date")
         products = sorted(out.glob("*.tif"))
     else:
-        pair_cube = _load_pairs(corr_dir, pairs)
-        with _bar(pair_cube.sizes["y"], "invert", "row", progress) as bar:
+        # the corrected pairs in a chunked Zarr cube, inverted by blocks of rows
+        cube_path = out / "pairs" / "cube.zarr"
+        if pair_cube_key(cube_path) != fix_key:
+            write_pair_cube(cube_path, [corr_dir / f"{p.name}.tif" for p in pairs], pairs, fix_key)
+        with _bar(_rows_of(corr_dir / f"{pairs[0].name}.tif"), "invert", "row", progress) as bar:
             # the inversion section's names are invert()'s keyword arguments
-            ts = invert(pair_cube, **config.inversion.model_dump(), progress=bar.update)
+            ts = invert_blocks(
+                cube_path,
+                out / ".tio" / "timeseries.zarr",
+                config.inversion.model_dump(),
+                tasks.get(),
+                key=inv_key,
+                progress=bar.update,
+            ).load()
         ts.attrs.update(
-            units=pair_cube.attrs.get("units", "m"),
+            units=ts.attrs.get("units", "m"),
             tio_version=__version__,
             grid=stack.attrs.get("grid", ""),
             resampling=stack.attrs.get("resampling", ""),
@@ -356,6 +401,20 @@ def _run_stages(config: RunConfig, out: Path, state: _State, progress: bool) -> 
     return RunResult(
         out_dir=out, scenes=scenes, pairs=pairs, timeseries=ts, products=products, skipped=skipped
     )
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Temporary files of tasks killed in a previous run (no task of this run is running)."""
+    for p in folder.glob(".*.tmp*"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def _rows_of(path: Path) -> int:
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return src.height
 
 
 def _file_id(path) -> list:
@@ -539,26 +598,6 @@ def _write_corrections_csv(path: Path, records: list[dict], pairs: list[Pair]) -
         )
     with atomic_path(path) as tmp:
         tmp.write_text(buf.getvalue())
-
-
-def _load_pairs(folder: Path, pairs: list[Pair]) -> xr.Dataset:
-    maps = [read_pair(folder / f"{p.name}.tif") for p in pairs]
-    first = maps[0]
-    cube = xr.Dataset(
-        {
-            v: (("pair", "y", "x"), np.stack([m[v].values for m in maps]))
-            for v in ("ew", "ns", "score")
-        },
-        coords={
-            "x": first["x"].values,
-            "y": first["y"].values,
-            "pair": [p.name for p in pairs],
-            "date1": ("pair", np.array([np.datetime64(p.date1.isoformat(), "ns") for p in pairs])),
-            "date2": ("pair", np.array([np.datetime64(p.date2.isoformat(), "ns") for p in pairs])),
-        },
-        attrs={k: first.attrs[k] for k in ("crs", "transform", "units")},
-    )
-    return cube
 
 
 def _quicklooks(

@@ -2,7 +2,7 @@
 
 :func:`render_run` is what ``tio run`` does after writing the data products and
 what ``tio quicklook RUNDIR`` does on its own: it reads only the products
-(``timeseries.nc``, ``stack.nc`` for the greyscale background, the corrected pair
+(``timeseries.nc``, ``stack.zarr`` for the greyscale background, the corrected pair
 maps for the scores), so pictures can be re-rendered without recomputing.
 
 Written in the run folder:
@@ -56,7 +56,7 @@ def attribution_for(sources: Sequence[str], years: Sequence[int]) -> str | None:
 
 
 def load_run(run_dir: str | Path) -> tuple[xr.Dataset, xr.Dataset | None]:
-    """The time series (``timeseries.nc``) and image stack (``stack.nc``) of a run."""
+    """The time series (``timeseries.nc``) and image stack (``stack.zarr``) of a run."""
     run = Path(run_dir)
     nc = run / "timeseries.nc"
     if not run.is_dir():
@@ -69,7 +69,11 @@ def load_run(run_dir: str | Path) -> tuple[xr.Dataset, xr.Dataset | None]:
     with xr.open_dataset(nc, engine="h5netcdf") as ds:
         ts = ds.load()
     stack = None
-    if (run / "stack.nc").exists():
+    if (run / "stack.zarr").exists():
+        from .stack import open_stack
+
+        stack = open_stack(run / "stack.zarr").isel(time=[0]).load()
+    elif (run / "stack.nc").exists():
         with xr.open_dataset(run / "stack.nc", engine="h5netcdf") as ds:
             stack = ds.isel(time=[0]).load()
     return ts, stack

@@ -162,7 +162,7 @@ def write_stac_catalog(run_dir: str | Path, geo: Georef, dates: list[str]) -> Pa
     run = Path(run_dir)
     geometry, bbox = _footprint(geo)
     name = run.resolve().name
-    skip = {"catalog.json", "timeseries.json", "stack.nc"}
+    skip = {"catalog.json", "timeseries.json", "stack.nc", "stack.zarr"}
     files = sorted(
         p
         for p in run.iterdir()

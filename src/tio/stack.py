@@ -20,8 +20,11 @@ No-data: the file's declared nodata value or mask; for SAFE products and for
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -34,7 +37,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from .errors import InputError, NoOverlapError
+from .errors import InputError, NoOverlapError, OutputError
 from .ingest import Scene
 from .raster import coords_from_transform
 
@@ -47,6 +50,7 @@ __all__ = [
     "grid_for",
     "is_on_grid",
     "load_stack",
+    "open_stack",
     "read_on_grid",
     "save_stack",
     "scene_bounds",
@@ -357,6 +361,7 @@ def build_stack(
     mask_snow: bool = False,
     b09_threshold: float = 1200.0,
     progress=None,
+    store=None,
 ) -> xr.Dataset:
     """Read ``scenes`` onto one grid (the first scene's, cut to ``aoi``).
 
@@ -378,6 +383,10 @@ def build_stack(
         Cloud masking of Sentinel-2 products: see :func:`read_on_grid`.
     progress
         Optional callable called once per scene read (for progress bars).
+    store
+        A Zarr folder to write the stack to, one date at a time (memory holds one
+        image, not the stack), under a temporary name renamed when complete; the
+        stack returned is then read lazily from it (:func:`open_stack`).
 
     Scenes that cannot be read, hold no valid pixel or are too cloudy are dropped
     with a warning naming the file and the reason (also in the ``dropped``
@@ -415,13 +424,20 @@ def build_stack(
             "to process such images in pixel units"
         )
     rs = Resampling[resampling]
-    cube = np.empty((len(scenes), *grid.shape), dtype="float32")
+    x, y = coords_from_transform(tuple(grid.transform), grid.shape)
+    writer = None if store is None else _ZarrStackWriter(store, len(scenes), x, y)
+    cube = (
+        np.empty((len(scenes), *grid.shape), dtype="float32")
+        if writer is None
+        else np.empty((1, *grid.shape), dtype="float32")
+    )
     kept: list[int] = []
     for i, scene in enumerate(scenes):
         if any(src == scene.source for src, _ in dropped):
             continue
+        k = 0 if writer else len(kept)
         try:
-            cube[len(kept)] = read_on_grid(
+            cube[k] = read_on_grid(
                 scene, grid, rs, mask_snow=mask_snow, b09_threshold=b09_threshold
             )
         except (RasterioError, InputError) as exc:
@@ -430,10 +446,12 @@ def build_stack(
         finally:
             if progress:
                 progress()
-        _, reason = _unusable(cube[len(kept)], max_cloud)
+        _, reason = _unusable(cube[k], max_cloud)
         if reason:
             dropped.append((scene.source, reason))
         else:
+            if writer:
+                writer.write(len(kept), cube[0])
             kept.append(i)
     for source, reason in dropped:
         log.warning("%s dropped: %s", source, reason)
@@ -442,9 +460,18 @@ def build_stack(
             f"need at least 2 usable dates, {len(kept)} left: "
             + "; ".join(f"{s}: {r}" for s, r in dropped)
         )
-    cube = cube[: len(kept)]
     scenes = [scenes[i] for i in kept]
-    x, y = coords_from_transform(tuple(grid.transform), grid.shape)
+    attrs = {
+        "crs": grid.crs,
+        "transform": list(tuple(grid.transform)[:6]),
+        "resampling": resampling,
+        "grid": grid.describe(),
+        "dropped": "\n".join(f"{s}: {r}" for s, r in dropped),
+    }
+    if writer:
+        writer.finish(scenes, attrs)
+        return open_stack(store)
+    cube = cube[: len(kept)]
     times = np.array([np.datetime64(s.date.isoformat(), "ns") for s in scenes])
     return xr.Dataset(
         {
@@ -456,14 +483,96 @@ def build_stack(
             ),
         },
         coords={"time": times, "x": x, "y": y, "source": ("time", [s.source for s in scenes])},
-        attrs={
-            "crs": grid.crs,
-            "transform": list(tuple(grid.transform)[:6]),
-            "resampling": resampling,
-            "grid": grid.describe(),
-            "dropped": "\n".join(f"{s}: {r}" for s, r in dropped),
-        },
+        attrs=attrs,
     )
+
+
+STACK_CHUNK = 1024  # pixels: side of the spatial chunks of a Zarr stack
+
+
+class _ZarrStackWriter:
+    """A Zarr stack written one date at a time into a temporary folder."""
+
+    def __init__(self, store, n: int, x, y):
+        import dask.array as da
+
+        self.path = Path(store)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        shape = (n, y.size, x.size)
+        chunks = (1, min(STACK_CHUNK, y.size), min(STACK_CHUNK, x.size))
+        template = xr.Dataset(
+            {
+                "image": (
+                    ("time", "y", "x"),
+                    da.zeros(shape, dtype="float32", chunks=chunks),
+                    {"long_name": "pixel values (digital numbers)"},
+                ),
+                "mask": (
+                    ("time", "y", "x"),
+                    da.zeros(shape, dtype="uint8", chunks=chunks),
+                    {"long_name": "1 = unusable (no data, cloud, cloud shadow)"},
+                ),
+            },
+            coords={"x": x, "y": y},
+        )
+        try:
+            for old in self.path.parent.glob(f".{self.path.name}.tmp*"):  # of a killed run
+                shutil.rmtree(old, ignore_errors=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            template.to_zarr(self.tmp, compute=False, mode="w", consolidated=False, zarr_format=2)
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+
+    def write(self, k: int, values: np.ndarray) -> None:
+
+        ds = xr.Dataset(
+            {
+                "image": (("time", "y", "x"), values[None]),
+                "mask": (("time", "y", "x"), (~np.isfinite(values[None])).astype("uint8")),
+            }
+        )
+        try:
+            ds.to_zarr(
+                self.tmp, region={"time": slice(k, k + 1)}, consolidated=False, zarr_format=2
+            )
+        except OSError as exc:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+
+    def finish(self, scenes, attrs: dict) -> None:
+        import zarr
+
+        try:
+            group = zarr.open_group(self.tmp, mode="r+")
+            group.attrs.update(
+                {
+                    **attrs,
+                    "crs": attrs["crs"] or "",
+                    "dates": [s.date.isoformat() for s in scenes],
+                    "sources": [s.source for s in scenes],
+                }
+            )
+            if self.path.exists():
+                shutil.rmtree(self.path)
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+
+
+def open_stack(path) -> xr.Dataset:
+    """A stack written by :func:`build_stack` with ``store=``: lazy (dask) arrays."""
+    ds = xr.open_zarr(path, consolidated=False, zarr_format=2)
+    attrs = dict(ds.attrs)
+    dates, sources = attrs.pop("dates"), attrs.pop("sources")
+    ds = ds.isel(time=slice(0, len(dates))).assign_coords(
+        time=np.array([np.datetime64(d, "ns") for d in dates]),
+        source=("time", list(sources)),
+    )
+    attrs["crs"] = attrs.get("crs") or None
+    attrs["transform"] = [float(v) for v in attrs["transform"]]
+    ds.attrs = attrs
+    return ds
 
 
 def save_stack(stack: xr.Dataset, path) -> None:

@@ -32,7 +32,7 @@ Examples:
 def quicklook_cmd(run_dir, points, animation):
     """Draw the quicklooks, the animation, the EPSG:4326 map overlays, the time series at
     points, the STAC catalog and the HTML report of a finished run, from its products
-    (timeseries.nc, stack.nc, pairs/corrected/) without recomputing anything."""
+    (timeseries.nc, stack.zarr, pairs/corrected/) without recomputing anything."""
     from tio.present import render_run
 
     written = render_run(

@@ -21,6 +21,10 @@ Examples:
   tio run --aoi 6.80,45.90,6.90,45.95 --start 2023-06-01 --end 2023-09-30 \\
       --catalog cdse --collection sentinel-2-l1c -o out/
       Copernicus Data Space: SAFE archives downloaded into the cache (input.cache_dir)
+  tio run scenes/ --workers 2 --memory-limit 8GB -o out/
+      on a local Dask cluster of 2 worker processes of at most 8 GB each
+  tio run scenes/ --scheduler tcp://10.0.0.5:8786 -o /shared/out/
+      on the workers of an existing Dask cluster (they must see /shared/out)
 \b
 Running it again with the same output folder skips finished stages.
 """
@@ -73,6 +77,20 @@ Running it again with the same output folder skips finished stages.
     default=None,
     help="Accept images without georeferencing (results in pixels).",
 )
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="Address of a running Dask scheduler (tcp://host:8786), or 'synchronous' to run "
+    "every task in this process [default: a local Dask cluster].",
+)
+@click.option(
+    "--workers", type=int, help="Worker processes of the local cluster [default: one per core]."
+)
+@click.option(
+    "--memory-limit",
+    metavar="SIZE",
+    help="Memory limit per local worker, e.g. 4GB [default: memory / workers].",
+)
 @click.option("--no-quicklooks", is_flag=True, default=None, help="Do not draw PNG quicklooks.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or log lines on the terminal.")
 @click.option("-v", "--verbose", is_flag=True, help="More detail in the log.")
@@ -95,6 +113,9 @@ def run_cmd(
     search,
     max_cloud,
     pixel_units,
+    scheduler,
+    workers,
+    memory_limit,
     no_quicklooks,
     quiet,
     verbose,
@@ -120,6 +141,9 @@ def run_cmd(
         "input.max_cloud": max_cloud,
         "input.pixel_units": pixel_units,
         "output.quicklooks": False if no_quicklooks else None,
+        "compute.scheduler": scheduler,
+        "compute.workers": workers,
+        "compute.memory_limit": memory_limit,
     }
     config = load_config(config_file, collect_overrides(sets, flags))
     result = run(config, progress=not quiet, verbose=verbose)

@@ -33,6 +33,7 @@ RESERVED = {
     "input.max_cloud": "inputs.max_cloud",
     "output.directory": "the server (the job folder)",
     "output.points": "the server",
+    "compute.scheduler": "the server (each job runs in one of its Dask workers)",
 }
 
 
@@ -209,6 +210,9 @@ def build_tree(inputs: JobInputs, paths: list[str], limits: Limits) -> dict:
                     f"inputs.parameters.{dotted}", f"cannot be set here: set by {RESERVED[dotted]}"
                 )
             tree.setdefault(section, {})[key] = value
+    # the server already spreads jobs over its Dask workers: a job computes in its own
+    # process rather than starting a cluster of its own inside a worker
+    tree.setdefault("compute", {})["scheduler"] = "synchronous"
     tree.setdefault("input", {}).update(
         paths=paths,
         aoi=inputs.bbox,
