@@ -55,3 +55,47 @@ def collect_overrides(sets: tuple[str, ...], flags: dict[str, Any]) -> dict[str,
         out[key] = value
     out.update({k: v for k, v in flags.items() if v is not None})
     return out
+
+
+_INPUT_OPTIONS = [
+    click.argument("inputs", nargs=-1, type=click.Path()),
+    click.option(
+        "-c",
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False),
+        help="TOML or YAML configuration file (see `tio config`).",
+    ),
+    click.option(
+        "--set",
+        "sets",
+        multiple=True,
+        metavar="SECTION.NAME=VALUE",
+        help="Override any parameter; repeatable.",
+    ),
+    click.option(
+        "--aoi", help="Area of interest: WEST,SOUTH,EAST,NORTH in degrees, a GeoJSON file or WKT."
+    ),
+    click.option("--start", help="First date kept (YYYY-MM-DD)."),
+    click.option("--end", help="Last date kept (YYYY-MM-DD)."),
+    click.option("--band", help="Band of SAFE products [default: B04]."),
+]
+
+
+def input_options(func):
+    """INPUTS, --config, --set, --aoi, --start, --end, --band: what `tio run` and
+    `tio pairs` read the same way (turn them into overrides with :func:`input_flags`)."""
+    for decorator in reversed(_INPUT_OPTIONS):
+        func = decorator(func)
+    return func
+
+
+def input_flags(inputs, aoi, start, end, band) -> dict[str, Any]:
+    """The dotted overrides of :func:`input_options`' values."""
+    return {
+        "input.paths": list(inputs) or None,
+        "input.aoi": parse_bbox(aoi),
+        "input.start": start,
+        "input.end": end,
+        "input.band": band,
+    }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import collect_overrides, handle_errors, parse_bbox
+from ._common import collect_overrides, handle_errors, input_flags, input_options
 
 EPILOG = """\b
 Examples:
@@ -20,27 +20,7 @@ Examples:
 
 
 @click.command("pairs", epilog=EPILOG)
-@click.argument("inputs", nargs=-1, type=click.Path())
-@click.option(
-    "-c",
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False),
-    help="TOML or YAML configuration file (see `tio config`).",
-)
-@click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="SECTION.NAME=VALUE",
-    help="Override any parameter; repeatable.",
-)
-@click.option(
-    "--aoi", help="Area of interest: WEST,SOUTH,EAST,NORTH in degrees, a GeoJSON file or WKT."
-)
-@click.option("--start", help="First date kept (YYYY-MM-DD).")
-@click.option("--end", help="Last date kept (YYYY-MM-DD).")
-@click.option("--band", help="Band of SAFE products [default: B04].")
+@input_options
 @click.option("--orbit", type=int, help="Keep only this Sentinel-2 relative orbit.")
 @click.option("--max-cloud", type=float, help="Drop dates with more cloud/no data than this share.")
 @click.option(
@@ -91,11 +71,7 @@ def pairs_cmd(
     from tio.stack import survey_area
 
     flags = {
-        "input.paths": list(inputs) or None,
-        "input.aoi": parse_bbox(aoi),
-        "input.start": start,
-        "input.end": end,
-        "input.band": band,
+        **input_flags(inputs, aoi, start, end, band),
         "input.orbit": orbit,
         "input.max_cloud": max_cloud,
         "pairs.max_next": pairs_per_date,

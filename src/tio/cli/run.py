@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import collect_overrides, handle_errors, parse_bbox
+from ._common import collect_overrides, handle_errors, input_flags, input_options
 
 EPILOG = """\b
 Examples:
@@ -31,28 +31,8 @@ Running it again with the same output folder skips finished stages.
 
 
 @click.command("run", epilog=EPILOG)
-@click.argument("inputs", nargs=-1, type=click.Path())
+@input_options
 @click.option("-o", "--output", help="Output folder [default: tio-output].")
-@click.option(
-    "-c",
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False),
-    help="TOML or YAML configuration file (see `tio config`).",
-)
-@click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="SECTION.NAME=VALUE",
-    help="Override any parameter; repeatable.",
-)
-@click.option(
-    "--aoi", help="Area of interest: WEST,SOUTH,EAST,NORTH in degrees, a GeoJSON file or WKT."
-)
-@click.option("--start", help="First date kept (YYYY-MM-DD).")
-@click.option("--end", help="Last date kept (YYYY-MM-DD).")
-@click.option("--band", help="Band of SAFE products [default: B04].")
 @click.option(
     "--catalog",
     help="Without input files: STAC catalogue searched (earth-search, cdse, "
@@ -125,12 +105,8 @@ def run_cmd(
     from tio.pipeline import run
 
     flags = {
-        "input.paths": list(inputs) or None,
+        **input_flags(inputs, aoi, start, end, band),
         "output.directory": output,
-        "input.aoi": parse_bbox(aoi),
-        "input.start": start,
-        "input.end": end,
-        "input.band": band,
         "input.catalog": catalog,
         "input.collection": collection,
         "input.orbit": orbit,
