@@ -264,30 +264,6 @@ def pair_cube_key(path) -> str | None:
 # inversion by blocks of rows
 
 
-def _robust_std(v: np.ndarray) -> float:
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return float("nan")
-    return float(1.4826 * np.median(np.abs(v - np.median(v))))
-
-
-def _pair_sigmas(s: np.ndarray) -> np.ndarray:
-    s = np.asarray(s, dtype=np.float64).copy()
-    pos = s[np.isfinite(s) & (s > 0)]
-    if pos.size == 0:
-        return np.ones_like(s)
-    s[~np.isfinite(s)] = 1.0
-    return np.maximum(s, 1e-3 * np.median(pos))
-
-
-def _valid(ew, ns, score):
-    ok = np.isfinite(ew) & np.isfinite(ns)
-    if score is not None:
-        with np.errstate(invalid="ignore"):
-            ok &= np.isfinite(score) & (score > 0)
-    return ok
-
-
 def pair_weights(cube: xr.Dataset, score_weighting: bool) -> dict[str, np.ndarray]:
     """``1 / sigma_p**2`` per pair and component over the whole maps.
 
@@ -295,6 +271,9 @@ def pair_weights(cube: xr.Dataset, score_weighting: bool) -> dict[str, np.ndarra
     ``pair_weighting="std"``, computed once over whole maps (one pair in memory at
     a time) so that every block of rows gets the weights of the whole scene.
     """
+    from ._inversion import pair_sigmas, robust_std
+    from .inversion import _valid
+
     sig = {c: np.empty(cube.sizes["pair"]) for c in ("ew", "ns")}
     for p in range(cube.sizes["pair"]):
         m = cube.isel(pair=p)
@@ -302,9 +281,9 @@ def pair_weights(cube: xr.Dataset, score_weighting: bool) -> dict[str, np.ndarra
         b = np.asarray(m["ns"].values, np.float64)
         s = np.asarray(m["score"].values, np.float64) if score_weighting else None
         ok = _valid(a, b, s)
-        sig["ew"][p] = _robust_std(a[ok])
-        sig["ns"][p] = _robust_std(b[ok])
-    return {c: 1.0 / _pair_sigmas(s) ** 2 for c, s in sig.items()}
+        sig["ew"][p] = robust_std(a[ok])
+        sig["ns"][p] = robust_std(b[ok])
+    return {c: 1.0 / pair_sigmas(s) ** 2 for c, s in sig.items()}
 
 
 def _invert_rows(cube: xr.Dataset, weights: dict | None, params: dict) -> xr.Dataset:
@@ -314,7 +293,7 @@ def _invert_rows(cube: xr.Dataset, weights: dict | None, params: dict) -> xr.Dat
     that component's pair weights passed as a score (``score_weighting``) and
     ``pair_weighting="none"``: exactly the weights ``invert`` gives the whole scene.
     """
-    from .inversion import invert
+    from .inversion import _valid, invert
 
     if weights is None:
         return invert(cube, **params)
