@@ -98,19 +98,10 @@ def _scores(run: Path, ts: xr.Dataset) -> np.ndarray | None:
 
 def _network_picture(run: Path, ts: xr.Dataset) -> Path:
     """``network.png`` drawn again from the pairs of the time series."""
-    import datetime as dt
+    from .network import plot_network
+    from .report import network_of
 
-    from .network import Pair, describe_network, plot_network
-    from .quicklook import iso_dates
-
-    dates = [dt.date.fromisoformat(d) for d in iso_dates(ts)]
-    index = {d: i for i, d in enumerate(dates)}
-    pairs = []
-    for t1, t2 in zip(ts["date1"].values, ts["date2"].values, strict=True):
-        d1 = dt.date.fromisoformat(str(np.datetime_as_string(t1, unit="D")))
-        d2 = dt.date.fromisoformat(str(np.datetime_as_string(t2, unit="D")))
-        pairs.append(Pair(index[d1], index[d2], d1, d2))
-    return plot_network(describe_network(dates, pairs), run / "network.png")
+    return plot_network(network_of(ts), run / "network.png")
 
 
 def _inputs(ts: xr.Dataset, stack: xr.Dataset | None) -> list[str]:

@@ -38,23 +38,20 @@ class Assessment:
         self.reasons.append(reason)
 
 
-def components(dates: list[str], pairs: list[tuple[str, str]]) -> list[list[str]]:
-    """Connected components of the pair network (lists of dates)."""
-    parent = {d: d for d in dates}
+def network_of(ts: xr.Dataset):
+    """The pair network of a time series (:func:`tio.network.describe_network`)."""
+    from .network import Pair, describe_network
 
-    def find(d):
-        while parent[d] != d:
-            parent[d] = parent[parent[d]]
-            d = parent[d]
-        return d
+    def day(t) -> dt.date:
+        return dt.date.fromisoformat(str(np.datetime_as_string(t, unit="D")))
 
-    for a, b in pairs:
-        if a in parent and b in parent:
-            parent[find(a)] = find(b)
-    groups: dict[str, list[str]] = {}
-    for d in dates:
-        groups.setdefault(find(d), []).append(d)
-    return sorted(groups.values(), key=lambda g: g[0])
+    dates = [day(t) for t in ts["time"].values]
+    index = {d: i for i, d in enumerate(dates)}
+    pairs = []
+    for t1, t2 in zip(ts["date1"].values, ts["date2"].values, strict=True):
+        d1, d2 = day(t1), day(t2)
+        pairs.append(Pair(index[d1], index[d2], d1, d2))
+    return describe_network(dates, pairs)
 
 
 def assess(
@@ -69,11 +66,10 @@ def assess(
 
     a = Assessment()
     dates = iso_dates(ts)
-    d1 = [str(np.datetime_as_string(t, unit="D")) for t in ts["date1"].values]
-    d2 = [str(np.datetime_as_string(t, unit="D")) for t in ts["date2"].values]
-    comps = components(dates, list(zip(d1, d2, strict=True)))
+    network = network_of(ts)
+    comps = [[dates[k] for k in c] for c in network.components]
     a.facts["dates"] = f"{len(dates)} ({dates[0]} to {dates[-1]})"
-    a.facts["pairs"] = str(len(d1))
+    a.facts["pairs"] = str(len(network.pairs))
     a.facts["connected components"] = str(len(comps))
     if len(dates) < 3:
         a._worse("usable with care", f"only {len(dates)} dates: no redundancy to check the pairs")
