@@ -59,7 +59,9 @@ __all__ = [
 
 def iso_dates(ts: xr.Dataset) -> list[str]:
     """The dates of ``ts`` as ISO strings."""
-    return [str(np.datetime_as_string(t, unit="D")) for t in ts["time"].values]
+    from .products import _iso
+
+    return _iso(ts["time"].values)
 
 
 def _units(ts: xr.Dataset) -> str:
