@@ -289,33 +289,13 @@ def pair_weights(cube: xr.Dataset, score_weighting: bool) -> dict[str, np.ndarra
 def _invert_rows(cube: xr.Dataset, weights: dict | None, params: dict) -> xr.Dataset:
     """:func:`tio.inversion.invert` on a block of rows with whole-scene pair weights.
 
-    With ``pair_weighting="std"`` the block is inverted once per component, with
-    that component's pair weights passed as a score (``score_weighting``) and
-    ``pair_weighting="none"``: exactly the weights ``invert`` gives the whole scene.
+    With ``pair_weighting="std"`` the block is inverted once, both components,
+    with the pair weights of the whole scene (``weights``, from :func:`pair_weights`):
+    exactly the weights ``invert`` gives the whole scene.
     """
-    from .inversion import _valid, invert
+    from .inversion import invert
 
-    if weights is None:
-        return invert(cube, **params)
-    ew, ns = cube["ew"].values, cube["ns"].values
-    score = cube["score"].values if params.get("score_weighting") else None
-    ok = _valid(ew, ns, score)
-    parts = {}
-    for c in ("ew", "ns"):
-        w = weights[c][:, None, None] * (1.0 if score is None else score)
-        sub = cube.assign(score=(("pair", "y", "x"), np.where(ok, w, np.nan)))
-        parts[c] = invert(sub, **{**params, "pair_weighting": "none", "score_weighting": True})
-    out = parts["ew"].copy()
-    for name in out.data_vars:
-        if name.endswith("_ns"):
-            out[name] = parts["ns"][name]
-    out.attrs.update(
-        {
-            "inversion_pair_weighting": params.get("pair_weighting", "std"),
-            "inversion_score_weighting": int(bool(params.get("score_weighting"))),
-        }
-    )
-    return out
+    return invert(cube, **params, pair_weights=weights)
 
 
 def invert_block(

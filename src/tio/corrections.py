@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,7 @@ __all__ = [
     "correct_pairs",
     "detector_footprints",
     "fit_corrections",
+    "iter_corrected",
     "median_test",
     "outlier_mask",
     "read_stable_mask",
@@ -517,6 +518,22 @@ def _upper_quartile(res: np.ndarray, n_valid: np.ndarray) -> np.ndarray:
     return q.reshape(n_valid.shape)
 
 
+def _stable_median(res: np.ndarray, stable: np.ndarray) -> float:
+    """``nanmedian(res[:, stable])`` (0 if none is finite), with one copy of the finite
+    values (filled pair by pair) instead of the copies ``nanmedian`` makes."""
+    n = sum(int(np.isfinite(r[stable]).sum()) for r in res)
+    if n == 0:
+        return 0
+    values = np.empty(n, dtype=res.dtype)
+    k = 0
+    for r in res:
+        v = r[stable]
+        v = v[np.isfinite(v)]
+        values[k : k + v.size] = v
+        k += v.size
+    return float(np.median(values, overwrite_input=True))
+
+
 def auto_stable(
     maps: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     fit,
@@ -552,9 +569,7 @@ def auto_stable(
             m_ew, m_ns = fit(p, ew, ns, use)
             r = np.hypot(ew - m_ew, ns - m_ns)
             res[p] = np.where(good, r, np.nan)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            level = float(np.nanmedian(res[:, stable])) if np.isfinite(res[:, stable]).any() else 0
+        level = _stable_median(res, stable)
         n_valid = np.isfinite(res).sum(axis=0)
         q75 = _upper_quartile(res, n_valid)
         threshold = max(k * level, 0.1 * pixel_size)
@@ -590,15 +605,12 @@ def _centred(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
 class _PairFitter:
     """Fits one pair's bias model (both components) on a given set of pixels."""
 
-    def __init__(self, ds, bad, *, median, ramp, stripes, labels, heading, pixel_size):
-        self.ds = ds
-        self.bad = bad
+    def __init__(self, grid, *, median, ramp, stripes, labels, heading, pixel_size):
         self.median, self.ramp, self.stripes = median, ramp, stripes
         self.labels = labels
         self.heading = heading
         self.pixel_size = pixel_size
-        self.xx, self.yy = _centred(ds)
-        x = ds["x"].values
+        self.xx, self.yy, x = grid  # centred coordinates, shared by the pairs of one grid
         self.spacing = abs(float(x[1] - x[0])) if x.size > 1 else pixel_size
         self.edges: list[float] = []
 
@@ -674,6 +686,45 @@ def _pair_labels(det1, det2) -> np.ndarray | None:
     return a * 100 + b  # "0304": detector 3 in the first image, 4 in the second
 
 
+class _Scratch:
+    """Each pair's filtered maps between the passes: in memory, or one ``.npz`` file
+    per pair in ``folder`` (then only the pair being worked on is in memory)."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = None if folder is None else Path(folder)
+        self.items: dict[int, tuple] = {}
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+    def put(self, p: int, ew, ns, bad, good) -> None:
+        if self.folder is None:
+            self.items[p] = (ew, ns, bad, good)
+        else:
+            np.savez(self.folder / f"{p}.npz", ew=ew, ns=ns, bad=bad, good=good)
+
+    def get(self, p: int) -> tuple:
+        if self.folder is None:
+            return self.items[p]
+        with np.load(self.folder / f"{p}.npz") as f:
+            return f["ew"], f["ns"], f["bad"], f["good"]
+
+
+class _Filtered(Sequence):
+    """``(ew, ns, good)`` of each pair, read from the scratch store when asked."""
+
+    def __init__(self, scratch: _Scratch, n: int):
+        self.scratch, self.n = scratch, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, p):
+        if not 0 <= p < self.n:
+            raise IndexError(p)
+        ew, ns, _, good = self.scratch.get(p)
+        return ew, ns, good
+
+
 def correct_pairs(
     maps: Sequence[xr.Dataset],
     *,
@@ -716,15 +767,106 @@ def correct_pairs(
         Same grid and attrs; NaN where filtered. The record holds the counts of
         each filter, the stable-ground source and size, the removed offset, the
         ramp (map units per km) and the stripe offsets per component.
+
+    See :func:`iter_corrected` for the same, one pair at a time in bounded memory.
     """
-    out = []
-    if not maps:
-        return out
+    return list(
+        iter_corrected(
+            maps,
+            min_score=min_score,
+            median=median,
+            ramp=ramp,
+            stripes=stripes,
+            stable=stable,
+            detectors=detectors,
+            heading=heading,
+            outlier_test=outlier_test,
+            outlier_threshold=outlier_threshold,
+            max_displacement=max_displacement,
+            pixel_size=pixel_size,
+        )
+    )
+
+
+def iter_corrected(
+    maps: Sequence[xr.Dataset],
+    *,
+    min_score: float = 0.4,
+    median: bool = True,
+    ramp: bool = False,
+    stripes: bool = False,
+    stable: np.ndarray | None = None,
+    detectors: Sequence[tuple[np.ndarray | None, np.ndarray | None]] | None = None,
+    heading: float | None = None,
+    outlier_test: bool = True,
+    outlier_threshold: float = 2.0,
+    max_displacement: float | None = None,
+    pixel_size: float | None = None,
+    scratch: str | Path | None = None,
+) -> Iterator[tuple[xr.Dataset, dict]]:
+    """:func:`correct_pairs`, yielding ``(corrected, record)`` pair by pair.
+
+    ``maps`` is any sequence whose items are read when indexed (e.g. one that
+    reads a pair GeoTIFF on ``maps[p]``): each map is read once to filter it and
+    once to correct it, never all at once. With ``scratch`` (a folder, removed
+    afterwards) the filtered maps wait there between the passes, so memory holds
+    one pair's maps at a time, plus, for the automatic stable ground, one float32
+    residual per pair and pixel (:func:`auto_stable`). The results are those of
+    :func:`correct_pairs` whatever the options.
+    """
+    if not len(maps):
+        return
+    import shutil
+
+    store = _Scratch(scratch)
+    try:
+        yield from _corrected(
+            maps,
+            store,
+            min_score=min_score,
+            median=median,
+            ramp=ramp,
+            stripes=stripes,
+            stable=stable,
+            detectors=detectors,
+            heading=heading,
+            outlier_test=outlier_test,
+            outlier_threshold=outlier_threshold,
+            max_displacement=max_displacement,
+            pixel_size=pixel_size,
+        )
+    finally:
+        if store.folder is not None:
+            shutil.rmtree(store.folder, ignore_errors=True)
+
+
+def _corrected(
+    maps,
+    store: _Scratch,
+    *,
+    min_score,
+    median,
+    ramp,
+    stripes,
+    stable,
+    detectors,
+    heading,
+    outlier_test,
+    outlier_threshold,
+    max_displacement,
+    pixel_size,
+):
+    ds0 = maps[0]
     if pixel_size is None:
-        ds0 = maps[0]
         pixel_size = abs(ds0.attrs["transform"][0]) / float(ds0.attrs.get("step", 1))
-    prepared = []
-    for p, ds in enumerate(maps):
+    grid = (*_centred(ds0), ds0["x"].values)
+    shape = (ds0.sizes["y"], ds0.sizes["x"])
+    del ds0
+    fitters, counts_of = [], []
+    for p in range(len(maps)):
+        ds = maps[p]
+        if (ds.sizes["y"], ds.sizes["x"]) != shape:
+            raise InputError("pair maps corrected together must be on one grid")
         bad, counts = outlier_mask(
             ds,
             min_score=min_score,
@@ -737,38 +879,42 @@ def correct_pairs(
         ew = np.where(bad, np.nan, ds["ew"].values).astype("float32")
         ns = np.where(bad, np.nan, ds["ns"].values).astype("float32")
         det = detectors[p] if detectors is not None else (None, None)
-        fitter = _PairFitter(
-            ds,
-            bad,
-            median=median,
-            ramp=ramp,
-            stripes=stripes,
-            labels=_pair_labels(*det) if stripes else None,
-            heading=heading,
-            pixel_size=pixel_size,
+        fitters.append(
+            _PairFitter(
+                grid,
+                median=median,
+                ramp=ramp,
+                stripes=stripes,
+                labels=_pair_labels(*det) if stripes else None,
+                heading=heading,
+                pixel_size=pixel_size,
+            )
         )
-        prepared.append((ds, ew, ns, bad, counts, fitter, _high_score(ds["score"].values, bad)))
+        counts_of.append(counts)
+        store.put(p, ew, ns, bad, _high_score(ds["score"].values, bad))
+        del ds, ew, ns, bad
     if stable is None:
         source = "auto"
         if median or ramp or stripes:
             stable, info = auto_stable(
-                [(ew, ns, good) for _, ew, ns, _, _, _, good in prepared],
-                lambda p, ew, ns, use: prepared[p][5](ew, ns, use),
+                _Filtered(store, len(maps)),
+                lambda p, ew, ns, use: fitters[p](ew, ns, use),
                 pixel_size=pixel_size,
             )
             log.debug("automatic stable ground: %s", info)
         else:
-            stable = np.ones(prepared[0][1].shape, bool)
+            stable = np.ones(shape, bool)
     else:
         source = "mask"
-    for ds, ew, ns, bad, counts, fitter, good in prepared:
+    for p, (fitter, counts) in enumerate(zip(fitters, counts_of, strict=True)):
+        ew, ns, bad, good = store.get(p)
         use = stable & good
         if use.sum() < 10:
             use = stable & ~bad
         if use.sum() < 10:
             use = ~bad
         models, recs, labels = fitter.final(ew, ns, use)
-        fixed = ds.copy(deep=True)
+        fixed = maps[p].copy(deep=True)
         fixed["ew"].values[:] = (ew - models[0]).astype("float32")
         fixed["ns"].values[:] = (ns - models[1]).astype("float32")
         fixed["score"].values[bad] = np.nan
@@ -780,8 +926,9 @@ def correct_pairs(
             ("stripes", stripes),
         )
         fixed.attrs["corrections"] = ",".join(k for k, on in steps if on) or "none"
-        out.append((fixed, _record(counts, recs, source, int(use.sum()), labels, fitter.edges)))
-    return out
+        rec = _record(counts, recs, source, int(use.sum()), labels, fitter.edges)
+        del ew, ns, bad, good, models
+        yield fixed, rec
 
 
 def correct_pair(ds: xr.Dataset, **kwargs) -> tuple[xr.Dataset, dict]:

@@ -53,6 +53,7 @@ def invert(
     workers: int | None = None,
     residuals: bool = True,
     progress=None,
+    pair_weights: dict | None = None,
 ) -> xr.Dataset:
     """Invert a network of displacement pairs into displacement time series.
 
@@ -151,6 +152,12 @@ def invert(
     progress : callable, optional
         Called as ``progress(rows)`` after each block with the number of image
         rows it solved (for progress bars).
+    pair_weights : dict, optional
+        ``{"ew": w, "ns": w}``, arrays of one a priori weight per pair, used
+        with ``pair_weighting="std"`` instead of the ``1 / sigma_p**2`` measured
+        on ``pairs``: the entry point of a block-wise inversion (a band of rows
+        of a large scene, see :func:`invert_rows`), which gets the weights of the
+        whole scene so that every block is inverted as the whole scene would be.
 
     Returns
     -------
@@ -278,7 +285,18 @@ def invert(
     # at most ~100,000 regularly spaced pixels, read in one pass).
     days = (date2 - date1) / np.timedelta64(1, "D")
     base_w = _inv.baseline_weights(days, baseline_weighting)
-    if pair_weighting == "std":
+    if pair_weighting == "std" and pair_weights is not None:
+        pw = {}
+        for c in _COMPONENTS:
+            w = np.asarray(pair_weights[c], np.float64)
+            if w.shape != (n_pairs,) or not (np.isfinite(w).all() and (w > 0).all()):
+                raise ConfigError(
+                    f"pair_weights[{c!r}] must hold {n_pairs} finite weights > 0, one per pair"
+                )
+            pw[c] = w
+        pair_w = {c: base_w.copy() for c in _COMPONENTS}
+    elif pair_weighting == "std":
+        pw = None
         stride = max(1, math.ceil(math.sqrt(ny * nx / 100_000)))
 
         def sample(arr):
@@ -293,6 +311,7 @@ def invert(
         del a, b, ok
         pair_w = {c: base_w / _inv.pair_sigmas(s) ** 2 for c, s in sig.items()}
     else:
+        pw = None
         pair_w = {c: base_w.copy() for c in ("ew", "ns")}
 
     min_valid = max(1, math.ceil(min_valid_fraction * n_pairs - 1e-9))
@@ -334,7 +353,13 @@ def invert(
         s = None if score is None else block(score)
         valid = _valid(e, n_, s)
         w0 = {c: pair_w[c][:, None] for c in _COMPONENTS}
-        if s is not None:
+        if pw is not None:
+            # the given weights of the pairs (times the score): base * (pw * score)
+            w0 = {
+                c: w * np.where(valid, pw[c][:, None] if s is None else pw[c][:, None] * s, 0.0)
+                for c, w in w0.items()
+            }
+        elif s is not None:
             w0 = {c: w * np.where(valid, s, 0.0) for c, w in w0.items()}
         out = _inv.invert_block(
             net,

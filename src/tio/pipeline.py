@@ -31,6 +31,8 @@ import hashlib
 import io
 import json
 import logging
+import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -360,10 +362,12 @@ def _run_stages(
     ts_path = out / "timeseries.nc"
     if state.done("products", prod_key, out / "cumulative_ew.tif", out / "velocity.tif"):
         skipped.append("invert")
-        with xr.open_dataset(
-            ts_path if ts_path.exists() else out / ".tio" / "timeseries.nc", engine="h5netcdf"
-        ) as f:
-            ts = f.load()
+        # lazy: read when used, never the whole time series at once
+        ts = xr.open_dataset(
+            ts_path if ts_path.exists() else out / ".tio" / "timeseries.nc",
+            engine="h5netcdf",
+            chunks={},
+        )
         log.info("invert: up to date")
         products = sorted(out.glob("*.tif"))
     else:
@@ -380,7 +384,7 @@ def _run_stages(
                 tasks.get(),
                 key=inv_key,
                 progress=bar.update,
-            ).load()
+            )  # lazy (Zarr): the products read it by bands of rows
         ts.attrs.update(
             units=ts.attrs.get("units", "m"),
             tio_version=__version__,
@@ -388,15 +392,19 @@ def _run_stages(
             resampling=stack.attrs.get("resampling", ""),
             inputs="\n".join(s.source for s in scenes),
         )
-        n_ok = int(np.isfinite(ts["cumulative_ew"].values[-1]).sum())
-        log.info("invert: %d of %d pixels inverted", n_ok, ts.sizes["x"] * ts.sizes["y"])
-        products = write_products(ts, out, netcdf=config.output.netcdf)
-        if not config.output.netcdf:
-            from .products import write_netcdf
+        import dask
 
-            write_netcdf(ts, out / ".tio" / "timeseries.nc")
-        if config.output.quicklooks:
-            products += _quicklooks(ts, stack, out, scenes, config.output)
+        # the time series is read here, in this process, not on the cluster's workers
+        with dask.config.set(scheduler="synchronous"):
+            n_ok = int(np.isfinite(ts["cumulative_ew"].isel(time=-1).values).sum())
+            log.info("invert: %d of %d pixels inverted", n_ok, ts.sizes["x"] * ts.sizes["y"])
+            products = write_products(ts, out, netcdf=config.output.netcdf)
+            if not config.output.netcdf:
+                from .products import write_netcdf
+
+                write_netcdf(ts, out / ".tio" / "timeseries.nc")
+            if config.output.quicklooks:
+                products += _quicklooks(ts, stack, out, scenes, config.output)
         state.mark("products", prod_key)
     return RunResult(
         out_dir=out, scenes=scenes, pairs=pairs, timeseries=ts, products=products, skipped=skipped
@@ -434,8 +442,9 @@ def _on_pair_grid(values: np.ndarray, stack: xr.Dataset, ds: xr.Dataset) -> np.n
     return values[np.ix_(rows, cols)]
 
 
-def _detectors(stack: xr.Dataset, scenes: list[Scene]) -> list[np.ndarray | None]:
-    """Each date's detector numbers on the stack grid from MSK_DETFOO, or None."""
+def _detectors(stack: xr.Dataset, scenes: list[Scene], like: xr.Dataset) -> list[np.ndarray | None]:
+    """Each date's detector numbers from MSK_DETFOO on the grid of the pair map
+    ``like`` (one date at a time on the stack grid), or None."""
     from affine import Affine
 
     from .corrections import detector_footprints
@@ -451,21 +460,37 @@ def _detectors(stack: xr.Dataset, scenes: list[Scene]) -> list[np.ndarray | None
     out = []
     for s in scenes:
         try:
-            out.append(detector_footprints(s, grid))
+            dets = detector_footprints(s, grid)
+            out.append(None if dets is None else _on_pair_grid(dets, stack, like))
         except InputError as exc:
             log.warning("%s: detector footprints not read (%s)", s.source, exc)
             out.append(None)
     return out
 
 
+class _PairFiles(Sequence):
+    """Pair GeoTIFFs read (:func:`tio.raster.read_pair`) each time an item is asked for."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, k):
+        return read_pair(self.paths[k])
+
+
 def _correct_stage(config, stack, scenes, pairs, raw_dir, corr_dir, key, state) -> list[dict]:
-    from .corrections import correct_pairs, read_stable_mask, track_heading
+    from .corrections import iter_corrected, read_stable_mask, track_heading
 
     cc = config.correction
-    maps = [read_pair(raw_dir / f"{p.name}.tif") for p in pairs]
+    # read when used: the corrections hold one pair's maps at a time
+    maps = _PairFiles([raw_dir / f"{p.name}.tif" for p in pairs])
+    first = maps[0]
     stable = None
     if cc.stable_mask is not None:
-        stable = read_stable_mask(cc.stable_mask, maps[0], moving=cc.stable_mask_moving)
+        stable = read_stable_mask(cc.stable_mask, first, moving=cc.stable_mask_moving)
         log.info(
             "correct: stable ground from %s (%.0f %% of the area)",
             cc.stable_mask,
@@ -474,11 +499,8 @@ def _correct_stage(config, stack, scenes, pairs, raw_dir, corr_dir, key, state) 
     detectors = None
     heading = None
     if cc.stripes:
-        dets = _detectors(stack, scenes)
-        detectors = [
-            tuple(None if dets[k] is None else _on_pair_grid(dets[k], stack, m) for k in (p.i, p.j))
-            for p, m in zip(pairs, maps, strict=True)
-        ]
+        dets = _detectors(stack, scenes, first)
+        detectors = [tuple(dets[k] for k in (p.i, p.j)) for p in pairs]
         n_foot = sum(d is not None for d in dets)
         if n_foot < len(dets):
             heading = track_heading(
@@ -500,7 +522,8 @@ def _correct_stage(config, stack, scenes, pairs, raw_dir, corr_dir, key, state) 
         )
         # a pair without footprints for both dates uses the geometry
         detectors = [d if all(v is not None for v in d) else (None, None) for d in detectors]
-    results = correct_pairs(
+    del first
+    results = iter_corrected(
         maps,
         min_score=config.correlation.min_score,
         median=cc.median,
@@ -513,7 +536,10 @@ def _correct_stage(config, stack, scenes, pairs, raw_dir, corr_dir, key, state) 
         outlier_threshold=cc.outlier_threshold,
         max_displacement=cc.max_displacement,
         pixel_size=abs(stack.attrs["transform"][0]),
+        scratch=corr_dir.parent / f".correct.tmp{os.getpid()}",
     )
+    for old in corr_dir.parent.glob(".correct.tmp*"):  # left by a killed run
+        shutil.rmtree(old, ignore_errors=True)
     records = []
     state.data["corrections"] = {}
     for p, (fixed, rec) in zip(pairs, results, strict=True):

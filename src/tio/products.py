@@ -25,6 +25,7 @@ timeseries.nc               all of the above in one CF-1.8 NetCDF cube (x, y, ti
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import io
@@ -34,7 +35,7 @@ import numpy as np
 import xarray as xr
 
 from . import __version__
-from .raster import atomic_path, write_geotiff
+from .raster import GeoTIFFWriter, atomic_path
 
 __all__ = ["magnitude", "write_products", "write_netcdf"]
 
@@ -54,102 +55,140 @@ def magnitude(ew: np.ndarray, ns: np.ndarray, sew=None, sns=None):
     return m, s
 
 
+def _row_blocks(ts: xr.Dataset, per_row: int) -> list[tuple[int, int]]:
+    """Bands of rows to read ``ts`` by: its chunks along y (a Zarr or dask-backed
+    time series) or about 2**22 values of ``per_row`` per band (in memory)."""
+    ny = ts.sizes["y"]
+    chunks = ts.chunks.get("y") if ts.chunks else None
+    if chunks:
+        edges = np.cumsum((0, *chunks))
+    else:
+        rows = max(1, (1 << 22) // max(per_row, 1))
+        edges = np.append(np.arange(0, ny, rows), ny)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
 def write_products(ts: xr.Dataset, out_dir: str | Path, *, netcdf: bool = True) -> list[Path]:
-    """Write every product of ``ts`` into ``out_dir``; returns the paths written."""
+    """Write every product of ``ts`` into ``out_dir``; returns the paths written.
+
+    ``ts`` may be lazy (the Zarr time series of :func:`tio.compute.invert_blocks`):
+    it is read by bands of rows, every GeoTIFF written band of rows by band of
+    rows and the NetCDF chunk by chunk, so memory holds one band of rows of the
+    time series (plus the writers' buffers), not the whole of it.
+    """
+    import dask
+
     out = Path(out_dir)
     geo = dict(transform=ts.attrs["transform"], crs=ts.attrs.get("crs"))
     dates = _iso(ts["time"].values)
     units = ts.attrs.get("units", "m")
-    written = []
-
-    def tif(name, data, descs, **tags):
-        written.append(write_geotiff(out / name, data, descriptions=descs, tags=tags, **geo))
-
-    ew, ns = ts["cumulative_ew"].values, ts["cumulative_ns"].values
-    sew, sns = ts["sigma_ew"].values, ts["sigma_ns"].values
-    mag, smag = magnitude(ew, ns, sew, sns)
-    tif(
-        "cumulative_ew.tif",
-        ew,
-        dates,
-        TIO_QUANTITY=f"cumulative east-west displacement ({units}, positive east)",
-    )
-    tif(
-        "cumulative_ns.tif",
-        ns,
-        dates,
-        TIO_QUANTITY=f"cumulative north-south displacement ({units}, positive north)",
-    )
-    tif(
-        "cumulative_magnitude.tif",
-        mag,
-        dates,
-        TIO_QUANTITY=f"cumulative horizontal displacement magnitude ({units})",
-    )
-    tif(
-        "cumulative_ew_sigma.tif",
-        sew,
-        dates,
-        TIO_QUANTITY=f"1-sigma uncertainty of cumulative east-west displacement ({units})",
-    )
-    tif(
-        "cumulative_ns_sigma.tif",
-        sns,
-        dates,
-        TIO_QUANTITY=f"1-sigma uncertainty of cumulative north-south displacement ({units})",
-    )
-    vew, vns = ts["velocity_ew"].values, ts["velocity_ns"].values
-    vmag, svmag = magnitude(
-        vew, vns, ts["velocity_sigma_ew"].values, ts["velocity_sigma_ns"].values
-    )
-    tif(
-        "velocity.tif",
-        np.stack(
-            [vew, vns, vmag, ts["velocity_sigma_ew"].values, ts["velocity_sigma_ns"].values, svmag]
+    n_dates = ts.sizes["time"]
+    d = units
+    rasters = {
+        "cumulative_ew.tif": (
+            dates,
+            {"TIO_QUANTITY": f"cumulative east-west displacement ({d}, positive east)"},
         ),
-        [
-            f"velocity east-west ({units}/year, positive east)",
-            f"velocity north-south ({units}/year, positive north)",
-            f"velocity magnitude ({units}/year)",
-            f"1-sigma velocity east-west ({units}/year)",
-            f"1-sigma velocity north-south ({units}/year)",
-            f"1-sigma velocity magnitude ({units}/year)",
-        ],
-        TIO_PERIOD=f"{dates[0]}/{dates[-1]}",
-    )
-    tif(
-        "rms_date_ew.tif",
-        ts["rms_date_ew"].values,
-        dates,
-        TIO_QUANTITY=f"RMS of east-west residuals of the pairs through each date ({units})",
-    )
-    tif(
-        "rms_date_ns.tif",
-        ts["rms_date_ns"].values,
-        dates,
-        TIO_QUANTITY=f"RMS of north-south residuals of the pairs through each date ({units})",
-    )
-    n_valid = ts["n_pairs"].values.astype("float32")
-    inverted = np.isfinite(ts["cumulative_ew"].values).any(axis=0)
-    used = [
-        np.where(inverted, n_valid - ts[f"n_outliers_{c}"].values, np.nan) for c in ("ew", "ns")
-    ]
-    tif(
-        "n_pairs.tif",
-        np.stack([n_valid, *used]),
-        [
-            "number of valid pairs (EW and NS finite)",
-            "number of pairs used, east-west (valid minus rejected gross outliers)",
-            "number of pairs used, north-south (valid minus rejected gross outliers)",
-        ],
-    )
-    tif(
-        "smoothed.tif",
-        np.where(inverted, ts["smoothed"].values.astype("float32"), np.nan),
-        dates,
-        TIO_QUANTITY="1 where the date is tied to the rest of the series only by the temporal "
-        "smoothing (network disconnected at that pixel), 0 otherwise",
-    )
+        "cumulative_ns.tif": (
+            dates,
+            {"TIO_QUANTITY": f"cumulative north-south displacement ({d}, positive north)"},
+        ),
+        "cumulative_magnitude.tif": (
+            dates,
+            {"TIO_QUANTITY": f"cumulative horizontal displacement magnitude ({d})"},
+        ),
+        "cumulative_ew_sigma.tif": (
+            dates,
+            {"TIO_QUANTITY": f"1-sigma uncertainty of cumulative east-west displacement ({d})"},
+        ),
+        "cumulative_ns_sigma.tif": (
+            dates,
+            {"TIO_QUANTITY": f"1-sigma uncertainty of cumulative north-south displacement ({d})"},
+        ),
+        "velocity.tif": (
+            [
+                f"velocity east-west ({d}/year, positive east)",
+                f"velocity north-south ({d}/year, positive north)",
+                f"velocity magnitude ({d}/year)",
+                f"1-sigma velocity east-west ({d}/year)",
+                f"1-sigma velocity north-south ({d}/year)",
+                f"1-sigma velocity magnitude ({d}/year)",
+            ],
+            {"TIO_PERIOD": f"{dates[0]}/{dates[-1]}"},
+        ),
+        "rms_date_ew.tif": (
+            dates,
+            {"TIO_QUANTITY": f"RMS of east-west residuals of the pairs through each date ({d})"},
+        ),
+        "rms_date_ns.tif": (
+            dates,
+            {"TIO_QUANTITY": f"RMS of north-south residuals of the pairs through each date ({d})"},
+        ),
+        "n_pairs.tif": (
+            [
+                "number of valid pairs (EW and NS finite)",
+                "number of pairs used, east-west (valid minus rejected gross outliers)",
+                "number of pairs used, north-south (valid minus rejected gross outliers)",
+            ],
+            {},
+        ),
+        "smoothed.tif": (
+            dates,
+            {
+                "TIO_QUANTITY": "1 where the date is tied to the rest of the series only by "
+                "the temporal smoothing (network disconnected at that pixel), 0 otherwise"
+            },
+        ),
+    }
+
+    def block(r0: int, r1: int) -> dict[str, np.ndarray]:
+        """Every raster's values on rows ``r0:r1``."""
+        b = ts.isel(y=slice(r0, r1))
+
+        def get(name):
+            return np.asarray(b[name].values)
+
+        ew, ns = get("cumulative_ew"), get("cumulative_ns")
+        sew, sns = get("sigma_ew"), get("sigma_ns")
+        mag, smag = magnitude(ew, ns, sew, sns)
+        vew, vns = get("velocity_ew"), get("velocity_ns")
+        vsew, vsns = get("velocity_sigma_ew"), get("velocity_sigma_ns")
+        vmag, svmag = magnitude(vew, vns, vsew, vsns)
+        n_valid = get("n_pairs").astype("float32")
+        inverted = np.isfinite(ew).any(axis=0)
+        used = [np.where(inverted, n_valid - get(f"n_outliers_{c}"), np.nan) for c in ("ew", "ns")]
+        return {
+            "cumulative_ew.tif": ew,
+            "cumulative_ns.tif": ns,
+            "cumulative_magnitude.tif": mag,
+            "cumulative_ew_sigma.tif": sew,
+            "cumulative_ns_sigma.tif": sns,
+            "velocity.tif": np.stack([vew, vns, vmag, vsew, vsns, svmag]),
+            "rms_date_ew.tif": get("rms_date_ew"),
+            "rms_date_ns.tif": get("rms_date_ns"),
+            "n_pairs.tif": np.stack([n_valid, *used]),
+            "smoothed.tif": np.where(inverted, get("smoothed").astype("float32"), np.nan),
+        }
+
+    # a lazy time series is read here, in this process, one band of rows at a time
+    with dask.config.set(scheduler="synchronous"), contextlib.ExitStack() as files:
+        writers = {
+            name: files.enter_context(
+                GeoTIFFWriter(
+                    out / name,
+                    count=len(descs),
+                    shape=(ts.sizes["y"], ts.sizes["x"]),
+                    descriptions=descs,
+                    tags=tags,
+                    **geo,
+                )
+            )
+            for name, (descs, tags) in rasters.items()
+        }
+        for r0, r1 in _row_blocks(ts, (6 * n_dates + 9) * ts.sizes["x"]):
+            for name, values in block(r0, r1).items():
+                writers[name].write(values, r0)
+    written = [out / name for name in rasters]
 
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -276,6 +315,9 @@ def write_netcdf(ts: xr.Dataset, path: str | Path) -> Path:
                 "dtype": "float64",
             }
     path = Path(path)
-    with atomic_path(path) as tmp:
+    import dask
+
+    # a dask-backed (lazy) time series is computed and written chunk by chunk, here
+    with atomic_path(path) as tmp, dask.config.set(scheduler="synchronous"):
         ds.to_netcdf(tmp, engine="h5netcdf", encoding=encoding)
     return path

@@ -30,6 +30,7 @@ from rasterio.errors import RasterioError
 from .errors import InputError, OutputError
 
 __all__ = [
+    "GeoTIFFWriter",
     "atomic_path",
     "coords_from_transform",
     "dates_from_name",
@@ -150,18 +151,101 @@ def write_geotiff(
                     dst.update_tags(i, **bt)
             with mem.open() as src:
                 if cog:
-                    rasterio.shutil.copy(
-                        src,
-                        tmp,
-                        driver="COG",
-                        compress="DEFLATE",
-                        predictor="YES",
-                        blocksize=256,
-                        overview_resampling="average" if min(rows, cols) > 512 else "nearest",
-                    )
+                    rasterio.shutil.copy(src, tmp, **_cog_options(rows, cols))
                 else:
                     rasterio.shutil.copy(src, tmp, driver="GTiff", compress="DEFLATE")
     return path
+
+
+class GeoTIFFWriter:
+    """A float32 raster written band of rows by band of rows, then as a COG.
+
+    ``with GeoTIFFWriter(path, count=..., shape=(rows, cols), ...) as w:
+    w.write(values, r0)`` writes ``values`` (``(count, n, cols)`` or ``(n, cols)``)
+    at rows ``r0:r0+n`` of an uncompressed temporary GeoTIFF on disk; on leaving
+    the block without error it is copied to ``path`` as the same cloud-optimised
+    GeoTIFF :func:`write_geotiff` writes (same values, tags, descriptions), under
+    a temporary name then renamed. Memory holds one band of rows, not the raster.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        count: int,
+        shape: tuple[int, int],
+        transform: Sequence[float],
+        crs: str | None,
+        descriptions: Sequence[str] | None = None,
+        tags: dict[str, str] | None = None,
+    ):
+        self.path = Path(path)
+        self.rows, self.cols = shape
+        self.count = count
+        self.profile = dict(
+            driver="GTiff",
+            width=self.cols,
+            height=self.rows,
+            count=count,
+            dtype="float32",
+            nodata=float("nan"),
+            crs=crs or None,
+            transform=Affine(*transform[:6]),
+            interleave="band",
+            BIGTIFF="IF_SAFER",
+        )
+        self.descriptions = descriptions
+        self.tags = tags
+        self.src = self.path.with_name(f".{self.path.stem}.tmp{os.getpid()}.src.tif")
+        self.dst = None
+
+    def __enter__(self) -> GeoTIFFWriter:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.dst = rasterio.open(self.src, "w", **self.profile)
+        except (OSError, RasterioError) as exc:
+            raise OutputError(f"cannot write {self.path}: {exc}") from None
+        return self
+
+    def write(self, values: np.ndarray, r0: int) -> None:
+        from rasterio.windows import Window
+
+        arr = np.asarray(values, dtype="float32")
+        if arr.ndim == 2:
+            arr = arr[None]
+        try:
+            self.dst.write(arr, window=Window(0, r0, self.cols, arr.shape[1]))
+        except (OSError, RasterioError) as exc:
+            raise OutputError(f"cannot write {self.path}: {exc}") from None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                for i, desc in enumerate(self.descriptions or [], start=1):
+                    self.dst.set_band_description(i, desc)
+                if self.tags:
+                    self.dst.update_tags(**self.tags)
+            self.dst.close()
+            if exc_type is None:
+                with atomic_path(self.path) as tmp:
+                    try:
+                        with rasterio.open(self.src) as src:
+                            rasterio.shutil.copy(src, tmp, **_cog_options(self.rows, self.cols))
+                    except RasterioError as err:
+                        raise OutputError(f"cannot write {self.path}: {err}") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self.src.unlink()
+
+
+def _cog_options(rows: int, cols: int) -> dict:
+    return dict(
+        driver="COG",
+        compress="DEFLATE",
+        predictor="YES",
+        blocksize=256,
+        overview_resampling="average" if min(rows, cols) > 512 else "nearest",
+    )
 
 
 # ---------------------------------------------------------------------------
