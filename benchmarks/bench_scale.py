@@ -135,6 +135,36 @@ class PeakMemory:
         return self.peak
 
 
+_STAGES = (  # the log line that ends each stage
+    ("stack", "stack: "),
+    ("correlation", "correlate: "),
+    ("corrections", "correct: "),
+    ("inversion", "invert: "),
+    ("products", "done in "),
+)
+
+
+def stage_seconds(log: Path) -> dict[str, float]:
+    """Seconds of each stage, from the time stamps of ``tio.log``."""
+    stamps = []
+    for line in log.read_text().splitlines():
+        try:
+            t = dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+        except ValueError:
+            continue
+        stamps.append((t, line[24:].split(": ", 1)[-1] if ": " in line[24:] else line[24:]))
+    out: dict[str, float] = {}
+    if not stamps:
+        return out
+    prev = stamps[0][0]
+    for name, marker in _STAGES:
+        last = [t for t, msg in stamps if msg.startswith(marker)]
+        if last:
+            out[name] = (last[-1] - prev).total_seconds()
+            prev = last[-1]
+    return out
+
+
 def run_once(scenes: Path, out: Path, workers: int, args) -> tuple[float, int, int]:
     cmd = [
         sys.executable,
@@ -163,6 +193,8 @@ def run_once(scenes: Path, out: Path, workers: int, args) -> tuple[float, int, i
     if rc:
         raise SystemExit(f"tio run failed ({rc}); see {out / 'tio.log'}")
     n_pairs = len(list((out / "pairs" / "raw").glob("[0-9]*.tif")))
+    stages = stage_seconds(out / "tio.log")
+    print("#   stages (s): " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()), flush=True)
     return seconds, peak, n_pairs
 
 
@@ -181,7 +213,19 @@ def main(argv=None) -> None:
     ap.add_argument("--step", type=int, default=8)
     ap.add_argument("--memory-limit", help="per worker, e.g. 8GB (default: Dask's)")
     ap.add_argument("--keep", type=Path, help="folder for scenes and runs (kept)")
+    ap.add_argument(
+        "--min-pairs", type=int, default=0, help="stop before any run if the network is smaller"
+    )
     args = ap.parse_args(argv)
+
+    from tio.network import select_pairs
+
+    start = dt.date(2021, 1, 1)
+    dates = [start + dt.timedelta(days=30 * k) for k in range(args.dates)]
+    n_net = len(select_pairs(dates, max_next=args.pairs_per_date))
+    print(f"# {args.dates} dates, {n_net} pairs ({args.pairs_per_date} next dates each)")
+    if n_net < args.min_pairs:
+        raise SystemExit(f"{n_net} pairs, fewer than --min-pairs {args.min_pairs}")
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="tio-scale-"))
     rows = []

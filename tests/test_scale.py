@@ -4,6 +4,7 @@ Small generated scenes (192 px, 6 dates, 14 pairs) so that the whole module
 stays around a minute or two on 2 cores.
 """
 
+import contextlib
 import errno
 import os
 import signal
@@ -102,7 +103,10 @@ def test_local_cluster_gives_the_single_process_products(scenes, reference, clus
     _assert_same_products(reference, out)
 
 
-def test_run_killed_during_correlation_resumes(scenes, reference, tmp_path):
+@pytest.mark.parametrize("where", ["this process", "local Dask cluster"])
+def test_run_killed_during_correlation_resumes(scenes, reference, tmp_path, where):
+    import psutil
+
     out = tmp_path / "killed"
     cmd = [
         sys.executable,
@@ -113,23 +117,33 @@ def test_run_killed_during_correlation_resumes(scenes, reference, tmp_path):
         "-o",
         str(out),
         "--no-quicklooks",
-        "--scheduler",
-        "synchronous",
+        *(["--scheduler", "synchronous"] if where == "this process" else ["--workers", "2"]),
         "-q",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     raw = out / "pairs" / "raw"
     deadline = time.monotonic() + 300
+    family: list = []
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             if raw.is_dir() and len(list(raw.glob("[0-9]*.tif"))) >= 3:
                 break
             time.sleep(0.01)
+        with contextlib.suppress(psutil.Error):
+            family = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGKILL)  # kill -9, in the middle of correlation
         proc.wait(30)
     finally:
         if proc.poll() is None:
             proc.kill()
+        # the Dask nannies and workers would die with their parent, but not at once:
+        # here they die now, like the whole machine, so that none writes a pair later
+        for child in family:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        psutil.wait_procs(family, timeout=30)
+    if where != "this process":
+        assert len(family) >= 2, family  # the run had its worker processes
     done_before = len(list(raw.glob("[0-9]*.tif")))
     assert 3 <= done_before < N_PAIRS, done_before
     assert not (out / "velocity.tif").exists()
