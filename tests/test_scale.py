@@ -261,3 +261,31 @@ def test_compute_options_reach_the_local_cluster(scenes, reference, tmp_path):
     log = (out / "tio.log").read_text()
     assert "local Dask cluster, 1 workers of 1 thread, 1.4 GiB each" in log
     _assert_same_products(reference, out)
+
+
+def test_blocks_invert_as_the_whole_scene(reference, tmp_path):
+    """Blocks of rows, each inverted once for both components with the whole scene's
+    pair weights, give what one inversion of the whole scene gives."""
+    from tio.compute import Executor, invert_blocks, write_pair_cube
+    from tio.inversion import invert
+    from tio.network import Pair
+    from tio.raster import read_pair_stack
+
+    files = sorted((reference / "pairs" / "corrected").glob("[0-9]*.tif"))
+    whole = read_pair_stack(files)
+    pairs = [
+        Pair(0, 0, *(np.datetime64(d, "D").astype(object) for d in (d1, d2)))
+        for d1, d2 in zip(whole["date1"].values, whole["date2"].values, strict=True)
+    ]
+    write_pair_cube(tmp_path / "cube.zarr", files, pairs, "k")
+    for params in ({}, {"score_weighting": True, "baseline_weighting": "short"}):
+        expected = invert(whole, **params)
+        ts_path = tmp_path / "ts.zarr"
+        got = invert_blocks(
+            tmp_path / "cube.zarr", ts_path, params, Executor(), key=str(params), rows=7
+        )
+        got = got.load()
+        for v in expected.data_vars:
+            np.testing.assert_allclose(
+                got[v].values, expected[v].values, rtol=1e-6, atol=1e-7, equal_nan=True, err_msg=v
+            )
