@@ -7,7 +7,7 @@ Stages and what each leaves in the output folder::
     stack          tio.stack.build_stack        stack.zarr (chunked, one date at a time)
     pairs          tio.network.select_pairs     network.txt, network.png
     correlate      tio.correlation.correlate    pairs/raw/YYYYMMDD_YYYYMMDD.tif
-    correct        tio.corrections.correct_pairs pairs/corrected/*.tif, pairs/corrections.csv
+    correct        tio.corrections.iter_corrected pairs/corrected/*.tif, pairs/corrections.csv
     invert         tio.compute.invert_blocks    pairs/cube.zarr, .tio/timeseries.zarr, then
                                                 timeseries.nc and the GeoTIFF products
     quicklooks     tio.quicklook                quicklook_*.png

@@ -56,10 +56,11 @@ def magnitude(ew: np.ndarray, ns: np.ndarray, sew=None, sns=None):
 
 
 def _row_blocks(ts: xr.Dataset, per_row: int) -> list[tuple[int, int]]:
-    """Bands of rows to read ``ts`` by: its chunks along y (a Zarr or dask-backed
-    time series) or about 2**22 values of ``per_row`` per band (in memory)."""
+    """Bands of rows to read ``ts`` by: the chunks of its cumulative displacement along
+    y (a Zarr or dask-backed time series) or about 2**22 values (``per_row`` per row)."""
     ny = ts.sizes["y"]
-    chunks = ts.chunks.get("y") if ts.chunks else None
+    var = ts["cumulative_ew"]
+    chunks = var.chunks[var.dims.index("y")] if var.chunks else None
     if chunks:
         edges = np.cumsum((0, *chunks))
     else:
