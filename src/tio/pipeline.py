@@ -398,6 +398,7 @@ def _run_stages(
         with dask.config.set(scheduler="synchronous"):
             n_ok = int(np.isfinite(ts["cumulative_ew"].isel(time=-1).values).sum())
             log.info("invert: %d of %d pixels inverted", n_ok, ts.sizes["x"] * ts.sizes["y"])
+            _remove_leftovers(out)  # temporary products of a killed run
             products = write_products(ts, out, netcdf=config.output.netcdf)
             if not config.output.netcdf:
                 from .products import write_netcdf
