@@ -15,8 +15,9 @@ A Sentinel-2 tile at the default step 8 is a grid of 1373 x 1373 values::
     python benchmarks/bench_stages.py --grid 1373 --dates 12 --pairs-per-date 4
 
 ``--whole`` runs the stages as they were before they were bounded (every map
-in memory for the corrections, the whole time series loaded for the products),
-with the same functions, for comparison.
+in memory for the corrections, the whole time series loaded for the products):
+run it on the code from before (``PYTHONPATH=old/src``) for the comparison in
+the README (on the current code it still bounds the inversion and the writers).
 """
 
 from __future__ import annotations
