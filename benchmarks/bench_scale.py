@@ -22,6 +22,15 @@ Usage::
     python benchmarks/bench_scale.py --sizes 1000 --step 16 --keep /tmp/scale
     python benchmarks/bench_scale.py --sizes 10980 --workers 0 --dates 2 --pairs-per-date 1
 
+A whole Sentinel-2 tile with 50 dates and 235 pairs (each date paired with its
+next 5; ``--min-pairs`` stops before generating anything if the network would be
+smaller), about 9 GB of scenes plus 13 GB of ``stack.zarr`` in ``--keep``::
+
+    python benchmarks/bench_scale.py --sizes 10980 --dates 50 --pairs-per-date 5 \
+        --step 32 --workers 2 --min-pairs 200 --keep /tmp/tio-tile
+
+Besides the table, each run prints its stages' times, read from ``tio.log``.
+
 The default run (3 areas x 2 worker counts, 4 dates, 5 pairs each: 2.6 M
 correlation windows per worker count) should take about 10-15 minutes on an idle
 2-core machine correlating ~12k windows/s (an estimate from that speed, not a
