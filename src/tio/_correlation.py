@@ -125,6 +125,11 @@ PREFILTERS = ("none", "highpass", "wallis")
 #: error per fraction with 0, 0.02, 0.05 and 0.1 px; 0.01 keeps the residual bias of
 #: the taper position (about 6 % of the move) below 1e-3 px.
 _REFINE = 0.01
+# Window deformation: windows whose offset field changes by more than this (px) within
+# half a window are re-estimated on the deformed secondary.
+_MIN_STRAIN = 0.1
+# Exponent of the modulus division of the cross-power spectrum (compiled path).
+_WHITEN = 0.5
 
 
 # --------------------------------------------------------------------------------------
@@ -994,6 +999,7 @@ def offset_field(
     workers=1,
     iterations=2,
     upsample=10,
+    deform=0,
 ):
     """Offsets of the secondary image relative to the reference on a regular grid.
 
@@ -1006,7 +1012,8 @@ def offset_field(
     previous estimate); ``upsample`` is the upsampling factor of the first estimate,
     made over +-0.6 px around the coarse peak (later ones use ``3 * upsample`` over
     +-0.2 px around the previous estimate); the grid maximum is refined by a
-    parabola, so these factors need not be large.
+    parabola, so these factors need not be large. ``deform`` is the number of
+    window-deformation passes (:func:`deform_refine`; 0 = off).
 
     Returns
     -------
@@ -1142,6 +1149,10 @@ def offset_field(
             pool.shutdown()
     out_dy += oy
     out_dx += ox
+    if deform > 0:
+        deform_refine(
+            ref, ref_valid, sec, sec_valid, pad, out_dy, out_dx, w=w, step=int(step), passes=deform
+        )
     return out_dy, out_dx, out_sc
 
 
@@ -1428,7 +1439,7 @@ def _subpixel(rs, qd, iy, ix, rv=None, qv=None, *, w, s, iterations, upsample, i
     return ty, tx, alive
 
 
-def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None):
+def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None):
     """Sub-pixel stage of windows without unusable pixels (compiled kernels).
 
     The estimator of :func:`_subpixel` (tapered, partially whitened phase
@@ -1438,7 +1449,9 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None):
     The first estimate starts at ``init`` (the parabolic sub-pixel position of the
     ZNCC peak; zero if None), where the taper of the secondary is centred; each next
     one moves the taper to the previous estimate. Same inputs and outputs as
-    :func:`_subpixel`.
+    :func:`_subpixel`. ``deform`` (optional) is a pair ``(gy, gx)`` of arrays
+    (K, w + 2, w + 2): the secondary block is then sampled at those offsets from its
+    pixels (window deformation, :func:`tio._kernels.deformed_blocks`).
     """
     from tio import _kernels
 
@@ -1477,12 +1490,17 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None):
         b = buf[:m] if m == k else np.zeros((m, size, size), dtype=np.float32)
         qq = q32 if m == k else q32[sel]
         f0y, f0x = fy[sel], fx[sel]
-        _kernels.tapered_blocks(qq, by, bx, f0y, f0x, w, roll, b)
+        if deform is None:
+            _kernels.tapered_blocks(qq, by, bx, f0y, f0x, w, roll, b)
+        else:
+            gy = deform[0] if m == k else deform[0][sel]
+            gx = deform[1] if m == k else deform[1][sel]
+            _kernels.deformed_blocks(qq, by, bx, gy, gx, f0y, f0x, w, roll, b)
         fb = sfft.rfft2(b)
         ey, ex = np.empty(m), np.empty(m)
         conv = np.empty(m, dtype=bool)
         sp = spec if m == k else spec[sel]
-        _kernels.newton_peaks(fb, sp, sw, 0.5, f0y, f0x, 0.25, ey, ex, conv)
+        _kernels.newton_peaks(fb, sp, sw, _WHITEN, f0y, f0x, 0.25, ey, ex, conv)
         alive[sel] &= conv & np.isfinite(ey) & np.isfinite(ex)
         e_y = np.where(alive[sel], ey, 0.0)
         e_x = np.where(alive[sel], ex, 0.0)
@@ -1498,6 +1516,124 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None):
     tx = px - s + fx
     alive &= (np.abs(ty - (iy - s)) <= 0.75) & (np.abs(tx - (ix - s)) <= 0.75)
     return ty, tx, alive
+
+
+def strain_deviation(dy, dx, window, step):
+    """Largest change of a (filled) offset field between a window centre and the
+    output cells within half a window of it (px; the larger of the two axes)."""
+    k = max(1, (int(window) // 2) // int(step))
+    ny, nx = dy.shape
+    dev = np.zeros((ny, nx))
+    for f in (dy, dx):
+        p = np.pad(f, k, mode="edge")
+        for a in range(-k, k + 1):
+            for b in range(-k, k + 1):
+                if a == 0 and b == 0:
+                    continue
+                sh = p[k + a : k + a + ny, k + b : k + b + nx]
+                np.maximum(dev, np.abs(sh - f), out=dev)
+    return dev
+
+
+def deform_refine(
+    ref, ref_valid, sec, sec_valid, pad, dy, dx, *, w, step, passes=1, min_strain=_MIN_STRAIN
+):
+    """Window deformation: re-estimate the offsets of strained windows (in place).
+
+    The first-pass field (median-filtered and hole-filled, :func:`smooth_fill`) is
+    interpolated bilinearly to every pixel of each window whose field changes by
+    more than ``min_strain`` px within half a window (:func:`strain_deviation`);
+    the secondary is sampled at each pixel moved by the interpolated field minus its
+    window mean ``m`` (cubic convolution, :func:`tio._kernels.deformed_blocks`), so
+    that what is left is a shift of about ``m`` plus the first pass's residual,
+    which the sub-pixel stage measures (started at ``m``); the new offset is that
+    estimate. The strain inside the window, which blurs and biases the correlation
+    peak, is removed (the image deformation method of particle-image velocimetry,
+    Scarano 2002). Only windows whose reference window and secondary sub-image are
+    fully usable are refined; ``passes`` repeats it with the refined field.
+    ``ref``/``ref_valid`` are the prepared reference and its usable pixels,
+    ``sec``/``sec_valid`` the prepared secondary padded by ``pad`` px; ``dy``/``dx``
+    total offsets (px) on the output grid, modified in place.
+    """
+    s2 = 3
+    p0 = w + 2 * s2
+    row0 = (w - 1) / 2.0
+    ny, nx = dy.shape
+    a = np.arange(w + 2) - 1.0  # block pixel -> reference pixel offset
+    for _ in range(max(0, int(passes))):
+        ok = np.isfinite(dy) & np.isfinite(dx)
+        if ok.sum() < 4:
+            return
+        fy, fx = smooth_fill(dy, dx)
+        dev = strain_deviation(fy, fx, w, step)
+        ii, jj = np.nonzero(ok & (dev > min_strain))
+        if ii.size == 0:
+            return
+        # dense field at every block pixel, by separable bilinear interpolation
+        gr = (ii[:, None] * step + a[None, :] - row0) / step  # (K, w + 2) grid rows
+        gc = (jj[:, None] * step + a[None, :] - row0) / step
+        gr = np.clip(gr, 0, ny - 1)
+        gc = np.clip(gc, 0, nx - 1)
+        r0 = np.minimum(np.floor(gr).astype(np.int64), max(ny - 2, 0))
+        c0 = np.minimum(np.floor(gc).astype(np.int64), max(nx - 2, 0))
+        tr = gr - r0
+        tc = gc - c0
+        r1 = np.minimum(r0 + 1, ny - 1)
+        c1 = np.minimum(c0 + 1, nx - 1)
+        dense = []
+        for f in (fy, fx):
+            v00 = f[r0[:, :, None], c0[:, None, :]]
+            v01 = f[r0[:, :, None], c1[:, None, :]]
+            v10 = f[r1[:, :, None], c0[:, None, :]]
+            v11 = f[r1[:, :, None], c1[:, None, :]]
+            t_r = tr[:, :, None]
+            t_c = tc[:, None, :]
+            dense.append(
+                (1 - t_r) * ((1 - t_c) * v00 + t_c * v01) + t_r * ((1 - t_c) * v10 + t_c * v11)
+            )
+        my = dense[0][:, 1:-1, 1:-1].mean(axis=(1, 2))
+        mx = dense[1][:, 1:-1, 1:-1].mean(axis=(1, 2))
+        ny_ = np.rint(my).astype(np.int64)
+        nx_ = np.rint(mx).astype(np.int64)
+        top = ii * step + ny_ - s2 + pad
+        left = jj * step + nx_ - s2 + pad
+        inb = (top >= 0) & (top + p0 <= sec.shape[0]) & (left >= 0) & (left + p0 <= sec.shape[1])
+        keep = np.flatnonzero(inb)
+        if keep.size == 0:
+            return
+        ii, jj, top, left = ii[keep], jj[keep], top[keep], left[keep]
+        my, mx, ny_, nx_ = my[keep], mx[keep], ny_[keep], nx_[keep]
+        gy = (dense[0][keep] - my[:, None, None]).astype(np.float64)
+        gx = (dense[1][keep] - mx[:, None, None]).astype(np.float64)
+        rw = sliding_window_view(ref, (w, w))[ii * step, jj * step]
+        rvw = sliding_window_view(ref_valid, (w, w))[ii * step, jj * step]
+        qw = sliding_window_view(sec, (p0, p0))[top, left]
+        qvw = sliding_window_view(sec_valid, (p0, p0))[top, left]
+        use = rvw.all(axis=(1, 2)) & qvw.all(axis=(1, 2))
+        if not use.any():
+            return
+        sel = np.flatnonzero(use)
+        for b0 in range(0, sel.size, 4096):
+            b = sel[b0 : b0 + 4096]
+            rs = _demean(rw[b])[0]
+            qd = _demean(qw[b])[0]
+            cy = np.full(b.size, s2, dtype=np.int64)
+            ty, tx, alive = _subpixel_fast(
+                rs,
+                qd,
+                cy,
+                cy.copy(),
+                w=w,
+                s=s2,
+                iterations=2,
+                init=(my[b] - ny_[b], mx[b] - nx_[b]),
+                deform=(gy[b], gx[b]),
+            )
+            good = (
+                alive & (np.abs(ty + ny_[b] - my[b]) <= 1.0) & (np.abs(tx + nx_[b] - mx[b]) <= 1.0)
+            )
+            dy[ii[b][good], jj[b][good]] = (ty + ny_[b])[good]
+            dx[ii[b][good], jj[b][good]] = (tx + nx_[b])[good]
 
 
 def _process_clean(
@@ -1872,7 +2008,7 @@ def pyramid_offset_field(
             pk = regrid(*cur[0], cur[1], shape_k, (centre, step, 2**k))
         if not (np.isfinite(ref_k).any() and np.isfinite(sec_k).any()):
             continue  # nothing usable at this level: keep the current prior
-        dy, dx, _ = offset_field(ref_k, sec_k, prior=pk, **kw)
+        dy, dx, _ = offset_field(ref_k, sec_k, prior=pk, **{**kw, "deform": 0})
         cur = (smooth_fill(dy, dx, fallback=pk), (centre, step, 2**k), shape_k)
     p0 = regrid(*cur[0], cur[1], shape0, (centre, step, 1)) if cur is not None else None
     return offset_field(reference, secondary, reference_mask, secondary_mask, prior=p0, **kw)

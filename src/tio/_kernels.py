@@ -280,3 +280,82 @@ def rect_zncc(srq, rs, qs, y0, y1, x0, x1, min_cnt, flat, out_z, out_frac):
                     continue
                 z = (srq[t, v, u] - sr * sq / cnt) / math.sqrt(var_r * var_q)
                 out_z[t, v, u] = min(max(z, -1.0), 1.0)
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _keys(t):
+    """Keys (1981) cubic convolution weights (a = -0.5) of the 4 samples around ``t`` in [0, 1)."""
+    t2 = t * t
+    t3 = t2 * t
+    w0 = -0.5 * t3 + t2 - 0.5 * t
+    w1 = 1.5 * t3 - 2.5 * t2 + 1.0
+    w2 = -1.5 * t3 + 2.0 * t2 + 0.5 * t
+    w3 = 0.5 * t3 - 0.5 * t2
+    return w0, w1, w2, w3
+
+
+@njit(**_OPTS)
+def deformed_blocks(qd, by, bx, gy, gx, fy, fx, w, roll, out):
+    """:func:`tapered_blocks` with the secondary sampled on a deformed grid.
+
+    Block ``k`` pixel ``(i, j)`` is the secondary sub-image ``qd[k]`` at the real
+    position ``(by[k] + i + gy[k, i, j], bx[k] + j + gx[k, i, j])``, interpolated by
+    cubic convolution (Keys 1981; exact at integer positions, so a zero deformation
+    gives exactly :func:`tapered_blocks`); positions are clamped to the sub-image.
+    The taper and the weighted demeaning are those of :func:`tapered_blocks`.
+    """
+    k = qd.shape[0]
+    P = qd.shape[1]
+    n = w + 2
+    for t in range(k):
+        ty = np.empty(n)
+        tx = np.empty(n)
+        for i in range(n):
+            ty[i] = _taper(i - 1.0 - fy[t], w, roll)
+            tx[i] = _taper(i - 1.0 - fx[t], w, roll)
+        v = np.empty((n, n))
+        for i in range(n):
+            for j in range(n):
+                y = by[t] + i + gy[t, i, j]
+                x = bx[t] + j + gx[t, i, j]
+                if y < 1.0:
+                    y = 1.0
+                if y > P - 2.000001:
+                    y = P - 2.000001
+                if x < 1.0:
+                    x = 1.0
+                if x > P - 2.000001:
+                    x = P - 2.000001
+                y0 = int(math.floor(y))
+                x0 = int(math.floor(x))
+                a0, a1, a2, a3 = _keys(y - y0)
+                b0, b1, b2, b3 = _keys(x - x0)
+                acc = 0.0
+                for u in range(4):
+                    au = a0 if u == 0 else (a1 if u == 1 else (a2 if u == 2 else a3))
+                    r = y0 - 1 + u
+                    row = (
+                        b0 * qd[t, r, x0 - 1]
+                        + b1 * qd[t, r, x0]
+                        + b2 * qd[t, r, x0 + 1]
+                        + b3 * qd[t, r, x0 + 2]
+                    )
+                    acc += au * row
+                v[i, j] = acc
+        sv = 0.0
+        for i in range(n):
+            row = 0.0
+            for j in range(n):
+                row += tx[j] * v[i, j]
+            sv += ty[i] * row
+        swx = 0.0
+        for j in range(n):
+            swx += tx[j]
+        swy = 0.0
+        for i in range(n):
+            swy += ty[i]
+        sw = swx * swy
+        mean = sv / sw if sw > 0 else 0.0
+        for i in range(n):
+            for j in range(n):
+                out[t, i, j] = (v[i, j] - mean) * ty[i] * tx[j]
