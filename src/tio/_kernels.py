@@ -88,8 +88,9 @@ def newton_peaks(fb, fa, weight, whiten, sy, sx, max_step, out_y, out_x, ok):
 
     ``fb`` (K, L, H) half spectra of the secondary blocks, ``fa`` (K, L, H) conjugate
     half spectra of the reference windows, ``weight`` (L, H) spectral weight (with the
-    Hermitian multiplicity), ``whiten`` the exponent of the modulus division (0.5: the
-    cross-power spectrum is divided by the square root of its modulus). The correlation
+    Hermitian multiplicity), ``whiten`` (K,) the exponent of the modulus division of
+    each window (0.5: the cross-power spectrum is divided by the square root of its
+    modulus; 0: not divided). The correlation
     at a real position ``(y, x)`` (pixels) is
     ``c(y, x) = sum_{a,b} Re(X[a, b] exp(2 i pi (f_a y + f_b x) / L))``; starting at
     ``(sy, sx)`` the Newton step is taken while the Hessian is negative definite (else
@@ -118,15 +119,18 @@ def newton_peaks(fb, fa, weight, whiten, sy, sx, max_step, out_y, out_x, ok):
             out_x[t] = np.nan
             continue
         tiny = 1e-24 * mmax
+        wh = whiten[t]
         for a in range(L):
             for b in range(H):
                 m = xr[a, b] * xr[a, b] + xi[a, b] * xi[a, b]
                 if m < tiny:
                     m = tiny
-                if whiten == 0.5:
+                if wh == 0.5:
                     g = weight[a, b] / math.sqrt(math.sqrt(m))
+                elif wh == 0.0:
+                    g = weight[a, b]
                 else:
-                    g = weight[a, b] / m ** (0.5 * whiten)
+                    g = weight[a, b] / m ** (0.5 * wh)
                 xr[a, b] *= g
                 xi[a, b] *= g
         y = sy[t]
