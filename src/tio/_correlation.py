@@ -1170,6 +1170,7 @@ def offset_field(
             step=int(step),
             passes=deform,
             score=out_sc,
+            workers=workers,
         )
     return out_dy, out_dx, out_sc
 
@@ -1585,6 +1586,7 @@ def deform_refine(
     passes=1,
     min_strain=_MIN_STRAIN,
     score=None,
+    workers=1,
 ):
     """Window deformation: re-estimate the offsets of strained windows (in place).
 
@@ -1602,88 +1604,83 @@ def deform_refine(
     ``ref``/``ref_valid`` are the prepared reference and its usable pixels,
     ``sec``/``sec_valid`` the prepared secondary padded by ``pad`` px; ``dy``/``dx``
     total offsets (px) on the output grid, modified in place; ``score`` their
-    scores (for :func:`whitening`).
+    scores (for :func:`whitening`). Batches of windows run on ``workers`` threads
+    (the result does not depend on it).
     """
+    from tio import _kernels
+
     s2 = 3
     p0 = w + 2 * s2
-    row0 = (w - 1) / 2.0
-    ny, nx = dy.shape
-    a = np.arange(w + 2) - 1.0  # block pixel -> reference pixel offset
-    for _ in range(max(0, int(passes))):
-        ok = np.isfinite(dy) & np.isfinite(dx)
-        if ok.sum() < 4:
-            return
-        fy, fx = smooth_fill(dy, dx)
-        dev = strain_deviation(fy, fx, w, step)
-        ii, jj = np.nonzero(ok & (dev > min_strain))
-        if ii.size == 0:
-            return
-        # dense field at every block pixel, by separable bilinear interpolation
-        gr = (ii[:, None] * step + a[None, :] - row0) / step  # (K, w + 2) grid rows
-        gc = (jj[:, None] * step + a[None, :] - row0) / step
-        gr = np.clip(gr, 0, ny - 1)
-        gc = np.clip(gc, 0, nx - 1)
-        r0 = np.minimum(np.floor(gr).astype(np.int64), max(ny - 2, 0))
-        c0 = np.minimum(np.floor(gc).astype(np.int64), max(nx - 2, 0))
-        tr = gr - r0
-        tc = gc - c0
-        r1 = np.minimum(r0 + 1, ny - 1)
-        c1 = np.minimum(c0 + 1, nx - 1)
-        dense = []
-        for f in (fy, fx):
-            v00 = f[r0[:, :, None], c0[:, None, :]]
-            v01 = f[r0[:, :, None], c1[:, None, :]]
-            v10 = f[r1[:, :, None], c0[:, None, :]]
-            v11 = f[r1[:, :, None], c1[:, None, :]]
-            t_r = tr[:, :, None]
-            t_c = tc[:, None, :]
-            dense.append(
-                (1 - t_r) * ((1 - t_c) * v00 + t_c * v01) + t_r * ((1 - t_c) * v10 + t_c * v11)
-            )
-        my = dense[0][:, 1:-1, 1:-1].mean(axis=(1, 2))
-        mx = dense[1][:, 1:-1, 1:-1].mean(axis=(1, 2))
+    chunk = 2048
+
+    def refine(ii, jj, fy, fx):
+        k = ii.size
+        gy = np.empty((k, w + 2, w + 2))
+        gx = np.empty((k, w + 2, w + 2))
+        my = np.empty(k)
+        mx = np.empty(k)
+        # the field at every block pixel (bilinear) minus its window mean
+        _kernels.window_deformations(fy, fx, ii, jj, int(step), int(w), gy, gx, my, mx)
         ny_ = np.rint(my).astype(np.int64)
         nx_ = np.rint(mx).astype(np.int64)
         top = ii * step + ny_ - s2 + pad
         left = jj * step + nx_ - s2 + pad
-        inb = (top >= 0) & (top + p0 <= sec.shape[0]) & (left >= 0) & (left + p0 <= sec.shape[1])
-        keep = np.flatnonzero(inb)
-        if keep.size == 0:
-            return
-        ii, jj, top, left = ii[keep], jj[keep], top[keep], left[keep]
-        my, mx, ny_, nx_ = my[keep], mx[keep], ny_[keep], nx_[keep]
-        gy = (dense[0][keep] - my[:, None, None]).astype(np.float64)
-        gx = (dense[1][keep] - mx[:, None, None]).astype(np.float64)
-        rw = sliding_window_view(ref, (w, w))[ii * step, jj * step]
-        rvw = sliding_window_view(ref_valid, (w, w))[ii * step, jj * step]
-        qw = sliding_window_view(sec, (p0, p0))[top, left]
-        qvw = sliding_window_view(sec_valid, (p0, p0))[top, left]
-        use = rvw.all(axis=(1, 2)) & qvw.all(axis=(1, 2))
-        if not use.any():
-            return
-        sel = np.flatnonzero(use)
-        for b0 in range(0, sel.size, 4096):
-            b = sel[b0 : b0 + 4096]
-            rs = _demean(rw[b])[0]
-            qd = _demean(qw[b])[0]
-            cy = np.full(b.size, s2, dtype=np.int64)
-            ty, tx, alive = _subpixel_fast(
-                rs,
-                qd,
-                cy,
-                cy.copy(),
-                w=w,
-                s=s2,
-                iterations=2,
-                init=(my[b] - ny_[b], mx[b] - nx_[b]),
-                deform=(gy[b], gx[b]),
-                score=None if score is None else score[ii[b], jj[b]],
+        use = (top >= 0) & (top + p0 <= sec.shape[0]) & (left >= 0) & (left + p0 <= sec.shape[1])
+        b = np.flatnonzero(use)
+        if b.size == 0:
+            return None
+        rvw = sliding_window_view(ref_valid, (w, w))[ii[b] * step, jj[b] * step]
+        qvw = sliding_window_view(sec_valid, (p0, p0))[top[b], left[b]]
+        b = b[rvw.all(axis=(1, 2)) & qvw.all(axis=(1, 2))]
+        if b.size == 0:
+            return None
+        rs = _demean(sliding_window_view(ref, (w, w))[ii[b] * step, jj[b] * step])[0]
+        qd = _demean(sliding_window_view(sec, (p0, p0))[top[b], left[b]])[0]
+        cy = np.full(b.size, s2, dtype=np.int64)
+        ty, tx, alive = _subpixel_fast(
+            rs,
+            qd,
+            cy,
+            cy.copy(),
+            w=w,
+            s=s2,
+            iterations=2,
+            init=(my[b] - ny_[b], mx[b] - nx_[b]),
+            deform=(gy[b], gx[b]),
+            score=None if score is None else score[ii[b], jj[b]],
+        )
+        ty += ny_[b]
+        tx += nx_[b]
+        good = alive & (np.abs(ty - my[b]) <= 1.0) & (np.abs(tx - mx[b]) <= 1.0)
+        return ii[b][good], jj[b][good], ty[good], tx[good]
+
+    workers = max(1, int(workers))
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        for _ in range(max(0, int(passes))):
+            ok = np.isfinite(dy) & np.isfinite(dx)
+            if ok.sum() < 4:
+                return
+            fy, fx = (np.ascontiguousarray(f, np.float64) for f in smooth_fill(dy, dx))
+            dev = strain_deviation(fy, fx, w, step)
+            ii, jj = np.nonzero(ok & (dev > min_strain))
+            if ii.size == 0:
+                return
+            ii, jj = ii.astype(np.int64), jj.astype(np.int64)
+            tasks = [
+                (ii[c : c + chunk], jj[c : c + chunk], fy, fx) for c in range(0, ii.size, chunk)
+            ]
+            results = (
+                pool.map(lambda t: refine(*t), tasks) if pool else map(lambda t: refine(*t), tasks)
             )
-            good = (
-                alive & (np.abs(ty + ny_[b] - my[b]) <= 1.0) & (np.abs(tx + nx_[b] - mx[b]) <= 1.0)
-            )
-            dy[ii[b][good], jj[b][good]] = (ty + ny_[b])[good]
-            dx[ii[b][good], jj[b][good]] = (tx + nx_[b])[good]
+            for res in list(results):
+                if res is not None:
+                    ri, rj, ty, tx = res
+                    dy[ri, rj] = ty
+                    dx[ri, rj] = tx
+    finally:
+        if pool is not None:
+            pool.shutdown()
 
 
 def _process_clean(

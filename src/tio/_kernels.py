@@ -363,3 +363,62 @@ def deformed_blocks(qd, by, bx, gy, gx, fy, fx, w, roll, out):
         for i in range(n):
             for j in range(n):
                 out[t, i, j] = (v[i, j] - mean) * ty[i] * tx[j]
+
+
+@njit(**_OPTS)
+def window_deformations(fy, fx, ii, jj, step, w, gy, gx, my, mx):
+    """Offset field interpolated to every pixel of the blocks of windows ``(ii, jj)``.
+
+    ``fy``, ``fx`` (ny, nx) offsets on the output grid (cell ``(i, j)`` centred at
+    pixel ``((w - 1) / 2 + i * step, (w - 1) / 2 + j * step)``), bilinear between
+    cells, constant beyond the outer ones. Block pixel ``(a, b)`` of window ``k`` is
+    reference pixel ``(ii[k] * step + a - 1, jj[k] * step + b - 1)``. Writes the
+    window means (over the ``w x w`` window) into ``my``, ``mx`` and the field minus
+    that mean into ``gy``, ``gx`` (K, w + 2, w + 2).
+    """
+    ny, nx = fy.shape
+    n = w + 2
+    c = (w - 1) / 2.0
+    r0 = np.empty(n, np.int64)
+    r1 = np.empty(n, np.int64)
+    tr = np.empty(n)
+    c0 = np.empty(n, np.int64)
+    c1 = np.empty(n, np.int64)
+    tc = np.empty(n)
+    for k in range(ii.shape[0]):
+        for a in range(n):
+            g = (ii[k] * step + a - 1 - c) / step
+            g = min(max(g, 0.0), ny - 1.0)
+            i0 = min(int(math.floor(g)), max(ny - 2, 0))
+            r0[a] = i0
+            r1[a] = min(i0 + 1, ny - 1)
+            tr[a] = g - i0
+            g = (jj[k] * step + a - 1 - c) / step
+            g = min(max(g, 0.0), nx - 1.0)
+            j0 = min(int(math.floor(g)), max(nx - 2, 0))
+            c0[a] = j0
+            c1[a] = min(j0 + 1, nx - 1)
+            tc[a] = g - j0
+        sy = 0.0
+        sx = 0.0
+        for a in range(n):
+            u = tr[a]
+            for b in range(n):
+                v = tc[b]
+                vy = (1 - u) * ((1 - v) * fy[r0[a], c0[b]] + v * fy[r0[a], c1[b]]) + u * (
+                    (1 - v) * fy[r1[a], c0[b]] + v * fy[r1[a], c1[b]]
+                )
+                vx = (1 - u) * ((1 - v) * fx[r0[a], c0[b]] + v * fx[r0[a], c1[b]]) + u * (
+                    (1 - v) * fx[r1[a], c0[b]] + v * fx[r1[a], c1[b]]
+                )
+                gy[k, a, b] = vy
+                gx[k, a, b] = vx
+                if 1 <= a <= w and 1 <= b <= w:
+                    sy += vy
+                    sx += vx
+        my[k] = sy / (w * w)
+        mx[k] = sx / (w * w)
+        for a in range(n):
+            for b in range(n):
+                gy[k, a, b] -= my[k]
+                gx[k, a, b] -= mx[k]
