@@ -1615,7 +1615,7 @@ def deform_refine(
 
     s2 = 3
     p0 = w + 2 * s2
-    chunk = 2048
+    chunk = 512  # windows per task: about 30 MB of working memory
 
     def refine(ii, jj, fy, fx):
         k = ii.size
