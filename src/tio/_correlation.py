@@ -1348,9 +1348,7 @@ def _dft_grids(size, m, upsample):
     return gy, gx
 
 
-def _subpixel(
-    rs, qd, iy, ix, rv=None, qv=None, *, w, s, iterations, upsample, init=None, score=None
-):
+def _subpixel(rs, qd, iy, ix, rv=None, qv=None, *, w, s, iterations, upsample, init=None):
     """Sub-pixel stage: iterated, tapered, upsampled phase correlation.
 
     The estimator of :func:`phase_correlation_shift` (with :func:`reference_spectra`),
@@ -1363,8 +1361,7 @@ def _subpixel(
     (None: all usable). Returns the offsets ``ty``/``tx`` (relative to the centre of
     the sub-images) and whether each is valid: the block (one pixel larger than the
     window on every side) must stay in the sub-image, and the estimate within
-    0.75 px of the integer peak. ``score`` (K,) the ZNCC peaks, for the whitening
-    exponent of each window (:func:`whitening`).
+    0.75 px of the integer peak.
     """
     k = rs.shape[0]
     size = sfft.next_fast_len(w + 2)
@@ -1393,7 +1390,6 @@ def _subpixel(
     if init is not None:
         fy = np.clip(np.asarray(init[0], np.float64), -0.5, 0.5)
         fx = np.clip(np.asarray(init[1], np.float64), -0.5, 0.5)
-    wh = whitening(score, k)
     alive = np.ones(k, dtype=bool)
     for it in range(max(iterations, 1)):
         alive &= (py >= 1) & (py <= 2 * s - 1) & (px >= 1) & (px <= 2 * s - 1)
@@ -1434,11 +1430,8 @@ def _subpixel(
         tiny = 1e-24 * mag.max(axis=(1, 2), keepdims=True)
         flat = ~(mag > tiny).any(axis=(1, 2))
         np.maximum(mag, tiny, out=mag)
-        if np.all(wh == 0.5):
-            np.sqrt(mag, out=mag)
-            np.sqrt(mag, out=mag)  # |cross| ** 0.5
-        else:  # |cross| ** whitening exponent of each window
-            np.power(mag, (0.5 * wh).astype(np.float32)[:, None, None], out=mag)
+        np.sqrt(mag, out=mag)
+        np.sqrt(mag, out=mag)  # |cross| ** 0.5
         np.divide(sw, mag, out=mag)
         cross *= mag
         del mag
@@ -1843,7 +1836,6 @@ def _process_block(
                 s=s,
                 iterations=iterations,
                 upsample=upsample,
-                score=score[sel],
             )
         dy[sel] = np.where(alive, ty, np.nan)
         dx[sel] = np.where(alive, tx, np.nan)
