@@ -1631,7 +1631,7 @@ def deform_refine(
 
     s2 = 3
     p0 = w + 2 * s2
-    chunk = 512  # windows per task: about 30 MB of working memory
+    chunk = 256  # windows per task (as the tiles): about 15 MB of working memory
 
     def refine(ii, jj, fy, fx):
         k = ii.size
