@@ -155,3 +155,20 @@ def test_images_without_georeferencing_give_pixels(tmp_path, shared_data):
         assert "(pixel, positive east)" in src.descriptions[0]
         ew, ns, score = src.read()
     assert np.isfinite(ew).mean() > 0.4  # outside the image footprint (black) is not matched
+
+
+def test_deform_option_of_the_command(tmp_path, shared_data):
+    """`--deform 0` switches the window deformation off (a uniform shift: same map);
+    out-of-range values are refused."""
+    a, b = _landsat_pair(tmp_path, shared_data, 2, -1)
+    maps = []
+    for deform in ("0", "1"):
+        out = tmp_path / f"pair{deform}.tif"
+        proc = _tio("correlate", a, b, "-o", out, "--step", "16", "--deform", deform)
+        assert proc.returncode == 0, proc.stderr
+        with rasterio.open(out) as src:
+            maps.append(src.read())
+    np.testing.assert_array_equal(maps[0], maps[1])
+    assert np.nanmedian(maps[0][0]) == pytest.approx(30, abs=0.3)
+    proc = _tio("correlate", a, b, "-o", tmp_path / "bad.tif", "--deform", "9")
+    assert proc.returncode != 0 and "deform" in (proc.stderr + proc.stdout)

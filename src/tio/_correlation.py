@@ -1,6 +1,7 @@
 """Numerical core of TIO's image correlation (private; use :mod:`tio.correlation`).
 
-The offset of every correlation window is measured in two stages, each vectorised
+The offset of every correlation window is measured in two stages (and optionally
+refined by window deformation, 3.), each vectorised
 with numpy over a batch of windows (no Python loop per window):
 
 1. **Integer stage** - zero-normalised cross-correlation (ZNCC) of the reference
@@ -17,7 +18,7 @@ with numpy over a batch of windows (no Python loop per window):
    repetitive or flat texture must give NaN, not a confident wrong offset.
 2. **Sub-pixel stage** - the shift between the reference window and the secondary
    block at the integer offset is measured by a (partially whitened) phase
-   correlation. The taper (:func:`taper`: cos^2 roll-off over ``w / 4`` pixels at
+   correlation. The taper (:func:`taper`: cos^2 roll-off over ``w / 6`` pixels at
    each end, flat in between) and the mask weight of the secondary are *moved by
    the current estimate*, so the two weighted windows become exact shifted copies:
    no image re-sampling is needed, and the bias of a fixed taper (toward the taper
@@ -31,11 +32,19 @@ with numpy over a batch of windows (no Python loop per window):
    Newton iterations; a next estimate is made only where the estimate moved by more
    than ``_REFINE`` from the taper position. The other windows use the
    matrix-multiply upsampled DFT of Guizar-Sicairos et al. (2008) and a parabola.
-   A ZNCC peak that is a flat ridge (straight edge) is rejected
+   The compiled path divides the cross-power spectrum by a power of its modulus that
+   follows the noise (:func:`whitening`: 0.5 for a clean match, 0 for a ZNCC peak of
+   0.95 or less). A ZNCC peak that is a flat ridge (straight edge) is rejected
    (:func:`weak_curvature`): the peak wanders along it with the noise.
+3. **Window deformation** (:func:`deform_refine`, ``deform`` passes): windows where the
+   offset field changes by more than ``_MIN_STRAIN`` px within half a window are
+   measured again on the secondary re-sampled (cubic convolution) at every pixel
+   moved by the interpolated first-pass field minus its window mean, which removes
+   the strain inside the window (Scarano 2002, image deformation methods in
+   particle-image velocimetry).
 
 Measured with ``benchmarks/bench_correlation.py`` (32-px windows, 1 % noise, gain and
-offset change): mean error within 0.004 px at every fractional shift.
+offset change): mean error within 0.007 px at every fractional shift.
 
 Displacements larger than the search range are reached coarse to fine
 (:func:`pyramid_offset_field`, after the image pyramids of Burt & Adelson 1983): the
@@ -72,6 +81,8 @@ References
        stereo vision", IEEE Trans. PAMI 34(11):2121-2133, 2012 (peak-ratio test).
 .. [7] P. J. Burt and E. H. Adelson, "The Laplacian pyramid as a compact image
        code", IEEE Trans. Commun. 31(4):532-540, 1983.
+.. [8] F. Scarano, "Iterative image deformation methods in PIV", Meas. Sci.
+       Technol. 13(1):R1-R19, 2002.
 """
 
 from __future__ import annotations
@@ -89,6 +100,11 @@ from tio.errors import CorrelationError
 #: Working-memory budget of one tile of windows, in bytes (besides the float32
 #: copies of the two images). Each worker thread holds one tile at a time.
 _BATCH_BYTES = 128 * 2**20
+# Largest number of windows per tile or batch, so that small images (a few hundred to a
+# few thousand windows) still give every thread work; the tiling depends only on the
+# sizes. Measured (one thread, CPU time, the three crops of bench_correlation.py): no
+# cost at 256 windows, 10 % more at 128.
+_MAX_BATCH = 256
 
 #: Minimum number of common valid pixels for a ZNCC value to be trusted.
 _MIN_OVERLAP = 16
@@ -125,6 +141,16 @@ PREFILTERS = ("none", "highpass", "wallis")
 #: error per fraction with 0, 0.02, 0.05 and 0.1 px; 0.01 keeps the residual bias of
 #: the taper position (about 6 % of the move) below 1e-3 px.
 _REFINE = 0.01
+# Window deformation: windows whose offset field changes by more than this (px) within
+# half a window are re-estimated on the deformed secondary.
+_MIN_STRAIN = 0.1
+# Sub-pixel estimates per window in a deformation pass (one is enough: it starts at the
+# first pass's offset, where the taper of the secondary is centred; measured: 2 changes the
+# lobe RMSE of benchmarks/bench_correlation.py by less than 0.002 px).
+_DEFORM_ITERATIONS = 1
+# Exponent of the modulus division of the cross-power spectrum (compiled path).
+_WHITEN = 0.5
+_WHITEN_LO, _WHITEN_HI = 0.95, 1.0
 
 
 # --------------------------------------------------------------------------------------
@@ -631,16 +657,23 @@ def taper(x, w, roll=None):
 
 
 def taper_roll(w):
-    """Roll-off (pixels) of the sub-pixel taper of a ``w``-pixel window: ``w / 4``.
+    """Roll-off (pixels) of the sub-pixel taper of a ``w``-pixel window: ``w / 6``.
 
-    Measured on the uniform-shift cases of ``benchmarks/bench_correlation.py``
-    (32-px windows, 1 % noise, RMSE per axis on Landsat-8 / Landsat-7 / Sentinel-2):
-    Hann taper 0.022 / 0.027 / 0.047 px; roll-off of 12 px 0.017 / 0.023 / 0.041;
+    With the noise-dependent whitening (:func:`whitening`) and window deformation,
+    measured on all fractional shifts 0, 0.3, 0.6, 0.9 and the lobes of
+    ``benchmarks/bench_correlation.py`` (RMSE per axis, Landsat-8 / Landsat-7 /
+    Sentinel-2): roll-off w/4: uniform 1 % noise 0.0126 / 0.0169 / 0.0196 px, lobes
+    3 % noise 0.046 / 0.049 / 0.066; w/6: 0.0112 / 0.0135 / 0.0189 and 0.041 / 0.042 /
+    0.058; w/8: 0.0110 / 0.0134 / 0.0205 and 0.040 / 0.038 / 0.056, but a mean error
+    of 0.009 px at some fractions on Sentinel-2 (0.006 with w/6). Earlier (fixed
+    whitening, no deformation; uniform shifts, 1 % noise): Hann taper 0.022 / 0.027 /
+    0.047 px; roll-off of 12 px 0.017 / 0.023 / 0.041;
     8 px 0.014 / 0.017 / 0.038; no loss of the freedom from pixel-locking (the taper
     of the secondary follows the estimate). A flatter window uses more pixels with
-    full weight, hence averages more noise.
+    full weight, hence averages more noise (older measurements gave the opposite
+    ranking between 8 and 12 px, with a fixed whitening exponent).
     """
-    return max(1.0, w / 4.0)
+    return max(1.0, w / 6.0)
 
 
 def hann(x, w):
@@ -994,6 +1027,7 @@ def offset_field(
     workers=1,
     iterations=2,
     upsample=10,
+    deform=0,
 ):
     """Offsets of the secondary image relative to the reference on a regular grid.
 
@@ -1006,7 +1040,8 @@ def offset_field(
     previous estimate); ``upsample`` is the upsampling factor of the first estimate,
     made over +-0.6 px around the coarse peak (later ones use ``3 * upsample`` over
     +-0.2 px around the previous estimate); the grid maximum is refined by a
-    parabola, so these factors need not be large.
+    parabola, so these factors need not be large. ``deform`` is the number of
+    window-deformation passes (:func:`deform_refine`; 0 = off).
 
     Returns
     -------
@@ -1067,7 +1102,7 @@ def offset_field(
     out_sc = np.full((ny, nx), np.nan, dtype=np.float32)
 
     m = 2 * int(np.ceil(0.6 * upsample)) + 1
-    per_chunk = max(1, _BATCH_BYTES // _bytes_per_window(w, s, m))
+    per_chunk = max(1, min(_MAX_BATCH, _BATCH_BYTES // _bytes_per_window(w, s, m)))
     bj = min(nx, per_chunk)
     bi = max(1, min(ny, per_chunk // bj))
     opts = dict(
@@ -1142,6 +1177,21 @@ def offset_field(
             pool.shutdown()
     out_dy += oy
     out_dx += ox
+    if deform > 0:
+        deform_refine(
+            ref,
+            ref_valid,
+            sec,
+            sec_valid,
+            pad,
+            out_dy,
+            out_dx,
+            w=w,
+            step=int(step),
+            passes=deform,
+            score=out_sc,
+            workers=workers,
+        )
     return out_dy, out_dx, out_sc
 
 
@@ -1428,7 +1478,24 @@ def _subpixel(rs, qd, iy, ix, rv=None, qv=None, *, w, s, iterations, upsample, i
     return ty, tx, alive
 
 
-def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None):
+def whitening(score, k):
+    """Exponent of the modulus division of the cross-power spectrum of each window.
+
+    Dividing by a power of the modulus sharpens the correlation peak and removes the
+    bias of aliased, strongly textured images; it also amplifies the frequencies
+    where noise dominates. The exponent goes from ``_WHITEN`` for a ZNCC peak
+    ``score`` of at least ``_WHITEN_HI`` (little noise) down to 0 (plain
+    cross-correlation, the matched filter for white noise) at ``_WHITEN_LO``
+    and below; ``_WHITEN`` for every window when ``score`` is None.
+    """
+    if score is None:
+        return np.full(k, _WHITEN)
+    sc = np.nan_to_num(np.asarray(score, np.float64), nan=1.0)
+    t = np.clip((sc - _WHITEN_LO) / (_WHITEN_HI - _WHITEN_LO), 0.0, 1.0)
+    return _WHITEN * t
+
+
+def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, score=None):
     """Sub-pixel stage of windows without unusable pixels (compiled kernels).
 
     The estimator of :func:`_subpixel` (tapered, partially whitened phase
@@ -1438,7 +1505,9 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None):
     The first estimate starts at ``init`` (the parabolic sub-pixel position of the
     ZNCC peak; zero if None), where the taper of the secondary is centred; each next
     one moves the taper to the previous estimate. Same inputs and outputs as
-    :func:`_subpixel`.
+    :func:`_subpixel`. ``deform`` (optional) is a pair ``(gy, gx)`` of arrays
+    (K, w + 2, w + 2): the secondary block is then sampled at those offsets from its
+    pixels (window deformation, :func:`tio._kernels.deformed_blocks`).
     """
     from tio import _kernels
 
@@ -1464,6 +1533,7 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None):
     else:
         fy = np.clip(np.asarray(init[0], np.float64), -0.5, 0.5).copy()
         fx = np.clip(np.asarray(init[1], np.float64), -0.5, 0.5).copy()
+    wh = whitening(score, k)
     alive = np.ones(k, dtype=bool)
     todo = np.arange(k)
     for _ in range(max(iterations, 1)):
@@ -1477,12 +1547,17 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None):
         b = buf[:m] if m == k else np.zeros((m, size, size), dtype=np.float32)
         qq = q32 if m == k else q32[sel]
         f0y, f0x = fy[sel], fx[sel]
-        _kernels.tapered_blocks(qq, by, bx, f0y, f0x, w, roll, b)
+        if deform is None:
+            _kernels.tapered_blocks(qq, by, bx, f0y, f0x, w, roll, b)
+        else:
+            gy = deform[0] if m == k else deform[0][sel]
+            gx = deform[1] if m == k else deform[1][sel]
+            _kernels.deformed_blocks(qq, by, bx, gy, gx, f0y, f0x, w, roll, b)
         fb = sfft.rfft2(b)
         ey, ex = np.empty(m), np.empty(m)
         conv = np.empty(m, dtype=bool)
         sp = spec if m == k else spec[sel]
-        _kernels.newton_peaks(fb, sp, sw, 0.5, f0y, f0x, 0.25, ey, ex, conv)
+        _kernels.newton_peaks(fb, sp, sw, wh if m == k else wh[sel], f0y, f0x, 0.25, ey, ex, conv)
         alive[sel] &= conv & np.isfinite(ey) & np.isfinite(ex)
         e_y = np.where(alive[sel], ey, 0.0)
         e_x = np.where(alive[sel], ex, 0.0)
@@ -1498,6 +1573,134 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None):
     tx = px - s + fx
     alive &= (np.abs(ty - (iy - s)) <= 0.75) & (np.abs(tx - (ix - s)) <= 0.75)
     return ty, tx, alive
+
+
+def strain_deviation(dy, dx, window, step):
+    """Largest change of a (filled) offset field between a window centre and the
+    output cells within half a window of it (px; the larger of the two axes)."""
+    k = max(1, (int(window) // 2) // int(step))
+    ny, nx = dy.shape
+    dev = np.zeros((ny, nx))
+    for f in (dy, dx):
+        p = np.pad(f, k, mode="edge")
+        for a in range(-k, k + 1):
+            for b in range(-k, k + 1):
+                if a == 0 and b == 0:
+                    continue
+                sh = p[k + a : k + a + ny, k + b : k + b + nx]
+                np.maximum(dev, np.abs(sh - f), out=dev)
+    return dev
+
+
+def deform_refine(
+    ref,
+    ref_valid,
+    sec,
+    sec_valid,
+    pad,
+    dy,
+    dx,
+    *,
+    w,
+    step,
+    passes=1,
+    min_strain=_MIN_STRAIN,
+    score=None,
+    workers=1,
+):
+    """Window deformation: re-estimate the offsets of strained windows (in place).
+
+    The first-pass field (median-filtered and hole-filled, :func:`smooth_fill`) is
+    interpolated bilinearly to every pixel of each window whose field changes by
+    more than ``min_strain`` px within half a window (:func:`strain_deviation`);
+    the secondary is sampled at each pixel moved by the interpolated field minus its
+    window mean ``m`` (cubic convolution, :func:`tio._kernels.deformed_blocks`), so
+    that what is left is a shift of about ``m`` plus the first pass's residual,
+    which the sub-pixel stage measures (started at ``m``); the new offset is that
+    estimate. The strain inside the window, which blurs and biases the correlation
+    peak, is removed (the image deformation method of particle-image velocimetry,
+    Scarano 2002). Only windows whose reference window and secondary sub-image are
+    fully usable are refined; ``passes`` repeats it with the refined field.
+    ``ref``/``ref_valid`` are the prepared reference and its usable pixels,
+    ``sec``/``sec_valid`` the prepared secondary padded by ``pad`` px; ``dy``/``dx``
+    total offsets (px) on the output grid, modified in place; ``score`` their
+    scores (for :func:`whitening`). Batches of windows run on ``workers`` threads
+    (the result does not depend on it).
+    """
+    from tio import _kernels
+
+    s2 = 3
+    p0 = w + 2 * s2
+    chunk = 256  # windows per task (as the tiles): about 15 MB of working memory
+
+    def refine(ii, jj, fy, fx):
+        k = ii.size
+        gy = np.empty((k, w + 2, w + 2))
+        gx = np.empty((k, w + 2, w + 2))
+        my = np.empty(k)
+        mx = np.empty(k)
+        # the field at every block pixel (bilinear) minus its window mean
+        _kernels.window_deformations(fy, fx, ii, jj, int(step), int(w), gy, gx, my, mx)
+        ny_ = np.rint(my).astype(np.int64)
+        nx_ = np.rint(mx).astype(np.int64)
+        top = ii * step + ny_ - s2 + pad
+        left = jj * step + nx_ - s2 + pad
+        use = (top >= 0) & (top + p0 <= sec.shape[0]) & (left >= 0) & (left + p0 <= sec.shape[1])
+        b = np.flatnonzero(use)
+        if b.size == 0:
+            return None
+        rvw = sliding_window_view(ref_valid, (w, w))[ii[b] * step, jj[b] * step]
+        qvw = sliding_window_view(sec_valid, (p0, p0))[top[b], left[b]]
+        b = b[rvw.all(axis=(1, 2)) & qvw.all(axis=(1, 2))]
+        if b.size == 0:
+            return None
+        rs = _demean(sliding_window_view(ref, (w, w))[ii[b] * step, jj[b] * step])[0]
+        qd = _demean(sliding_window_view(sec, (p0, p0))[top[b], left[b]])[0]
+        cy = np.full(b.size, s2, dtype=np.int64)
+        ty, tx, alive = _subpixel_fast(
+            rs,
+            qd,
+            cy,
+            cy.copy(),
+            w=w,
+            s=s2,
+            iterations=_DEFORM_ITERATIONS,
+            init=(my[b] - ny_[b], mx[b] - nx_[b]),
+            deform=(gy[b], gx[b]),
+            score=None if score is None else score[ii[b], jj[b]],
+        )
+        ty += ny_[b]
+        tx += nx_[b]
+        good = alive & (np.abs(ty - my[b]) <= 1.0) & (np.abs(tx - mx[b]) <= 1.0)
+        return ii[b][good], jj[b][good], ty[good], tx[good]
+
+    workers = max(1, int(workers))
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        for _ in range(max(0, int(passes))):
+            ok = np.isfinite(dy) & np.isfinite(dx)
+            if ok.sum() < 4:
+                return
+            fy, fx = (np.ascontiguousarray(f, np.float64) for f in smooth_fill(dy, dx))
+            dev = strain_deviation(fy, fx, w, step)
+            ii, jj = np.nonzero(ok & (dev > min_strain))
+            if ii.size == 0:
+                return
+            ii, jj = ii.astype(np.int64), jj.astype(np.int64)
+            tasks = [
+                (ii[c : c + chunk], jj[c : c + chunk], fy, fx) for c in range(0, ii.size, chunk)
+            ]
+            results = (
+                pool.map(lambda t: refine(*t), tasks) if pool else map(lambda t: refine(*t), tasks)
+            )
+            for res in list(results):
+                if res is not None:
+                    ri, rj, ty, tx = res
+                    dy[ri, rj] = ty
+                    dx[ri, rj] = tx
+    finally:
+        if pool is not None:
+            pool.shutdown()
 
 
 def _process_clean(
@@ -1543,6 +1746,7 @@ def _process_clean(
         s=s,
         iterations=iterations,
         init=_parabolic_init(zncc[idx], iy[idx], ix[idx]),
+        score=score[idx],
     )
     dy[idx] = np.where(alive, ty, np.nan)
     dx[idx] = np.where(alive, tx, np.nan)
@@ -1634,6 +1838,7 @@ def _process_block(
                 s=s,
                 iterations=iterations,
                 init=_parabolic_init(zncc[sel], iy[sel], ix[sel]),
+                score=score[sel],
             )
         else:
             ty, tx, alive = _subpixel(
@@ -1872,7 +2077,7 @@ def pyramid_offset_field(
             pk = regrid(*cur[0], cur[1], shape_k, (centre, step, 2**k))
         if not (np.isfinite(ref_k).any() and np.isfinite(sec_k).any()):
             continue  # nothing usable at this level: keep the current prior
-        dy, dx, _ = offset_field(ref_k, sec_k, prior=pk, **kw)
+        dy, dx, _ = offset_field(ref_k, sec_k, prior=pk, **{**kw, "deform": 0})
         cur = (smooth_fill(dy, dx, fallback=pk), (centre, step, 2**k), shape_k)
     p0 = regrid(*cur[0], cur[1], shape0, (centre, step, 1)) if cur is not None else None
     return offset_field(reference, secondary, reference_mask, secondary_mask, prior=p0, **kw)
@@ -1894,6 +2099,7 @@ def check_inputs(
     levels=0,
     wallis_size=None,
     workers=1,
+    deform=0,
 ):
     """Validate the arguments of a correlation; raise CorrelationError with a clear message.
 
@@ -1931,6 +2137,7 @@ def check_inputs(
         ("search", search),
         ("levels", levels),
         ("workers", workers),
+        ("deform", deform),
     ):
         if isinstance(v, bool) or not isinstance(v, int | np.integer):
             raise CorrelationError(f"{name} must be an integer, got {v!r}")
@@ -1944,6 +2151,8 @@ def check_inputs(
         raise CorrelationError(f"levels must be >= 0, got {levels}")
     if workers < 1:
         raise CorrelationError(f"workers must be >= 1, got {workers}")
+    if deform < 0:
+        raise CorrelationError(f"deform must be >= 0, got {deform}")
     if window > min(ref.shape):
         raise CorrelationError(
             f"the correlation window ({window} px) is larger than the image "

@@ -88,8 +88,9 @@ def newton_peaks(fb, fa, weight, whiten, sy, sx, max_step, out_y, out_x, ok):
 
     ``fb`` (K, L, H) half spectra of the secondary blocks, ``fa`` (K, L, H) conjugate
     half spectra of the reference windows, ``weight`` (L, H) spectral weight (with the
-    Hermitian multiplicity), ``whiten`` the exponent of the modulus division (0.5: the
-    cross-power spectrum is divided by the square root of its modulus). The correlation
+    Hermitian multiplicity), ``whiten`` (K,) the exponent of the modulus division of
+    each window (0.5: the cross-power spectrum is divided by the square root of its
+    modulus; 0: not divided). The correlation
     at a real position ``(y, x)`` (pixels) is
     ``c(y, x) = sum_{a,b} Re(X[a, b] exp(2 i pi (f_a y + f_b x) / L))``; starting at
     ``(sy, sx)`` the Newton step is taken while the Hessian is negative definite (else
@@ -118,15 +119,18 @@ def newton_peaks(fb, fa, weight, whiten, sy, sx, max_step, out_y, out_x, ok):
             out_x[t] = np.nan
             continue
         tiny = 1e-24 * mmax
+        wh = whiten[t]
         for a in range(L):
             for b in range(H):
                 m = xr[a, b] * xr[a, b] + xi[a, b] * xi[a, b]
                 if m < tiny:
                     m = tiny
-                if whiten == 0.5:
+                if wh == 0.5:
                     g = weight[a, b] / math.sqrt(math.sqrt(m))
+                elif wh == 0.0:
+                    g = weight[a, b]
                 else:
-                    g = weight[a, b] / m ** (0.5 * whiten)
+                    g = weight[a, b] / m ** (0.5 * wh)
                 xr[a, b] *= g
                 xi[a, b] *= g
         y = sy[t]
@@ -280,3 +284,141 @@ def rect_zncc(srq, rs, qs, y0, y1, x0, x1, min_cnt, flat, out_z, out_frac):
                     continue
                 z = (srq[t, v, u] - sr * sq / cnt) / math.sqrt(var_r * var_q)
                 out_z[t, v, u] = min(max(z, -1.0), 1.0)
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _keys(t):
+    """Keys (1981) cubic convolution weights (a = -0.5) of the 4 samples around ``t`` in [0, 1)."""
+    t2 = t * t
+    t3 = t2 * t
+    w0 = -0.5 * t3 + t2 - 0.5 * t
+    w1 = 1.5 * t3 - 2.5 * t2 + 1.0
+    w2 = -1.5 * t3 + 2.0 * t2 + 0.5 * t
+    w3 = 0.5 * t3 - 0.5 * t2
+    return w0, w1, w2, w3
+
+
+@njit(**_OPTS)
+def deformed_blocks(qd, by, bx, gy, gx, fy, fx, w, roll, out):
+    """:func:`tapered_blocks` with the secondary sampled on a deformed grid.
+
+    Block ``k`` pixel ``(i, j)`` is the secondary sub-image ``qd[k]`` at the real
+    position ``(by[k] + i + gy[k, i, j], bx[k] + j + gx[k, i, j])``, interpolated by
+    cubic convolution (Keys 1981; exact at integer positions, so a zero deformation
+    gives exactly :func:`tapered_blocks`); positions are clamped to the sub-image.
+    The taper and the weighted demeaning are those of :func:`tapered_blocks`.
+    """
+    k = qd.shape[0]
+    P = qd.shape[1]
+    n = w + 2
+    for t in range(k):
+        ty = np.empty(n)
+        tx = np.empty(n)
+        for i in range(n):
+            ty[i] = _taper(i - 1.0 - fy[t], w, roll)
+            tx[i] = _taper(i - 1.0 - fx[t], w, roll)
+        v = np.empty((n, n))
+        for i in range(n):
+            for j in range(n):
+                y = by[t] + i + gy[t, i, j]
+                x = bx[t] + j + gx[t, i, j]
+                if y < 1.0:
+                    y = 1.0
+                if y > P - 2.000001:
+                    y = P - 2.000001
+                if x < 1.0:
+                    x = 1.0
+                if x > P - 2.000001:
+                    x = P - 2.000001
+                y0 = int(math.floor(y))
+                x0 = int(math.floor(x))
+                a0, a1, a2, a3 = _keys(y - y0)
+                b0, b1, b2, b3 = _keys(x - x0)
+                acc = 0.0
+                for u in range(4):
+                    au = a0 if u == 0 else (a1 if u == 1 else (a2 if u == 2 else a3))
+                    r = y0 - 1 + u
+                    row = (
+                        b0 * qd[t, r, x0 - 1]
+                        + b1 * qd[t, r, x0]
+                        + b2 * qd[t, r, x0 + 1]
+                        + b3 * qd[t, r, x0 + 2]
+                    )
+                    acc += au * row
+                v[i, j] = acc
+        sv = 0.0
+        for i in range(n):
+            row = 0.0
+            for j in range(n):
+                row += tx[j] * v[i, j]
+            sv += ty[i] * row
+        swx = 0.0
+        for j in range(n):
+            swx += tx[j]
+        swy = 0.0
+        for i in range(n):
+            swy += ty[i]
+        sw = swx * swy
+        mean = sv / sw if sw > 0 else 0.0
+        for i in range(n):
+            for j in range(n):
+                out[t, i, j] = (v[i, j] - mean) * ty[i] * tx[j]
+
+
+@njit(**_OPTS)
+def window_deformations(fy, fx, ii, jj, step, w, gy, gx, my, mx):
+    """Offset field interpolated to every pixel of the blocks of windows ``(ii, jj)``.
+
+    ``fy``, ``fx`` (ny, nx) offsets on the output grid (cell ``(i, j)`` centred at
+    pixel ``((w - 1) / 2 + i * step, (w - 1) / 2 + j * step)``), bilinear between
+    cells, constant beyond the outer ones. Block pixel ``(a, b)`` of window ``k`` is
+    reference pixel ``(ii[k] * step + a - 1, jj[k] * step + b - 1)``. Writes the
+    window means (over the ``w x w`` window) into ``my``, ``mx`` and the field minus
+    that mean into ``gy``, ``gx`` (K, w + 2, w + 2).
+    """
+    ny, nx = fy.shape
+    n = w + 2
+    c = (w - 1) / 2.0
+    r0 = np.empty(n, np.int64)
+    r1 = np.empty(n, np.int64)
+    tr = np.empty(n)
+    c0 = np.empty(n, np.int64)
+    c1 = np.empty(n, np.int64)
+    tc = np.empty(n)
+    for k in range(ii.shape[0]):
+        for a in range(n):
+            g = (ii[k] * step + a - 1 - c) / step
+            g = min(max(g, 0.0), ny - 1.0)
+            i0 = min(int(math.floor(g)), max(ny - 2, 0))
+            r0[a] = i0
+            r1[a] = min(i0 + 1, ny - 1)
+            tr[a] = g - i0
+            g = (jj[k] * step + a - 1 - c) / step
+            g = min(max(g, 0.0), nx - 1.0)
+            j0 = min(int(math.floor(g)), max(nx - 2, 0))
+            c0[a] = j0
+            c1[a] = min(j0 + 1, nx - 1)
+            tc[a] = g - j0
+        sy = 0.0
+        sx = 0.0
+        for a in range(n):
+            u = tr[a]
+            for b in range(n):
+                v = tc[b]
+                vy = (1 - u) * ((1 - v) * fy[r0[a], c0[b]] + v * fy[r0[a], c1[b]]) + u * (
+                    (1 - v) * fy[r1[a], c0[b]] + v * fy[r1[a], c1[b]]
+                )
+                vx = (1 - u) * ((1 - v) * fx[r0[a], c0[b]] + v * fx[r0[a], c1[b]]) + u * (
+                    (1 - v) * fx[r1[a], c0[b]] + v * fx[r1[a], c1[b]]
+                )
+                gy[k, a, b] = vy
+                gx[k, a, b] = vx
+                if 1 <= a <= w and 1 <= b <= w:
+                    sy += vy
+                    sx += vx
+        my[k] = sy / (w * w)
+        mx[k] = sx / (w * w)
+        for a in range(n):
+            for b in range(n):
+                gy[k, a, b] -= my[k]
+                gx[k, a, b] -= mx[k]

@@ -256,6 +256,14 @@ class CorrelationConfig(_Section):
         description="Windows with a second correlation peak above this share of the best one "
         "give no value (ambiguous, repetitive texture; 1: off).",
     )
+    deform: int = Field(
+        1,
+        ge=0,
+        le=4,
+        description="Window-deformation passes: strained windows (the offset changes by more "
+        "than 0.1 px within half a window) are measured again on the secondary deformed by "
+        "the interpolated offset field (0: off).",
+    )
     min_score: float = Field(
         0.4,
         ge=0.0,

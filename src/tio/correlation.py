@@ -98,6 +98,7 @@ def correlate_arrays(
     levels: int = 0,
     wallis_size: int | None = None,
     workers: int | None = None,
+    deform: int = 1,
 ) -> OffsetField:
     """Measure the sub-pixel offset field between two images on the same grid.
 
@@ -110,8 +111,12 @@ def correlate_arrays(
        get zero weight (masked ZNCC, Padfield 2012). Windows without enough texture
        and windows whose ZNCC surface has a second peak nearly as high as the first
        (repetitive texture) are rejected;
-    2. sub-pixel offset: phase correlation of the tapered windows (cos^2 roll-off
-       over a quarter of the window at each end, flat in between), the maximum of the
+    2. sub-pixel offset: partially whitened phase correlation (the cross-power
+       spectrum divided by its modulus to a power from 0.5 for a noise-free match
+       down to 0, plain cross-correlation, for a ZNCC peak of 0.95 or less; 0.5 for
+       windows with unusable pixels) of the
+       tapered windows (cos^2 roll-off
+       over a sixth of the window at each end, flat in between), the maximum of the
        continuous inverse DFT (Guizar-Sicairos et al. 2008, Opt. Lett. 33:156) found
        by Newton iterations. The taper (and the weight of unusable pixels) of the
        secondary is centred on the current estimate - first the parabolic sub-pixel
@@ -120,7 +125,7 @@ def correlate_arrays(
        shifted copies; with a cosine roll-off of the cross-power spectrum toward
        Nyquist (aliased frequencies) this removes the bias toward integer values
        ("pixel locking"). Measured with benchmarks/bench_correlation.py (32-px
-       windows, 1 % noise): mean error within 0.004 px at every fractional shift.
+       windows, 1 % noise): mean error within 0.007 px at every fractional shift.
 
     Parameters
     ----------
@@ -201,6 +206,19 @@ def correlate_arrays(
         ``os.cpu_count()``. Measured on a 2000 x 2000 px image on 2 cores: 1.5-1.9
         times faster with 2 workers than with 1 (no gain when other processes
         already use the cores).
+    deform : int, default 1
+        Number of window-deformation passes (0 = off). A pass takes the offset field
+        (median-filtered, holes filled), interpolates it to every pixel of each window
+        where it changes by more than 0.1 px within half a window, samples the
+        secondary at every pixel moved by that field minus its window mean (cubic
+        convolution) and measures again the sub-pixel offset of the window: the
+        strain inside the window, which blurs the correlation peak and biases the
+        offset, is removed (the image deformation method of particle-image
+        velocimetry). Offsets remain means over the window. Only windows whose
+        reference window and secondary sub-image are fully usable are refined; in a
+        uniform field nothing is redone. Measured on smooth lobes up to 3 px
+        (benchmarks/bench_correlation.py, Landsat-8, 1 % noise): RMSE 0.045 px
+        without, about 0.02 px with one pass; a second pass changes little.
 
     Returns
     -------
@@ -261,6 +279,7 @@ def correlate_arrays(
         levels=levels,
         wallis_size=wallis_size,
         workers=_default_workers() if workers is None else workers,
+        deform=deform,
     )
     dy, dx, score = _c.pyramid_offset_field(
         ref,
@@ -278,6 +297,7 @@ def correlate_arrays(
         max_peak_ratio=float(max_peak_ratio),
         wallis_size=wallis_size,
         workers=_default_workers() if workers is None else int(workers),
+        deform=int(deform),
     )
     centre = (int(window) - 1) / 2.0
     return OffsetField(dx=dx, dy=dy, score=score, row0=centre, col0=centre, step=int(step))
@@ -378,7 +398,7 @@ def correlate(reference: xr.DataArray, secondary: xr.DataArray, **kwargs) -> xr.
         Keyword arguments of :func:`correlate_arrays` (``window``, ``step``,
         ``search``, ``reference_mask``, ``secondary_mask``, ``prefilter``,
         ``max_masked_fraction``, ``min_texture``, ``max_peak_ratio``, ``prior``,
-        ``levels``, ``wallis_size``, ``workers``); masks may be DataArrays on the
+        ``levels``, ``wallis_size``, ``workers``, ``deform``); masks may be DataArrays on the
         same grid or numpy arrays. ``prior`` may also be an :class:`xarray.Dataset`
         returned by this function for the same images and parameters (its ``ew`` /
         ``ns`` are converted back to pixels; NaN = no prior). ``levels`` (default 0,
@@ -397,7 +417,7 @@ def correlate(reference: xr.DataArray, secondary: xr.DataArray, **kwargs) -> xr.
         of the output grid (pixel size ``step * a`` by ``step * e``, each output
         pixel centred on its window centre), ``units``, ``window``, ``step``,
         ``search``, ``prefilter``, ``max_masked_fraction``, ``min_texture``,
-        ``max_peak_ratio``, ``levels``.
+        ``max_peak_ratio``, ``levels``, ``deform``.
 
     Raises
     ------
@@ -419,6 +439,7 @@ def correlate(reference: xr.DataArray, secondary: xr.DataArray, **kwargs) -> xr.
         "levels",
         "wallis_size",
         "workers",
+        "deform",
     }
     unknown = set(kwargs) - allowed
     if unknown:
@@ -491,6 +512,7 @@ def correlate(reference: xr.DataArray, secondary: xr.DataArray, **kwargs) -> xr.
         "min_texture": float(kwargs.get("min_texture", _default("min_texture"))),
         "max_peak_ratio": float(kwargs.get("max_peak_ratio", _default("max_peak_ratio"))),
         "levels": int(kwargs.get("levels", _default("levels"))),
+        "deform": int(kwargs.get("deform", _default("deform"))),
     }
     if "crs" in reference.attrs:
         attrs = {"crs": reference.attrs["crs"], **attrs}

@@ -89,6 +89,14 @@ def _dates(text):
     type=click.IntRange(0, 6),
     help="Coarse-to-fine levels, for displacements larger than --search.",
 )
+@click.option(
+    "--deform",
+    default=1,
+    show_default=True,
+    type=click.IntRange(0, 4),
+    help="Window-deformation passes: strained windows are measured again on the deformed "
+    "secondary (0: off).",
+)
 @click.option("--dates", help="DATE1,DATE2 (ISO) when the files do not say.")
 @click.option(
     "--aoi",
@@ -114,6 +122,7 @@ def correlate_cmd(
     sec_mask,
     ref_mask,
     levels,
+    deform,
     dates,
     aoi,
     resampling,
@@ -141,6 +150,7 @@ def correlate_cmd(
         aoi=parse_bbox(aoi),
         resampling=resampling,
         levels=levels,
+        deform=deform,
     )
     ds = result.dataset
     valid = float(np.isfinite(ds["ew"].values).mean())
