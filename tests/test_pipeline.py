@@ -240,3 +240,36 @@ def test_user_stable_mask_in_a_run_redoes_only_correction_and_inversion(scene, f
     with sc.truth() as truth:
         stats = compare_to_truth(again.timeseries, truth.load(), cfg.correlation.window)
     assert stats["rmse_stable"] < 1.5, stats
+
+
+def test_a_pair_that_cannot_be_correlated_is_left_out(scene, first_run, tmp_path, caplog):
+    """One date without a usable pixel: its pairs are left out with a warning, the run ends."""
+    import shutil
+
+    import zarr
+
+    root, sc = scene
+    cfg, result = first_run
+    out = tmp_path / "out"
+    shutil.copytree(result.out_dir, out)
+    k = 3  # a middle date: every pair touching it fails
+    image = zarr.open_group(str(out / "stack.zarr"), mode="r+")["image"]
+    image[k] = np.nan
+    bad = [p for p in result.pairs if k in (p.i, p.j)]
+    assert bad
+    for p in bad:
+        (out / "pairs" / "raw" / f"{p.name}.tif").unlink()
+    cfg2 = load_config(None, {"input.paths": [str(root / "scenes")], "output.directory": str(out)})
+    with caplog.at_level("WARNING", logger="tio"):
+        res = run(cfg2, progress=False)
+    names = {p.name for p in res.pairs}
+    assert names == {p.name for p in result.pairs} - {p.name for p in bad}
+    assert all(f"pair {p.name}" in caplog.text for p in bad)
+    assert "no usable pixel" in caplog.text or "nodata" in caplog.text.lower()
+    network = (out / "network.txt").read_text()
+    assert all(f"left out (correlation failed): {p.name}" in network for p in bad)
+    # the date without pairs is placed by the smoothing and flagged; the others are measured
+    ts = res.timeseries
+    assert bool(ts["smoothed"].isel(time=k).any())
+    assert np.isfinite(ts["cumulative_ew"].isel(time=k + 1)).mean() > 0.8
+    assert (out / "cumulative_ew.tif").is_file()

@@ -151,15 +151,19 @@ def executor(compute) -> Iterator[Executor]:
 
 def correlate_pair(
     stack_path: str, i: int, j: int, options: dict, out_path: str, tags: dict, threads
-) -> float:
+) -> float | str:
     """Correlate dates ``i`` and ``j`` of a Zarr stack into a pair GeoTIFF.
 
-    Returns the share of windows matched. The file is written under a temporary
-    name and renamed: it exists only complete, with its ``TIO_KEY`` tag.
+    Returns the share of windows matched, or, when the pair cannot be correlated
+    (a :class:`~tio.errors.CorrelationError`: e.g. one date has no usable pixel
+    left), the message saying why, as a string: the driver leaves such a pair out
+    of the network instead of stopping the run. The file is written under a
+    temporary name and renamed: it exists only complete, with its ``TIO_KEY`` tag.
     """
     import datetime as dt
 
     from .correlation import correlate
+    from .errors import CorrelationError
     from .raster import write_pair
     from .stack import open_stack
 
@@ -170,7 +174,10 @@ def correlate_pair(
         da.attrs = {"crs": stack.attrs.get("crs"), "transform": list(stack.attrs["transform"])}
         images.append(da)
     dates = [dt.date.fromisoformat(str(stack["time"].values[k])[:10]) for k in (i, j)]
-    ds = correlate(*images, **options, workers=threads)
+    try:
+        ds = correlate(*images, **options, workers=threads)
+    except CorrelationError as exc:
+        return str(exc)
     write_pair(Path(out_path), ds, dates[0], dates[1], tags)
     return float(np.isfinite(ds["ew"].values).mean())
 

@@ -45,7 +45,7 @@ from tqdm import tqdm
 from . import __version__
 from .compute import Executor, executor
 from .config import RunConfig, dump_toml
-from .errors import InputError, OutputError
+from .errors import CorrelationError, InputError, OutputError
 from .ingest import Scene, find_scenes
 from .network import Pair, describe_network, plot_network, select_pairs
 from .raster import atomic_path, read_pair, read_tags, write_pair
@@ -274,12 +274,7 @@ def _run_stages(
         log.info("network: %s", line)
     if not report.connected:
         log.warning("%s", report.warning())
-    with atomic_path(out / "network.txt") as tmp:
-        tmp.write_text("\n".join(report.lines()) + "\n")
-    try:
-        plot_network(report, out / "network.png")
-    except Exception as exc:  # a figure must never stop a run
-        log.warning("network plot not drawn: %s", exc)
+    _write_network(out, report)
 
     # 4. correlate -----------------------------------------------------------
     corr_params = cfg_c.model_dump(mode="json", exclude={"min_score"})
@@ -319,12 +314,35 @@ def _run_stages(
                 on_done=lambda _: bar.update(),
                 name="correlate",
             )
+        failed = {}
         for p, valid in zip(todo, matched, strict=True):
-            log.debug("correlated %s: %.0f %% of windows matched", p.name, 100 * valid)
-    if todo:
+            if isinstance(valid, str):
+                failed[p.name] = valid
+                log.warning(
+                    "correlate: pair %s (%s / %s) left out: %s",
+                    p.name,
+                    scenes[p.i].source,
+                    scenes[p.j].source,
+                    valid,
+                )
+            else:
+                log.debug("correlated %s: %.0f %% of windows matched", p.name, 100 * valid)
+        matched = [v for v in matched if not isinstance(v, str)]
+        if failed:
+            pairs = [p for p in pairs if p.name not in failed]
+            if not pairs:
+                raise CorrelationError(
+                    f"no pair could be correlated ({len(failed)} tried); the first: "
+                    f"{next(iter(failed.values()))}"
+                )
+            report = describe_network(dates, pairs)
+            if not report.connected:
+                log.warning("without the pairs left out: %s", report.warning())
+            _write_network(out, report, failed)
+    if matched:
         log.info(
             "correlate: %d pairs correlated, %.0f %% of windows matched on average",
-            len(todo),
+            len(matched),
             100 * float(np.mean(matched)),
         )
 
@@ -480,6 +498,19 @@ class _PairFiles(Sequence):
 
     def __getitem__(self, k):
         return read_pair(self.paths[k])
+
+
+def _write_network(out: Path, report, left_out: dict[str, str] | None = None) -> None:
+    """``network.txt`` and ``network.png``; ``left_out``: pairs that failed, and why."""
+    lines = report.lines()
+    for name, why in (left_out or {}).items():
+        lines.append(f"left out (correlation failed): {name}: {why}")
+    with atomic_path(out / "network.txt") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    try:
+        plot_network(report, out / "network.png")
+    except Exception as exc:  # a figure must never stop a run
+        log.warning("network plot not drawn: %s", exc)
 
 
 def _correct_stage(config, stack, scenes, pairs, raw_dir, corr_dir, key, state) -> list[dict]:
