@@ -66,8 +66,8 @@ def load_run(run_dir: str | Path) -> tuple[xr.Dataset, xr.Dataset | None]:
             f"{nc}: missing; quicklooks are drawn from the NetCDF cube "
             "(run with output.netcdf = true)"
         )
-    with xr.open_dataset(nc, engine="h5netcdf") as ds:
-        ts = ds.load()
+    # lazy: each picture reads the variables it draws, never the whole cube at once
+    ts = xr.open_dataset(nc, engine="h5netcdf", chunks={})
     stack = None
     if (run / "stack.zarr").exists():
         from .stack import open_stack
@@ -80,8 +80,13 @@ def load_run(run_dir: str | Path) -> tuple[xr.Dataset, xr.Dataset | None]:
 
 
 def _scores(run: Path, ts: xr.Dataset) -> np.ndarray | None:
-    """Correlation scores (pair, y, x) of the corrected pair maps, when all are present."""
+    """Median correlation score of each corrected pair map (pair,), when all are present.
+
+    Read one pair at a time: memory does not grow with the number of pairs.
+    """
     import rasterio
+
+    from .report import score_medians
 
     folder = run / "pairs" / "corrected"
     out = []
@@ -92,8 +97,8 @@ def _scores(run: Path, ts: xr.Dataset) -> np.ndarray | None:
         with rasterio.open(path) as src:
             if src.count < 3 or (src.height, src.width) != (ts.sizes["y"], ts.sizes["x"]):
                 return None
-            out.append(src.read(3).astype("float32"))
-    return np.stack(out) if out else None
+            out.append(score_medians(src.read(3).astype("float32")[None])[0])
+    return np.array(out) if out else None
 
 
 def _network_picture(run: Path, ts: xr.Dataset) -> Path:

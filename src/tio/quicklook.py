@@ -319,7 +319,7 @@ def quicklook_coverage(
 ) -> Path:
     """PNG of the data coverage: share of the pairs used at each pixel, and per pair
     the share of valid pixels (bars) and the median correlation score (dots) when
-    ``scores`` (pair, y, x) is given."""
+    ``scores`` is given: (pair, y, x), or one median per pair (pair,)."""
     dates = iso_dates(ts)
     geo = georef(ts)
     n_pairs = ts.sizes["pair"]
@@ -353,8 +353,9 @@ def quicklook_coverage(
     ax2.set_xticklabels(labels[::step], rotation=90, fontsize=6)
     ax2.set_xlabel("pair")
     if scores is not None:
-        with _quiet():
-            med = np.nanmedian(scores.reshape(scores.shape[0], -1), axis=1)
+        from .report import score_medians
+
+        med = score_medians(scores)
         ax3 = ax2.twinx()
         ax3.plot(k, med, "o", color="C3", ms=3, label="median score")
         ax3.set_ylim(0, 1)

@@ -54,6 +54,18 @@ def network_of(ts: xr.Dataset):
     return describe_network(dates, pairs)
 
 
+def score_medians(scores) -> np.ndarray:
+    """Median correlation score of each pair (0 for a pair without any score).
+
+    ``scores``: the scores (pair, y, x), or already one median per pair (pair,).
+    """
+    scores = np.asarray(scores)
+    if scores.ndim == 1:
+        return np.nan_to_num(scores.astype("float64"), nan=0.0)
+    with np.errstate(all="ignore"):
+        return np.array([np.nanmedian(s) if np.isfinite(s).any() else 0.0 for s in scores])
+
+
 def assess(
     ts: xr.Dataset,
     *,
@@ -106,9 +118,8 @@ def assess(
                 "usable with care",
                 f"dates tied only by smoothing over most of the area: {', '.join(tied)}",
             )
-    if scores is not None and scores.size:
-        with np.errstate(all="ignore"):
-            med = np.array([np.nanmedian(s) if np.isfinite(s).any() else 0.0 for s in scores])
+    if scores is not None and np.size(scores):
+        med = score_medians(scores)
         low = float((med < 0.3).mean())
         a.facts["median correlation score"] = f"{float(np.median(med)):.2f}"
         if low > 0.5:
