@@ -725,21 +725,7 @@ class _Filtered(Sequence):
         return ew, ns, good
 
 
-def correct_pairs(
-    maps: Sequence[xr.Dataset],
-    *,
-    min_score: float = 0.4,
-    median: bool = True,
-    ramp: bool = False,
-    stripes: bool = False,
-    stable: np.ndarray | None = None,
-    detectors: Sequence[tuple[np.ndarray | None, np.ndarray | None]] | None = None,
-    heading: float | None = None,
-    outlier_test: bool = True,
-    outlier_threshold: float = 2.0,
-    max_displacement: float | None = None,
-    pixel_size: float | None = None,
-) -> list[tuple[xr.Dataset, dict]]:
+def correct_pairs(maps: Sequence[xr.Dataset], **options) -> list[tuple[xr.Dataset, dict]]:
     """Correct pair maps on one grid together (automatic stable ground uses them all).
 
     Parameters
@@ -768,24 +754,10 @@ def correct_pairs(
         each filter, the stable-ground source and size, the removed offset, the
         ramp (map units per km) and the stripe offsets per component.
 
-    See :func:`iter_corrected` for the same, one pair at a time in bounded memory.
+    ``options``: the keyword arguments of :func:`iter_corrected` (below), which
+    gives the same, one pair at a time in bounded memory.
     """
-    return list(
-        iter_corrected(
-            maps,
-            min_score=min_score,
-            median=median,
-            ramp=ramp,
-            stripes=stripes,
-            stable=stable,
-            detectors=detectors,
-            heading=heading,
-            outlier_test=outlier_test,
-            outlier_threshold=outlier_threshold,
-            max_displacement=max_displacement,
-            pixel_size=pixel_size,
-        )
-    )
+    return list(iter_corrected(maps, **options))
 
 
 def iter_corrected(
