@@ -894,3 +894,25 @@ def test_window_reads_over_http_are_retried_by_gdal(catalogue, files):
     assert np.isfinite(values).all()
     assert files.faults["/S2A_33UUU_20160608/B04.tif"] == []  # a 503 was served, then retried
     assert files.faults["/S2A_33UUU_20160608/SCL.tif"] == []
+
+
+def test_date_limit_stops_a_catalogue_run_before_any_image_is_read(catalogue, files, tmp_path):
+    """``input.max_dates`` (the portal sets it) is checked on the search's dates, before any
+    image is read or downloaded."""
+    files.reset()
+    out = tmp_path / "run"
+    res = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            *("--aoi", _aoi_arg(), "--start", "2016-05-01", "--end", "2016-07-31"),
+            *("--catalog", catalogue["url"], "--set", "input.catalog_max_cloud=100"),
+            *("--set", "input.max_dates=2", "--no-quicklooks", "-q", "-o", str(out)),
+        ],
+    )
+    assert res.exit_code == 1, res.output
+    assert re.search(
+        r"[3-9] dates from 2016-05-\d\d to 2016-07-08, above the limit of 2", res.output
+    )
+    assert catalogue["url"] in res.output and "input.max_dates" in res.output
+    assert files.bytes_served == 0 and not (out / "stack.zarr").exists()

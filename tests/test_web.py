@@ -396,6 +396,7 @@ def test_catalogue_source_named_catalogues_only(client):
     config = client.get(f"/jobs/{job}/results/job.toml")
     if config.status_code == 200:  # the job's configuration searches that catalogue
         assert 'catalog = "earth-search"' in config.text
+        assert "max_dates = 100" in config.text  # the server's limit, checked by the job
     client.delete(f"/jobs/{job}")  # no internet here: do not let it retry
 
 

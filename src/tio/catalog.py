@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AuthError, CatalogError, InputError
-from .ingest import Scene
+from .ingest import Scene, check_date_limit
 
 log = logging.getLogger(__name__)
 
@@ -535,6 +535,8 @@ def scenes_for(cfg) -> list[Scene]:
         if not c.kept:
             log.info("%s (%s) left out: %s", c.scene.source, c.scene.date, c.reason)
     scenes = result.scenes
+    # before anything is downloaded or read
+    check_date_limit(scenes, getattr(cfg, "max_dates", None), where=result.url)
     if "dataspace.copernicus.eu" in result.url:
         scenes = _cdse_download(result, cfg)
     if len(scenes) < 2:

@@ -120,6 +120,12 @@ class InputConfig(_Section):
     )
     start: dt.date | None = Field(None, description="First acquisition date kept (ISO 8601).")
     end: dt.date | None = Field(None, description="Last acquisition date kept (ISO 8601).")
+    max_dates: int | None = Field(
+        None,
+        ge=2,
+        description="Stop before reading any image if the inputs or the catalogue search give "
+        "more dates than this (unset: no limit; the web portal sets its own).",
+    )
     resampling: Literal["cubic", "cubic_spline", "lanczos", "bilinear"] = Field(
         "cubic",
         description="Resampler used when an image is not on the output grid.",

@@ -46,7 +46,7 @@ from . import __version__
 from .compute import Executor, executor
 from .config import RunConfig, dump_toml
 from .errors import CorrelationError, InputError, OutputError
-from .ingest import Scene, find_scenes
+from .ingest import Scene, check_date_limit, find_scenes
 from .network import Pair, describe_network, plot_network, select_pairs
 from .raster import atomic_path, read_pair, read_tags, write_pair
 
@@ -241,11 +241,12 @@ def _run_stages(
             cfg_in.paths, band=cfg_in.band, start=cfg_in.start, end=cfg_in.end, orbit=cfg_in.orbit
         )
     log.info("%d scenes from %s to %s", len(scenes), scenes[0].date, scenes[-1].date)
+    check_date_limit(scenes, cfg_in.max_dates)
 
     # 2. stack ---------------------------------------------------------------
     stack_key = _hash(
         "stack",
-        cfg_in.model_dump(mode="json", exclude={"start", "end"}),
+        cfg_in.model_dump(mode="json", exclude={"start", "end", "max_dates"}),
         _scene_fingerprint(scenes),
     )
     stack_path = out / "stack.zarr"

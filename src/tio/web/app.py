@@ -462,7 +462,7 @@ def _check(req, settings: Settings, previews: _Previews) -> tuple[str, str]:
     """Check a request against the server (data folder, dates, limits); its TOML config."""
     from tio.config import dump_toml, validate
     from tio.errors import ConfigError, TioError
-    from tio.ingest import find_scenes
+    from tio.ingest import check_date_limit, find_scenes
 
     inputs = req.inputs
     src = inputs.source
@@ -505,12 +505,10 @@ def _check(req, settings: Settings, previews: _Previews) -> tuple[str, str]:
         )
     except TioError as exc:
         raise RequestError("inputs.start" if inputs.start else "inputs.source", str(exc)) from None
-    if len(scenes) > settings.limits.max_dates:
-        raise RequestError(
-            "inputs.start",
-            f"{len(scenes)} dates in the range, above the limit of "
-            f"{settings.limits.max_dates}: narrow inputs.start / inputs.end",
-        )
+    try:
+        check_date_limit(scenes, settings.limits.max_dates, where=src.folder)
+    except TioError as exc:
+        raise RequestError("inputs.start", f"{exc} (this server's limit)") from None
     title = inputs.title.strip() or (
         f"{src.folder} {scenes[0].date.isoformat()} to {scenes[-1].date.isoformat()}"
     )

@@ -31,6 +31,7 @@ RESERVED = {
     "input.start": "inputs.start",
     "input.end": "inputs.end",
     "input.max_cloud": "inputs.max_cloud",
+    "input.max_dates": "the server (its limit on dates)",
     "output.directory": "the server (the job folder)",
     "output.points": "the server",
     "compute.scheduler": "the server (each job runs in one of its Dask workers)",
@@ -219,6 +220,9 @@ def build_tree(inputs: JobInputs, paths: list[str], limits: Limits) -> dict:
         start=inputs.start.isoformat() if inputs.start else None,
         end=inputs.end.isoformat() if inputs.end else None,
         max_cloud=inputs.max_cloud,
+        # checked before the search's images are read (a catalogue's dates are known
+        # only once the job searches it)
+        max_dates=limits.max_dates,
     )
     return tree
 
