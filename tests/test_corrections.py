@@ -61,6 +61,24 @@ def test_low_score_masked_and_ramp_removed():
     assert abs(rec["ramp_ew_x"] - 1.0) < 1e-6  # 0.1 m per 100 m = 1 m per km
 
 
+def test_median_test_kernel_equals_the_numpy_version():
+    from tio.corrections import _median_test_numpy, median_test
+
+    rng = np.random.default_rng(3)
+    for shape in [(1, 5), (2, 2), (37, 53)]:
+        ew = rng.normal(size=shape)
+        ns = rng.normal(size=shape) * 0.3
+        ew[rng.random(shape) < 0.2] = np.nan
+        ns[rng.random(shape) < 0.05] = np.nan
+        ew[rng.random(shape) < 0.05] += 10  # wrong matches
+        ns[:, :1] = 7.0  # ties in the medians
+        for eps, threshold in ((0.1, 2.0), (1.0, 0.5)):
+            got = median_test(ew, ns, eps=eps, threshold=threshold)
+            want = _median_test_numpy(ew, ns, eps=eps, threshold=threshold)
+            np.testing.assert_array_equal(got, want)
+    assert median_test(ew, ns, eps=0.1).any() and not median_test(ew, ns, eps=0.1).all()
+
+
 def test_median_test_rejects_isolated_wrong_matches_only():
     from tio.corrections import median_test
 

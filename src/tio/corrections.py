@@ -74,7 +74,23 @@ def median_test(
     either component, or when fewer than 3 of its neighbours are valid (an
     isolated value cannot be checked). ``eps`` (same unit as the offsets) is the
     noise floor, typically 0.1 pixel. Returns a boolean array, True = reject.
+    Compiled (:mod:`tio._filters_jit`); ``_median_test_numpy`` is the numpy
+    version it reproduces.
     """
+    from ._filters_jit import median_test as kernel
+
+    return kernel(
+        np.ascontiguousarray(ew, dtype="float64"),
+        np.ascontiguousarray(ns, dtype="float64"),
+        float(eps),
+        float(threshold),
+    )
+
+
+def _median_test_numpy(
+    ew: np.ndarray, ns: np.ndarray, *, eps: float, threshold: float = 2.0
+) -> np.ndarray:
+    """:func:`median_test` in numpy (the reference of the compiled kernel)."""
     from numpy.lib.stride_tricks import sliding_window_view
 
     bad = np.zeros(ew.shape, dtype=bool)
