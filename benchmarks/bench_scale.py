@@ -240,10 +240,13 @@ def main(argv=None) -> None:
     rows = []
     try:
         for size in args.sizes:
-            scenes = root / f"scenes_{size}"
-            if not scenes.is_dir():
+            scenes = root / f"scenes_{size}_{args.dates}"
+            if not scenes.is_dir():  # generated under a temporary name: complete or absent
                 t0 = time.monotonic()
-                make_scenes(scenes, size, args.dates)
+                tmp = root / f"scenes_{size}_{args.dates}.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                make_scenes(tmp, size, args.dates)
+                tmp.rename(scenes)
                 print(
                     f"# {size} px: {args.dates} scenes generated in {time.monotonic() - t0:.0f} s"
                 )
