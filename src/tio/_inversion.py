@@ -480,17 +480,21 @@ def augment(net, A, rhs, gamma2, tie):
     return A2, rhs2
 
 
-def _solve_component(net, w, dz, gamma2):
+def _solve_component(net, w, dz, gamma2, lam=0.0):
     """One weighted least-squares solution of every pixel of a block.
 
-    Returns ``u`` (N, M) with ``u[0] = 0``, the Cholesky factor ``L``, ``ok``
-    and, for the pixels whose used pairs leave the network disconnected
-    (index ``disc``), their date labels and the band matrix without the tie
-    (to build the covariance).
+    ``lam`` (scalar or (M,)) times ``S^T S`` is added to the normal matrix
+    (temporal regularisation; 0: none). Returns ``u`` (N, M) with
+    ``u[0] = 0``, the Cholesky factor ``L``, ``ok`` and, for the pixels whose
+    system is singular (index ``disc``: the used pairs leave the network
+    disconnected and nothing ties it), their date labels and the band matrix
+    without the tie (to build the covariance).
     """
     used = w > 0
     wn = _normalised(w, used.sum(axis=0))
     A, rhs = _band_system(net, wn, dz)
+    if np.any(lam):
+        A += net.R[:, :, None] * np.broadcast_to(lam, (w.shape[1],))[None, None, :]
     L = A.copy()
     ok = band_cholesky(L)
     disc = np.flatnonzero(~ok)
@@ -512,7 +516,15 @@ def _solve_component(net, w, dz, gamma2):
     return u, L, ok, wn, used, disc, labels, A
 
 
-def _invert_component(net, d, valid, w0, *, n_iter, scale, gross, gamma2):
+def _largest(labels):
+    """Label of the largest sub-network of each pixel (ties: the earliest), (M,)."""
+    n, m = labels.shape
+    flat = labels + n * np.arange(m)[None, :]
+    sizes = np.bincount(flat.T.ravel(), minlength=m * n).reshape(m, n)
+    return sizes.argmax(axis=1)
+
+
+def _invert_component(net, d, valid, w0, *, n_iter, scale, gross, gamma2, lam=0.0, lam_final=False):
     """Robust weighted least squares of one component for a block of pixels.
 
     ``d``, ``valid``, ``w0`` are (P, M). Returns a dict of pixel-last arrays:
@@ -523,7 +535,16 @@ def _invert_component(net, d, valid, w0, *, n_iter, scale, gross, gamma2):
     """
     if not (USE_JIT and _jit is not None):
         return _invert_component_numpy(
-            net, d, valid, w0, n_iter=n_iter, scale=scale, gross=gross, gamma2=gamma2
+            net,
+            d,
+            valid,
+            w0,
+            n_iter=n_iter,
+            scale=scale,
+            gross=gross,
+            gamma2=gamma2,
+            lam=lam,
+            lam_final=lam_final,
         )
     u, var, s0sq, r, outlier, smoothed, ok = _jit.invert_component(
         np.ascontiguousarray(d, dtype=np.float64),
@@ -543,23 +564,47 @@ def _invert_component(net, d, valid, w0, *, n_iter, scale, gross, gamma2):
         LIMIT_WEIGHT,
         ANCHOR_WEIGHT,
         TIE_WEIGHT,
+        float(lam),
+        bool(lam_final),
     )
     with np.errstate(invalid="ignore"):
         sigma = np.sqrt(np.clip(var * s0sq[None, :], 0.0, None))
     return {"u": u, "sigma": sigma, "r": r, "outlier": outlier, "ok": ok, "smoothed": smoothed}
 
 
-def _invert_component_numpy(net, d, valid, w0, *, n_iter, scale, gross, gamma2):
+def _invert_component_numpy(
+    net, d, valid, w0, *, n_iter, scale, gross, gamma2, lam=0.0, lam_final=False
+):
     """Robust weighted least squares of one component for a block of pixels (numpy).
 
     ``d``, ``valid``, ``w0`` are (P, M). Returns a dict of pixel-last arrays.
+
+    Temporal regularisation: ``lam * S^T S`` (``S`` the time-aware second
+    difference of the cumulative displacement, :func:`smoothing_operator`)
+    is added to the normal matrix of every re-weighting pass, so that a pair
+    that alone sets an increment gets a large residual where it makes an
+    implausible jump, and to the final solution too if ``lam_final``. In the
+    final solution, the sub-networks the used pairs leave are then tied by
+    the regularisation (flagged ``smoothed``), except with ``gamma2 == 0``,
+    where such pixels are solved without it (dates outside the largest
+    sub-network NaN).
     """
     dz = np.where(valid, d, 0.0)
     w0 = np.where(valid, w0, 0.0)
     w = w0
     outlier = np.zeros_like(valid)
+    m = d.shape[1]
+    n = net.n_dates
+    reg_disc = np.zeros(m, dtype=bool)
     for it in range(n_iter + 1):
-        u, L, ok, wn, used, disc, labels, A_disc = _solve_component(net, w, dz, gamma2)
+        lam_it = lam if it < n_iter else 0.0
+        if lam > 0 and it == n_iter and lam_final:
+            labels_all = _components(w > 0, net.i1, net.i2, n)
+            n_comp_all = (labels_all == np.arange(n)[:, None]).sum(axis=0)
+            split = n_comp_all > 1
+            lam_it = np.where(split & (gamma2 <= 0), 0.0, lam)
+            reg_disc = split & (lam_it > 0)
+        u, L, ok, wn, used, disc, labels, A_disc = _solve_component(net, w, dz, gamma2, lam_it)
         r = dz - np.asarray(net.C @ u[1:])
         if it < n_iter:
             # gross outliers are rejected in the last pass only, from a solution
@@ -568,19 +613,20 @@ def _invert_component_numpy(net, d, valid, w0, *, n_iter, scale, gross, gamma2):
             outlier = valid & (np.abs(r) > gross) & (it == n_iter - 1)
             w = w0 / (scale**2 + r**2)
             w[outlier] = 0.0
-    m = d.shape[1]
-    n = net.n_dates
     n_used = used.sum(axis=0)
     n_comp = np.ones(m, dtype=np.int64)
     smoothed = np.zeros((n, m), dtype=bool)
     var = np.zeros((n, m))
     var[1:] = band_inverse_diagonal(L)
+    reg_disc[disc] = False
+    if reg_disc.any():  # tied by the regularisation: flag, keep the values
+        lab = labels_all[:, reg_disc]
+        n_comp[reg_disc] = n_comp_all[reg_disc]
+        smoothed[:, reg_disc] = lab != _largest(lab)[None, :]
     if disc.size:
         is_root = labels == np.arange(n)[:, None]
         n_comp[disc] = is_root.sum(axis=0)
-        flat = labels + n * np.arange(disc.size)[None, :]
-        sizes = np.bincount(flat.T.ravel(), minlength=disc.size * n).reshape(disc.size, n)
-        largest = sizes.argmax(axis=1)  # ties: the sub-network of the earliest date
+        largest = _largest(labels)
         smoothed[:, disc] = labels != largest[None, :]
         if gamma2 > 0:
             Ag, _ = augment(net, A_disc, np.zeros(A_disc.shape[1:]), gamma2, TIE_WEIGHT)
@@ -626,6 +672,8 @@ def invert_block(
     gross_outlier,
     reweight_iterations,
     smoothing_gamma2,
+    regularisation=0.0,
+    regularise_final=True,
     residuals=True,
 ):
     """Invert a block of pixels, both components (pixel-last arrays).
@@ -643,6 +691,11 @@ def invert_block(
         Pixels with fewer valid pairs are not inverted.
     residual_scale, gross_outlier, reweight_iterations, smoothing_gamma2
         See :func:`tio.inversion.invert`.
+    regularisation : float
+        Weight ``lambda`` of the temporal regularisation ``lambda * S^T S``
+        added to the normal matrices (0: none).
+    regularise_final : bool
+        Regularise the final solution too (else only the re-weighting passes).
     residuals : bool
         Return the residual of every pair (``res_c``, (P, M)).
 
@@ -713,6 +766,8 @@ def invert_block(
             scale=residual_scale,
             gross=gross_outlier,
             gamma2=smoothing_gamma2,
+            lam=regularisation,
+            lam_final=regularise_final,
         )
         ok_all &= res["ok"]
         smoothed |= res["smoothed"]

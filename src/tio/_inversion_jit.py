@@ -146,9 +146,32 @@ _TILE = 64
 
 @njit(**_OPTS)
 def invert_component(
-    d, valid, w0, i1, i2, n, b, R, Rs, n_iter, scale, gross, gamma2, rtol, limit, anchor, tie
+    d,
+    valid,
+    w0,
+    i1,
+    i2,
+    n,
+    b,
+    R,
+    Rs,
+    n_iter,
+    scale,
+    gross,
+    gamma2,
+    rtol,
+    limit,
+    anchor,
+    tie,
+    lam,
+    lam_final,
 ):
     """Robust inversion of one component for every pixel of a block.
+
+    ``lam`` (>= 0) times ``R`` (the band of ``S^T S``, transposed storage) is
+    added to the normal matrix of the re-weighting passes, and of the final
+    solution too if ``lam_final`` (temporal regularisation; see
+    ``tio._inversion._invert_component_numpy``).
 
     Arrays are pixel-last: ``d``, ``valid``, ``w0`` (P, M). Returns ``u``
     (N, M), ``var`` (N, M) (unit-variance diagonal of the covariance, NaN
@@ -214,7 +237,20 @@ def invert_component(
             disc = False
             norm = 1.0
             n_used = 0
+            reg = False
+            n_comp = 1
             for it in range(n_iter + 1):
+                reg = lam > 0 and (it < n_iter or lam_final)
+                if reg and it == n_iter:
+                    # final regularised solution: the sub-networks of the used
+                    # pairs (flagged; with gamma2 == 0 they stay NaN, unregularised)
+                    _labels(w, i1, i2, n, labels)
+                    n_comp = 0
+                    for j in range(n):
+                        if labels[j] == j:
+                            n_comp += 1
+                    if n_comp > 1 and gamma2 <= 0:
+                        reg = False
                 su = 0.0
                 n_used = 0
                 for p in range(p_count):
@@ -238,6 +274,10 @@ def invert_component(
                             A[a, 0] += wp
                             A[a, c - a] -= wp
                             rhs[a] -= wp * dz[p]
+                if reg:
+                    for j in range(k):
+                        for o in range(b + 1):
+                            A[j, o] += lam * R[j, o]
                 for o in range(b + 1):
                     for j in range(k):
                         A0[j, o] = A[j, o]
@@ -285,9 +325,10 @@ def invert_component(
                     r[p] = np.nan
                 continue
             # covariance (unit variance) and the sub-network structure
-            n_comp = 1
             largest = 0
-            if disc:
+            if not reg:
+                n_comp = 1
+            if disc or (reg and n_comp > 1):
                 n_comp = 0
                 for j in range(n):
                     sizes[j] = 0
@@ -302,7 +343,7 @@ def invert_component(
                         largest = j
                 for j in range(n):
                     sm_out[j, px] = labels[j] != largest
-                if gamma2 > 0:
+                if disc and gamma2 > 0:
                     _augment(A0, rhs, b, k, Rs, gamma2, tie, A2, rhs2)
                     if not _chol(A2, b2, n2, rtol):
                         for p in range(p_count):

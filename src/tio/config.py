@@ -343,6 +343,18 @@ class InversionConfig(_Section):
         description="Weight of the temporal smoothing that ties otherwise unconnected dates "
         "(used only where the network is disconnected; 0 leaves such dates empty).",
     )
+    regularisation: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the temporal regularisation (squared second difference of the "
+        "displacement, time-aware: zero for a constant velocity) at every pixel and date, "
+        "relative to a pair of mean weight; 0 disables it.",
+    )
+    regularisation_mode: Literal["solve", "outliers"] = Field(
+        "solve",
+        description="solve: the result is regularised; outliers: only the re-weighting passes "
+        "are (to find outliers), the final solution is not.",
+    )
     min_valid_fraction: float = Field(
         0.3, gt=0, le=1, description="A pixel is inverted only with this share of pairs valid."
     )

@@ -33,6 +33,7 @@ __all__ = ["invert"]
 
 _PAIR_WEIGHTINGS = ("std", "none")
 _BASELINE_WEIGHTINGS = ("none", "short", "long")
+_REGULARISATION_MODES = ("solve", "outliers")
 #: Working memory of one block of pixels (per worker thread), bytes.
 _BLOCK_BYTES = 256 * 2**20
 _COMPONENTS = {"ew": ("east-west", "positive east"), "ns": ("north-south", "positive north")}
@@ -45,6 +46,8 @@ def invert(
     gross_outlier: float = 5.0,
     reweight_iterations: int = 1,
     smoothing_gamma2: float = 0.003,
+    regularisation: float = 0.0,
+    regularisation_mode: str = "solve",
     min_valid_fraction: float = 0.3,
     pair_weighting: str = "std",
     score_weighting: bool = False,
@@ -257,6 +260,17 @@ def invert(
         pair_weighting,
         block_size,
     )
+    if not (
+        isinstance(regularisation, numbers.Real)
+        and math.isfinite(regularisation)
+        and regularisation >= 0
+    ):
+        raise ConfigError(f"regularisation must be a finite number >= 0, got {regularisation!r}")
+    if regularisation_mode not in _REGULARISATION_MODES:
+        raise ConfigError(
+            f"regularisation_mode must be one of {_REGULARISATION_MODES}, "
+            f"got {regularisation_mode!r}"
+        )
     if baseline_weighting not in _BASELINE_WEIGHTINGS:
         raise ConfigError(
             f"baseline_weighting must be one of {_BASELINE_WEIGHTINGS}, got {baseline_weighting!r}"
@@ -348,6 +362,8 @@ def invert(
             gross_outlier=gross_outlier,
             reweight_iterations=reweight_iterations,
             smoothing_gamma2=smoothing_gamma2,
+            regularisation=regularisation,
+            regularise_final=regularisation_mode == "solve",
             residuals=residuals,
         )
 
@@ -395,6 +411,8 @@ def invert(
         "gross_outlier": float(gross_outlier),
         "reweight_iterations": int(reweight_iterations),
         "smoothing_gamma2": float(smoothing_gamma2),
+        "regularisation": float(regularisation),
+        "regularisation_mode": str(regularisation_mode),
         "min_valid_fraction": float(min_valid_fraction),
         "pair_weighting": str(pair_weighting),
         "baseline_weighting": str(baseline_weighting),
