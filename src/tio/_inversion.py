@@ -213,7 +213,10 @@ def smoothing_operator(t) -> np.ndarray:
 
 def robust_std(values) -> float:
     """Robust standard deviation ``1.4826 * MAD`` of the finite values (NaN if none)."""
-    v = np.asarray(values, dtype=np.float64).ravel()
+    v = np.asarray(values)
+    if not np.issubdtype(v.dtype, np.floating):
+        v = v.astype(np.float64)
+    v = v.ravel()
     v = v[np.isfinite(v)]
     if v.size == 0:
         return float("nan")
@@ -549,7 +552,7 @@ def _invert_component(net, d, valid, w0, *, n_iter, scale, gross, gamma2, lam=0.
     u, var, s0sq, r, outlier, smoothed, ok = _jit.invert_component(
         np.ascontiguousarray(d, dtype=np.float64),
         np.ascontiguousarray(valid, dtype=bool),
-        np.ascontiguousarray(np.broadcast_to(w0, d.shape), dtype=np.float64),
+        _weights_2d(w0, d.shape),
         net.i1.astype(np.int64),
         net.i2.astype(np.int64),
         net.n_dates,
@@ -570,6 +573,16 @@ def _invert_component(net, d, valid, w0, *, n_iter, scale, gross, gamma2, lam=0.
     with np.errstate(invalid="ignore"):
         sigma = np.sqrt(np.clip(var * s0sq[None, :], 0.0, None))
     return {"u": u, "sigma": sigma, "r": r, "outlier": outlier, "ok": ok, "smoothed": smoothed}
+
+
+def _weights_2d(w0, shape):
+    """A priori weights for the kernel: (P, 1) when one per pair, else (P, M)."""
+    w0 = np.asarray(w0, dtype=np.float64)
+    if w0.ndim == 1:
+        w0 = w0[:, None]
+    if w0.shape != (shape[0], 1):
+        w0 = np.broadcast_to(w0, shape)
+    return np.ascontiguousarray(w0)
 
 
 def _invert_component_numpy(
@@ -751,17 +764,25 @@ def invert_block(
     todo = np.flatnonzero(n_valid >= max(min_valid, 1))
     if todo.size == 0:
         return out
-    v = valid[:, todo]
+    every = todo.size == m  # no copies of the (P, M) arrays then
+
+    def take(a):
+        a = np.asarray(a)
+        if a.ndim == 2 and a.shape[1] == 1:  # one weight per pair
+            return a
+        a = np.broadcast_to(a, valid.shape)
+        return a if every else a[:, todo]
+
+    v = take(valid)
     results = {}
     ok_all = np.ones(todo.size, dtype=bool)
     smoothed = np.zeros((n, todo.size), dtype=bool)
     for c, d, w0 in (("ew", ew, w0_ew), ("ns", ns, w0_ns)):
-        w0 = np.broadcast_to(w0, valid.shape)
         res = _invert_component(
             net,
-            d[:, todo],
+            take(d),
             v,
-            w0[:, todo],
+            take(w0),
             n_iter=reweight_iterations,
             scale=residual_scale,
             gross=gross_outlier,

@@ -173,7 +173,8 @@ def invert_component(
     solution too if ``lam_final`` (temporal regularisation; see
     ``tio._inversion._invert_component_numpy``).
 
-    Arrays are pixel-last: ``d``, ``valid``, ``w0`` (P, M). Returns ``u``
+    Arrays are pixel-last: ``d``, ``valid``, ``w0`` (P, M) (``w0`` may be
+    (P, 1): one weight per pair). Returns ``u``
     (N, M), ``var`` (N, M) (unit-variance diagonal of the covariance, NaN
     outside the largest sub-network when ``gamma2 == 0``), ``s0sq`` (M),
     ``r`` (P, M) (NaN where not valid), ``outlier`` (P, M), ``smoothed``
@@ -189,6 +190,7 @@ def invert_component(
     sm_out = np.zeros((n, m), dtype=np.bool_)
     ok_out = np.zeros(m, dtype=np.bool_)
     T = _TILE
+    wcol = w0.shape[1] != 1  # else one a priori weight per pair
     tv = np.zeros((T, p_count), dtype=np.bool_)
     tdz = np.zeros((T, p_count))
     twz = np.zeros((T, p_count))
@@ -218,7 +220,7 @@ def invert_component(
                 tv[q, p] = v
                 if v:
                     tdz[q, p] = d[p, t0 + q]
-                    twz[q, p] = w0[p, t0 + q]
+                    twz[q, p] = w0[p, t0 + q] if wcol else w0[p, 0]
                 else:
                     tdz[q, p] = 0.0
                     twz[q, p] = 0.0

@@ -335,7 +335,7 @@ class InversionConfig(_Section):
         "re-weighting pass.",
     )
     reweight_iterations: int = Field(
-        1, ge=0, le=20, description="Passes of iterative re-weighting after the first solution."
+        2, ge=0, le=20, description="Passes of iterative re-weighting after the first solution."
     )
     smoothing_gamma2: float = Field(
         0.003,
@@ -344,14 +344,14 @@ class InversionConfig(_Section):
         "(used only where the network is disconnected; 0 leaves such dates empty).",
     )
     regularisation: float = Field(
-        0.0,
+        10.0,
         ge=0,
         description="Weight of the temporal regularisation (squared second difference of the "
         "displacement, time-aware: zero for a constant velocity) at every pixel and date, "
         "relative to a pair of mean weight; 0 disables it.",
     )
     regularisation_mode: Literal["solve", "outliers"] = Field(
-        "solve",
+        "outliers",
         description="solve: the result is regularised; outliers: only the re-weighting passes "
         "are (to find outliers), the final solution is not.",
     )
