@@ -75,6 +75,8 @@ TIE_WEIGHT = 5e-4
 #: Weight of the rows that pin the first date of each sub-network when
 #: ``smoothing_gamma2 == 0`` (they only remove the null space).
 ANCHOR_WEIGHT = 1e8
+#: Floor of ``1 - h`` (``h`` the leverage of a pair) in the deletion residuals.
+MIN_FREEDOM = 1e-9
 #: Use the compiled kernel of :mod:`tio._inversion_jit` when numba is installed.
 USE_JIT = True
 #: Floor (metres) of the cumulative sigmas used as weights in the velocity fit.
@@ -386,7 +388,12 @@ def band_solve(L, rhs):
 
 
 def band_inverse_diagonal(L):
-    """Diagonal of ``(L L^T)^-1`` for a stack of banded Cholesky factors, (K, M).
+    """Diagonal of ``(L L^T)^-1`` for a stack of banded Cholesky factors, (K, M)."""
+    return band_inverse(L)[0]
+
+
+def band_inverse(L):
+    """Band of ``(L L^T)^-1`` for a stack of banded Cholesky factors, (b+1, K, M).
 
     Takahashi's recurrence: the entries of the inverse ``Z`` inside the band
     are computed from the last column backwards,
@@ -408,7 +415,7 @@ def band_inverse_diagonal(L):
             Z[0, j] = (1.0 / ljj - np.einsum("km,km->m", lc, zji)) / ljj
         else:
             Z[0, j] = 1.0 / ljj**2
-    return Z[0]
+    return Z
 
 
 def band_to_dense(Ab) -> np.ndarray:
@@ -575,6 +582,23 @@ def _invert_component(net, d, valid, w0, *, n_iter, scale, gross, gamma2, lam=0.
     return {"u": u, "sigma": sigma, "r": r, "outlier": outlier, "ok": ok, "smoothed": smoothed}
 
 
+def _deletion_residuals(net, L, wn, r, ok):
+    """Residuals ``r / (1 - h)`` (``h`` the leverage of each pair) where ``ok``.
+
+    The residual of each pair to the solution of all the others: for a pair
+    that alone sets a date, the prediction of the regularisation from the
+    dates around it; elsewhere, mostly that of the other pairs. Pairs not
+    used (zero weight) keep ``r``, which already is that.
+    """
+    Z = band_inverse(L)
+    a, c = net.i1 - 1, net.i2 - 1
+    q = Z[0, c]
+    has = a >= 0
+    q[has] += Z[0, a[has]] - 2.0 * Z[(c - a)[has], a[has]]
+    h = np.where(ok[None, :], wn * q, 0.0)
+    return r / np.maximum(1.0 - h, MIN_FREEDOM)
+
+
 def _weights_2d(w0, shape):
     """A priori weights for the kernel: (P, 1) when one per pair, else (P, M)."""
     w0 = np.asarray(w0, dtype=np.float64)
@@ -619,6 +643,10 @@ def _invert_component_numpy(
             reg_disc = split & (lam_it > 0)
         u, L, ok, wn, used, disc, labels, A_disc = _solve_component(net, w, dz, gamma2, lam_it)
         r = dz - np.asarray(net.C @ u[1:])
+        if it < n_iter and np.any(lam_it):
+            connected = np.ones(m, dtype=bool)
+            connected[disc] = False
+            r = _deletion_residuals(net, L, wn, r, connected)
         if it < n_iter:
             # gross outliers are rejected in the last pass only, from a solution
             # already re-weighted (rejecting on the first, plain solution can

@@ -66,26 +66,29 @@ def _band_solve(L, b, k, rhs, x):
 
 @njit(**_OPTS)
 def _inv_diag(L, b, k, Z, out):
-    """Takahashi: band of the inverse (``Z`` dense, ``(k, k)``) from the factor.
+    """Takahashi: band of the inverse from the factor; its diagonal into ``out``.
 
-    Only the entries of ``Z`` within the band are computed; its diagonal goes
-    into ``out``.
+    ``Z`` (k, b+1) holds the band of the inverse in the storage of ``L``
+    (``Z[j, o] = inverse[j+o, j]``): only entries within the band are needed.
     """
     for j in range(k - 1, -1, -1):
         il = L[j, 0]
         nb = b if j + b < k else k - 1 - j
         s_diag = 0.0
-        for ii in range(nb):  # Z[j+1+ii, j]
+        for ii in range(nb):  # inverse[j+1+ii, j]
             c = j + 1 + ii
             s = 0.0
             for kk in range(nb):
-                s += L[j, 1 + kk] * Z[j + 1 + kk, c]
+                r = j + 1 + kk
+                if r >= c:
+                    s += L[j, 1 + kk] * Z[c, r - c]
+                else:
+                    s += L[j, 1 + kk] * Z[r, c - r]
             z = -s * il
-            Z[c, j] = z
-            Z[j, c] = z
+            Z[j, 1 + ii] = z
             s_diag += L[j, 1 + ii] * z
-        Z[j, j] = (il - s_diag) * il
-        out[j] = Z[j, j]
+        Z[j, 0] = (il - s_diag) * il
+        out[j] = Z[j, 0]
 
 
 @njit(**_OPTS)
@@ -138,6 +141,9 @@ def _augment(A0, rhs, b, k, Rs, g, tie, A2, rhs2):
             if i + o <= k and 2 * o <= 2 * b:
                 A2[2 * i, 2 * o] += g * Rs[i, o]
 
+
+#: Floor of ``1 - h`` (``h`` the leverage of a pair) in the deletion residuals.
+MIN_FREEDOM = 1e-9
 
 #: Pixels gathered together from the pixel-last arrays (one page per pair row
 #: serves the whole tile instead of one pixel).
@@ -201,14 +207,14 @@ def invert_component(
     A0 = np.zeros((k, b + 1))
     rhs = np.zeros(k)
     x = np.zeros(k)
-    Z = np.zeros((k, k))
+    Z = np.zeros((k, b + 1))
     diag = np.zeros(k)
     n2 = 2 * k + 1
     b2 = 2 * b
     A2 = np.zeros((n2, b2 + 1))
     rhs2 = np.zeros(n2)
     x2 = np.zeros(n2)
-    Z2 = np.zeros((n2, n2))
+    Z2 = np.zeros((n2, b2 + 1))
     diag2 = np.zeros(n2)
     labels = np.zeros(n, dtype=np.int64)
     sizes = np.zeros(n, dtype=np.int64)
@@ -313,9 +319,19 @@ def invert_component(
                     up1 = x[i1[p] - 1] if i1[p] > 0 else 0.0
                     r[p] = dz[p] - (up2 - up1)
                 if it < n_iter:
+                    lev = reg and not disc
+                    if lev:  # deletion residuals: band of the inverse
+                        _inv_diag(A, b, k, Z, diag)
                     for p in range(p_count):
                         if vm[p]:
                             rr = r[p]
+                            if lev and w[p] > 0:
+                                a = i1[p] - 1
+                                c = i2[p] - 1
+                                q_ = Z[c, 0]
+                                if a >= 0:
+                                    q_ += Z[a, 0] - 2.0 * Z[a, c - a]
+                                rr /= max(1.0 - w[p] * norm * q_, MIN_FREEDOM)
                             if abs(rr) > gross and it == n_iter - 1:
                                 w[p] = 0.0
                                 flag[p] = True

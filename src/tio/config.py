@@ -335,7 +335,7 @@ class InversionConfig(_Section):
         "re-weighting pass.",
     )
     reweight_iterations: int = Field(
-        2, ge=0, le=20, description="Passes of iterative re-weighting after the first solution."
+        3, ge=0, le=20, description="Passes of iterative re-weighting after the first solution."
     )
     smoothing_gamma2: float = Field(
         0.003,
@@ -344,7 +344,7 @@ class InversionConfig(_Section):
         "(used only where the network is disconnected; 0 leaves such dates empty).",
     )
     regularisation: float = Field(
-        10.0,
+        0.1,
         ge=0,
         description="Weight of the temporal regularisation (squared second difference of the "
         "displacement, time-aware: zero for a constant velocity) at every pixel and date, "
