@@ -822,29 +822,63 @@ def invert_block(
         smoothed |= res["smoothed"]
         results[c] = res
 
+    whole = every and ok_all.all()  # every pixel of the block: no index copies
+
+    def sel(a):
+        return a if ok_all.all() else a[:, ok_all]
+
+    def put(key, value):
+        if whole:
+            out[key] = value
+        else:
+            out[key][..., idx] = value
+
     idx = todo[ok_all]
     out["inverted"][idx] = True
-    out["smoothed"][:, idx] = smoothed[:, ok_all]
-    vv = v[:, ok_all]
-    out["count"] = vv.sum(axis=1).astype(np.float64)
-    count = np.asarray(net.E @ vv.astype(np.float64))
+    put("smoothed", sel(smoothed))
+    first = True
     for c, res in results.items():
-        u, sigma, r = res["u"][:, ok_all], res["sigma"][:, ok_all], res["r"][:, ok_all]
-        out[f"cum_{c}"][:, idx] = u
-        out[f"sigma_{c}"][:, idx] = sigma
+        u, sigma, r = sel(res["u"]), sel(res["sigma"]), sel(res["r"])
+        put(f"cum_{c}", u)
+        put(f"sigma_{c}", sigma)
         if residuals:
-            out[f"res_{c}"][:, idx] = r
-        out[f"n_out_{c}"][idx] = res["outlier"][:, ok_all].sum(axis=0)
-        sq = np.where(vv, r, 0.0) ** 2
-        out[f"sum_sq_{c}"] = sq.sum(axis=1)
+            put(f"res_{c}", r)
+        out[f"n_out_{c}"][idx] = sel(res["outlier"]).sum(axis=0)
+        ss_date, count, ss_pair, n_pair = _residual_sums(net, r)
+        if first:  # r is finite exactly at the valid pairs of the inverted pixels
+            out["count"] = n_pair
+            first = False
+        out[f"sum_sq_{c}"] = ss_pair
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[f"rms_date_{c}"][:, idx] = np.where(
-                count > 0, np.sqrt(np.asarray(net.E @ sq) / count), np.nan
-            )
+            put(f"rms_date_{c}", np.where(count > 0, np.sqrt(ss_date / count), np.nan))
         vel, vel_sigma = linear_velocity(net.t, u.T, sigma.T)
         out[f"vel_{c}"][idx] = vel
         out[f"vel_sigma_{c}"][idx] = vel_sigma
     return out
+
+
+def _residual_sums(net, r):
+    """Sums of the squared residuals ``r`` (P, M; NaN where a pair is not valid).
+
+    Returns, per date and pixel, the sum over the valid pairs that have the
+    date as one of their two dates and their number, (N, M) each; per pair,
+    the sum over the pixels and their number, (P,) each.
+    """
+    if USE_JIT and _jit is not None:
+        return _jit.residual_sums(
+            np.ascontiguousarray(r, dtype=np.float64),
+            net.i1.astype(np.int64),
+            net.i2.astype(np.int64),
+            net.n_dates,
+        )
+    fin = np.isfinite(r)
+    sq = np.where(fin, r, 0.0) ** 2
+    return (
+        np.asarray(net.E @ sq),
+        np.asarray(net.E @ fin.astype(np.float64)),
+        sq.sum(axis=1),
+        fin.sum(axis=1).astype(np.float64),
+    )
 
 
 def linear_velocity(t, u, sigma):

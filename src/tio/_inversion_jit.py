@@ -409,3 +409,31 @@ def invert_component(
                 r_out[p, t0 + q] = tr[q, p]
                 out_flag[p, t0 + q] = tflag[q, p]
     return u_out, var_out, s0_out, r_out, out_flag, sm_out, ok_out
+
+
+@njit(**_OPTS)
+def residual_sums(r, i1, i2, n):
+    """See ``tio._inversion._residual_sums`` (``r`` NaN where a pair is not valid)."""
+    p_count, m = r.shape
+    ss = np.zeros((n, m))
+    cnt = np.zeros((n, m))
+    sp = np.zeros(p_count)
+    npair = np.zeros(p_count)
+    for p in range(p_count):
+        a = i1[p]
+        c = i2[p]
+        s = 0.0
+        k = 0
+        for q in range(m):
+            v = r[p, q]
+            if np.isfinite(v):
+                v2 = v * v
+                ss[a, q] += v2
+                ss[c, q] += v2
+                cnt[a, q] += 1.0
+                cnt[c, q] += 1.0
+                s += v2
+                k += 1
+        sp[p] = s
+        npair[p] = k
+    return ss, cnt, sp, npair
