@@ -87,6 +87,20 @@ def invert(
        ``|r| > gross_outlier`` get zero weight in that pass (NSBAS divided
        their weight by 1000). Weights are normalised to a mean of 1 over the
        pairs used at each pixel.
+    3b. With ``regularisation > 0`` (default 0.1) the solutions of the
+       re-weighting passes add ``regularisation * ||S u||**2`` (``S`` the
+       time-aware second difference of step 4, at every date) to the normal
+       equations, and ``r`` above is each pair's *deletion residual*
+       ``r / (1 - h)`` (``h`` its leverage, from the band of the inverse):
+       its residual against the solution of all the other pairs and the
+       regularisation. A pair that alone sets a date (its ordinary residual is
+       0) is thus compared with the motion of the dates around it, a pair
+       that others check with them. With ``regularisation_mode="outliers"``
+       (default) the final solution is unregularised (exact for any history
+       the pairs determine; a date whose only pair was rejected goes to step
+       4); with ``"solve"`` it is regularised too, and sub-networks the used
+       pairs leave are tied by the regularisation (flagged ``smoothed``;
+       with ``smoothing_gamma2 = 0`` such pixels are solved as in step 4).
     4. Where a pixel's used pairs do not connect all its dates (several
        connected components of the date graph, "sub-networks"; a date without
        any valid pair, or whose pairs were all rejected as gross outliers, is
@@ -122,8 +136,15 @@ def invert(
     gross_outlier : float, default 5.0
         Residual (metres) above which a pair gets zero weight in a
         re-weighting pass.
-    reweight_iterations : int, default 1
-        Number of re-weighting passes; 0 gives plain weighted least squares.
+    reweight_iterations : int, default 3
+        Number of re-weighting passes; 0 gives plain weighted least squares
+        (unregularised in ``"outliers"`` mode).
+    regularisation : float, default 0.1
+        Weight (squared) of the temporal regularisation relative to data rows
+        of unit weight, see 3b; 0 disables it (pairs are then judged by their
+        ordinary residuals, as NSBAS did).
+    regularisation_mode : {"outliers", "solve"}, default "outliers"
+        Use the regularisation only to find outliers, or in the result too.
     smoothing_gamma2 : float, default 0.003
         Weight (squared) of the smoothing rows relative to data rows of unit
         weight, used only at pixels whose network is disconnected; it sets the
@@ -184,7 +205,12 @@ def invert(
             smoothing rows of step 4 enter the normal matrix as
             pseudo-observations (variance ``s0^2 / 5e-4`` and
             ``s0^2 / smoothing_gamma2``), which mostly measures the strength of
-            that prior, not the true motion across the gap. The sigma assumes
+            that prior, not the true motion across the gap. With
+            ``regularisation_mode="solve"`` the regularisation rows enter the
+            normal matrix the same way (variance ``s0^2 / regularisation``),
+            and its bias on non-smooth motion is not included; with
+            ``"outliers"`` the sigma is that of the unregularised final
+            solution. The sigma assumes
             independent pair errors: errors shared by pairs (an image badly
             co-registered or distorted enters every pair of its date),
             misregistration, topographic and orthorectification effects in
