@@ -19,7 +19,9 @@ Methods, on the same data in the same run:
 * ``TIO``: :func:`tio.inversion.invert` with its defaults;
 * ``TIO tuned``: the same with ``pair_weighting="none"`` and
   ``reweight_iterations=3`` (on these scenes, where most pixels move, the
-  spread of a pair map is mostly signal, so ``"std"`` weights mislead);
+  spread of a pair map is mostly signal; with the default temporal
+  regularisation of the outlier search, which has three passes, this differs
+  from the defaults only by the unweighted pairs);
 * ``LSQ``: plain least squares, one ``numpy.linalg.lstsq`` per pixel on the
   valid pairs (minimum-norm solution where the network is disconnected), both
   components at once: the per-pixel loop TIO's speed is compared with;
