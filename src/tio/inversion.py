@@ -164,8 +164,9 @@ def invert(
     block_size : int, optional
         Number of pixels solved at once, at most (blocks are whole rows, at
         least one). By default as many as fit in 256 MB of working memory
-        per block (about 6,000 pixels for 250 pairs and 60 dates). Memory,
-        not results, depends on it.
+        per block (about 5,000 pixels for 250 pairs and 60 dates), and
+        with several threads small enough to give each at least 4 blocks
+        (of at least 1,000 pixels). Memory, not results, depends on it.
     workers : int, optional
         Blocks solved at the same time, each by one thread (the compiled
         kernel releases the GIL); default: the number of cores available.
@@ -365,6 +366,10 @@ def invert(
         max_pixels = min(max_pixels, block_size)
     rows = max(1, max_pixels // max(nx, 1))
     n_workers = workers or _default_workers()
+    if n_workers > 1:
+        # at least 4 blocks per thread (of at least 1,000 pixels), so that the
+        # threads finish together
+        rows = min(rows, max(math.ceil(ny / (4 * n_workers)), math.ceil(1000 / max(nx, 1))))
     starts = list(range(0, ny, rows))
 
     def solve(r0):
