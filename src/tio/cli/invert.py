@@ -11,8 +11,8 @@ Examples:
   tio invert pairs/*.tif -o series/
       every pair map of tio correlate; dates from their TIO_DATE1/TIO_DATE2 tags
       or from YYYYMMDD_YYYYMMDD (or YYYY-MM-DD_YYYY-MM-DD) in the file names
-  tio invert out/pairs/corrected/ -o series/ --reweight-iterations 3
-      a folder of pair maps, more re-weighting passes
+  tio invert out/pairs/corrected/ -o series/ --regularisation-mode solve
+      a folder of pair maps, a regularised (smoother) result
   tio invert pairs/*.tif -o series/ --baseline-weighting short --score-weighting
       favour short temporal baselines and well-correlated values
   tio invert pairs/*.tif -o series/ --smoothing-gamma2 0
