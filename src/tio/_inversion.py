@@ -22,7 +22,12 @@ whose bandwidth is the longest pair span in dates (4 or 5 for "each date with
 the next 4 or 5"), instead of a dense ``(N-1)**2`` matrix. Each pixel's system
 is then solved by a banded Cholesky factorisation, ``O(N b**2)`` work, and the
 diagonal of its inverse (the variance of every cumulative displacement) comes
-from the same factor by Takahashi's recurrence. The Python loops run over the
+from the same factor by Takahashi's recurrence. The optional temporal
+regularisation adds ``lambda * S^T S`` (``S`` the time-aware second
+difference, the operator of the gap smoothing), which keeps the band; the
+band of the inverse also gives each pair's leverage ``h`` (its two dates are
+at most ``b`` apart), hence its deletion residual ``r / (1 - h)``, used by
+the re-weighting passes. The Python loops run over the
 ``N`` dates and the pairs; every step is a numpy operation on all the pixels
 of a block.
 
