@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-_OPTS = dict(cache=True, nogil=True, fastmath=False)
+_OPTS = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
 
 @njit(**_OPTS)
@@ -151,7 +151,7 @@ _TILE = 64
 
 
 @njit(**_OPTS)
-def invert_component(
+def _invert_scalar(
     d,
     valid,
     w0,
@@ -408,6 +408,333 @@ def invert_component(
             for q in range(nt):
                 r_out[p, t0 + q] = tr[q, p]
                 out_flag[p, t0 + q] = tflag[q, p]
+    return u_out, var_out, s0_out, r_out, out_flag, sm_out, ok_out
+
+
+#: Pixels solved together by :func:`invert_component` (innermost dimension of
+#: its work arrays: each operation runs on a vector of pixels).
+_VEC = 16
+
+
+@njit(**_OPTS)
+def _chol_v(A, b, k, rtol, nt, fail, floor):
+    """:func:`_chol` of ``nt`` matrices at once, ``A`` (k, b+1, T); ``fail[q]`` if singular."""
+    for q in range(nt):
+        floor[q] = 0.0
+    for j in range(k):
+        for q in range(nt):
+            v = A[j, 0, q]
+            floor[q] = v if v > floor[q] else floor[q]
+    for q in range(nt):
+        floor[q] *= rtol
+    for j in range(k):
+        nb = b if j + b < k else k - 1 - j
+        for q in range(nt):
+            piv = A[j, 0, q]
+            bad = not piv > floor[q]
+            fail[q] |= bad
+            A[j, 0, q] = 1.0 / np.sqrt(1.0 if bad else piv)
+        for o in range(1, nb + 1):
+            for q in range(nt):
+                A[j, o, q] *= A[j, 0, q]
+        for o1 in range(1, nb + 1):
+            for o2 in range(o1, nb + 1):
+                for q in range(nt):
+                    A[j + o1, o2 - o1, q] -= A[j, o1, q] * A[j, o2, q]
+
+
+@njit(**_OPTS)
+def _band_solve_v(L, b, k, rhs, x, nt):
+    """:func:`_band_solve` of ``nt`` systems at once (pixels last)."""
+    for j in range(k):
+        for q in range(nt):
+            x[j, q] = rhs[j, q]
+    for j in range(k):
+        nb = b if j + b < k else k - 1 - j
+        for q in range(nt):
+            x[j, q] *= L[j, 0, q]
+        for o in range(1, nb + 1):
+            for q in range(nt):
+                x[j + o, q] -= L[j, o, q] * x[j, q]
+    for j in range(k - 1, -1, -1):
+        nb = b if j + b < k else k - 1 - j
+        for o in range(1, nb + 1):
+            for q in range(nt):
+                x[j, q] -= L[j, o, q] * x[j + o, q]
+        for q in range(nt):
+            x[j, q] *= L[j, 0, q]
+
+
+@njit(**_OPTS)
+def _inv_band_v(L, b, k, Z, nt, s, sd):
+    """:func:`_inv_diag` of ``nt`` factors at once: band of the inverse into ``Z``."""
+    for j in range(k - 1, -1, -1):
+        nb = b if j + b < k else k - 1 - j
+        for q in range(nt):
+            sd[q] = 0.0
+        for ii in range(nb):
+            c = j + 1 + ii
+            for q in range(nt):
+                s[q] = 0.0
+            for kk in range(nb):
+                r = j + 1 + kk
+                if r >= c:
+                    zr = c
+                    zo = r - c
+                else:
+                    zr = r
+                    zo = c - r
+                for q in range(nt):
+                    s[q] += L[j, 1 + kk, q] * Z[zr, zo, q]
+            for q in range(nt):
+                z = -s[q] * L[j, 0, q]
+                Z[j, 1 + ii, q] = z
+                sd[q] += L[j, 1 + ii, q] * z
+        for q in range(nt):
+            il = L[j, 0, q]
+            Z[j, 0, q] = (il - sd[q]) * il
+
+
+@njit(**_OPTS)
+def invert_component(
+    d,
+    valid,
+    w0,
+    i1,
+    i2,
+    n,
+    b,
+    R,
+    Rs,
+    n_iter,
+    scale,
+    gross,
+    gamma2,
+    rtol,
+    limit,
+    anchor,
+    tie,
+    lam,
+    lam_final,
+):
+    """Robust inversion of one component for every pixel of a block.
+
+    Same arguments, results and arithmetic as :func:`_invert_scalar`, on
+    :data:`_VEC` pixels at once (each operation a loop over the pixels, which
+    the compiler vectorises): the pixels of a vector whose network a pass
+    leaves disconnected (singular normal matrix), or whose final regularised
+    solution ties sub-networks, are then done again one by one by
+    :func:`_invert_scalar`.
+    """
+    p_count, m = d.shape
+    k = n - 1
+    u_out = np.zeros((n, m))
+    var_out = np.zeros((n, m))
+    s0_out = np.zeros(m)
+    r_out = np.empty((p_count, m))
+    out_flag = np.zeros((p_count, m), dtype=np.bool_)
+    sm_out = np.zeros((n, m), dtype=np.bool_)
+    ok_out = np.zeros(m, dtype=np.bool_)
+    T = _VEC
+    wcol = w0.shape[1] != 1
+    dz = np.zeros((p_count, T))
+    wz = np.zeros((p_count, T))
+    vm = np.zeros((p_count, T), dtype=np.bool_)
+    w = np.zeros((p_count, T))
+    r = np.zeros((p_count, T))
+    flag = np.zeros((p_count, T), dtype=np.bool_)
+    A = np.zeros((k, b + 1, T))
+    Z = np.zeros((k, b + 1, T))
+    rhs = np.zeros((k, T))
+    x = np.zeros((k, T))
+    su = np.zeros(T)
+    nu = np.zeros(T, dtype=np.int64)
+    norm = np.zeros(T)
+    fail = np.zeros(T, dtype=np.bool_)
+    t1 = np.zeros(T)
+    t2 = np.zeros(T)
+    wrss = np.zeros(T)
+    sw0 = np.zeros(T)
+    redo = np.zeros(m, dtype=np.bool_)
+    labels = np.zeros(n, dtype=np.int64)
+    wpix = np.zeros(p_count)
+    sc2 = scale * scale
+    for t0 in range(0, m, T):
+        nt = min(T, m - t0)
+        for p in range(p_count):
+            for q in range(nt):
+                v = valid[p, t0 + q]
+                vm[p, q] = v
+                wv = w0[p, t0 + q] if wcol else w0[p, 0]
+                dz[p, q] = d[p, t0 + q] if v else 0.0
+                wz[p, q] = wv if v else 0.0
+                w[p, q] = wz[p, q]
+                flag[p, q] = False
+        for q in range(nt):
+            fail[q] = False
+        for it in range(n_iter + 1):
+            reg = lam > 0 and (it < n_iter or lam_final)
+            if reg and it == n_iter:
+                # sub-networks tied by the regularisation: done one by one
+                for q in range(nt):
+                    if not fail[q]:
+                        for p in range(p_count):
+                            wpix[p] = w[p, q]
+                        _labels(wpix, i1, i2, n, labels)
+                        for j in range(1, n):
+                            if labels[j] == j:
+                                fail[q] = True
+            for q in range(nt):
+                su[q] = 0.0
+                nu[q] = 0
+            for p in range(p_count):
+                for q in range(nt):
+                    wv = w[p, q]
+                    pos = wv > 0
+                    su[q] += wv if pos else 0.0
+                    nu[q] += 1 if pos else 0
+            for q in range(nt):
+                norm[q] = nu[q] / su[q] if su[q] > 0 else 1.0
+            for j in range(k):
+                for o in range(b + 1):
+                    for q in range(nt):
+                        A[j, o, q] = 0.0
+                for q in range(nt):
+                    rhs[j, q] = 0.0
+            for p in range(p_count):
+                a = i1[p] - 1
+                c = i2[p] - 1
+                if a >= 0:
+                    ca = c - a
+                    for q in range(nt):
+                        wv = w[p, q] * norm[q]
+                        wp = wv if wv > 0 else 0.0
+                        A[c, 0, q] += wp
+                        rhs[c, q] += wp * dz[p, q]
+                        A[a, 0, q] += wp
+                        A[a, ca, q] -= wp
+                        rhs[a, q] -= wp * dz[p, q]
+                else:
+                    for q in range(nt):
+                        wv = w[p, q] * norm[q]
+                        wp = wv if wv > 0 else 0.0
+                        A[c, 0, q] += wp
+                        rhs[c, q] += wp * dz[p, q]
+            if reg:
+                for j in range(k):
+                    for o in range(b + 1):
+                        lr = lam * R[j, o]
+                        for q in range(nt):
+                            A[j, o, q] += lr
+            _chol_v(A, b, k, rtol, nt, fail, t1)
+            _band_solve_v(A, b, k, rhs, x, nt)
+            for p in range(p_count):
+                a = i1[p] - 1
+                c = i2[p] - 1
+                if a >= 0:
+                    for q in range(nt):
+                        r[p, q] = dz[p, q] - (x[c, q] - x[a, q])
+                else:
+                    for q in range(nt):
+                        r[p, q] = dz[p, q] - (x[c, q] - 0.0)
+            if it < n_iter:
+                last = it == n_iter - 1
+                if reg:
+                    _inv_band_v(A, b, k, Z, nt, t1, t2)
+                for p in range(p_count):
+                    a = i1[p] - 1
+                    c = i2[p] - 1
+                    for q in range(nt):
+                        if vm[p, q]:
+                            rr = r[p, q]
+                            if reg and w[p, q] > 0:
+                                h = Z[c, 0, q]
+                                if a >= 0:
+                                    h += Z[a, 0, q] - 2.0 * Z[a, c - a, q]
+                                rr /= max(1.0 - w[p, q] * norm[q] * h, MIN_FREEDOM)
+                            if abs(rr) > gross and last:
+                                w[p, q] = 0.0
+                                flag[p, q] = True
+                            else:
+                                w[p, q] = wz[p, q] / (sc2 + rr * rr)
+                                flag[p, q] = False
+        # covariance (unit variance) of the final solution
+        _inv_band_v(A, b, k, Z, nt, t1, t2)
+        for q in range(nt):
+            wrss[q] = 0.0
+            sw0[q] = 0.0
+        for p in range(p_count):
+            for q in range(nt):
+                wv = w[p, q]
+                if wv > 0:
+                    wrss[q] += wv * norm[q] * r[p, q] * r[p, q]
+                    sw0[q] += wz[p, q]
+                r_out[p, t0 + q] = r[p, q] if vm[p, q] else np.nan
+                out_flag[p, t0 + q] = flag[p, q]
+        for j in range(k):
+            for q in range(nt):
+                u_out[j + 1, t0 + q] = x[j, q]
+                var_out[j + 1, t0 + q] = Z[j, 0, q]
+        for q in range(nt):
+            px = t0 + q
+            if fail[q]:
+                redo[px] = True
+                continue
+            u_out[0, px] = 0.0
+            var_out[0, px] = 0.0
+            dof = nu[q] - (n - 1)
+            if dof > 0:
+                s0_out[px] = wrss[q] / dof
+            else:
+                mean_w0 = sw0[q] / max(nu[q], 1)
+                s0_out[px] = 1.0 / mean_w0 if mean_w0 > 0 else 1.0
+            ok_out[px] = True
+    idx = np.flatnonzero(redo)
+    if idx.size:
+        mr = idx.size
+        d2 = np.empty((p_count, mr))
+        v2 = np.empty((p_count, mr), dtype=np.bool_)
+        w2 = np.empty((p_count, mr if wcol else 1))
+        for p in range(p_count):
+            for i in range(mr):
+                d2[p, i] = d[p, idx[i]]
+                v2[p, i] = valid[p, idx[i]]
+                if wcol:
+                    w2[p, i] = w0[p, idx[i]]
+            if not wcol:
+                w2[p, 0] = w0[p, 0]
+        u2, var2, s02, r2, f2, sm2, ok2 = _invert_scalar(
+            d2,
+            v2,
+            w2,
+            i1,
+            i2,
+            n,
+            b,
+            R,
+            Rs,
+            n_iter,
+            scale,
+            gross,
+            gamma2,
+            rtol,
+            limit,
+            anchor,
+            tie,
+            lam,
+            lam_final,
+        )
+        for i in range(mr):
+            px = idx[i]
+            for j in range(n):
+                u_out[j, px] = u2[j, i]
+                var_out[j, px] = var2[j, i]
+                sm_out[j, px] = sm2[j, i]
+            for p in range(p_count):
+                r_out[p, px] = r2[p, i]
+                out_flag[p, px] = f2[p, i]
+            s0_out[px] = s02[i]
+            ok_out[px] = ok2[i]
     return u_out, var_out, s0_out, r_out, out_flag, sm_out, ok_out
 
 
