@@ -413,7 +413,7 @@ def _invert_scalar(
 
 #: Pixels solved together by :func:`invert_component` (innermost dimension of
 #: its work arrays: each operation runs on a vector of pixels).
-_VEC = 16
+_VEC = 32
 
 
 @njit(**_OPTS)
@@ -628,36 +628,54 @@ def invert_component(
                             A[j, o, q] += lr
             _chol_v(A, b, k, rtol, nt, fail, t1)
             _band_solve_v(A, b, k, rhs, x, nt)
+            if it == n_iter:
+                for p in range(p_count):
+                    a = i1[p] - 1
+                    c = i2[p] - 1
+                    if a >= 0:
+                        for q in range(nt):
+                            r[p, q] = dz[p, q] - (x[c, q] - x[a, q])
+                    else:
+                        for q in range(nt):
+                            r[p, q] = dz[p, q] - (x[c, q] - 0.0)
+                break
+            # residuals, deletion residuals (regularised passes) and new weights
+            last = it == n_iter - 1
+            if reg:
+                _inv_band_v(A, b, k, Z, nt, t1, t2)
             for p in range(p_count):
                 a = i1[p] - 1
                 c = i2[p] - 1
                 if a >= 0:
+                    ca = c - a
                     for q in range(nt):
-                        r[p, q] = dz[p, q] - (x[c, q] - x[a, q])
+                        rr = dz[p, q] - (x[c, q] - x[a, q])
+                        r[p, q] = rr
+                        wv = w[p, q]
+                        if reg:
+                            h = Z[c, 0, q]
+                            h += Z[a, 0, q] - 2.0 * Z[a, ca, q]
+                            dr = rr / max(1.0 - wv * norm[q] * h, MIN_FREEDOM)
+                            rr = dr if wv > 0 else rr
+                        out = abs(rr) > gross and last
+                        nw = 0.0 if out else wz[p, q] / (sc2 + rr * rr)
+                        v = vm[p, q]
+                        w[p, q] = nw if v else wv
+                        flag[p, q] = out if v else flag[p, q]
                 else:
                     for q in range(nt):
-                        r[p, q] = dz[p, q] - (x[c, q] - 0.0)
-            if it < n_iter:
-                last = it == n_iter - 1
-                if reg:
-                    _inv_band_v(A, b, k, Z, nt, t1, t2)
-                for p in range(p_count):
-                    a = i1[p] - 1
-                    c = i2[p] - 1
-                    for q in range(nt):
-                        if vm[p, q]:
-                            rr = r[p, q]
-                            if reg and w[p, q] > 0:
-                                h = Z[c, 0, q]
-                                if a >= 0:
-                                    h += Z[a, 0, q] - 2.0 * Z[a, c - a, q]
-                                rr /= max(1.0 - w[p, q] * norm[q] * h, MIN_FREEDOM)
-                            if abs(rr) > gross and last:
-                                w[p, q] = 0.0
-                                flag[p, q] = True
-                            else:
-                                w[p, q] = wz[p, q] / (sc2 + rr * rr)
-                                flag[p, q] = False
+                        rr = dz[p, q] - (x[c, q] - 0.0)
+                        r[p, q] = rr
+                        wv = w[p, q]
+                        if reg:
+                            h = Z[c, 0, q]
+                            dr = rr / max(1.0 - wv * norm[q] * h, MIN_FREEDOM)
+                            rr = dr if wv > 0 else rr
+                        out = abs(rr) > gross and last
+                        nw = 0.0 if out else wz[p, q] / (sc2 + rr * rr)
+                        v = vm[p, q]
+                        w[p, q] = nw if v else wv
+                        flag[p, q] = out if v else flag[p, q]
         # covariance (unit variance) of the final solution
         _inv_band_v(A, b, k, Z, nt, t1, t2)
         for q in range(nt):
