@@ -856,7 +856,12 @@ def invert_block(
         out[f"sum_sq_{c}"] = ss_pair
         with np.errstate(invalid="ignore", divide="ignore"):
             put(f"rms_date_{c}", np.where(count > 0, np.sqrt(ss_date / count), np.nan))
-        vel, vel_sigma = linear_velocity(net.t, u.T, sigma.T)
+        if USE_JIT and _jit is not None:
+            vel, vel_sigma = _jit.linear_velocity(
+                net.t, np.ascontiguousarray(u), np.ascontiguousarray(sigma), SIGMA_FLOOR
+            )
+        else:
+            vel, vel_sigma = linear_velocity(net.t, u.T, sigma.T)
         out[f"vel_{c}"][idx] = vel
         out[f"vel_sigma_{c}"][idx] = vel_sigma
     return out

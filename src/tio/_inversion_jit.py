@@ -782,3 +782,66 @@ def residual_sums(r, i1, i2, n):
         sp[p] = s
         npair[p] = k
     return ss, cnt, sp, npair
+
+
+@njit(**_OPTS)
+def linear_velocity(t, u, sigma, floor):
+    """See ``tio._inversion.linear_velocity``; ``u``, ``sigma`` (N, M), pixels last."""
+    n, m = u.shape
+    pos = np.full(m, np.inf)
+    cnt = np.zeros(m)
+    sw = np.zeros(m)
+    swt = np.zeros(m)
+    swu = np.zeros(m)
+    stt = np.zeros(m)
+    swdu = np.zeros(m)
+    chi2 = np.zeros(m)
+    w = np.zeros((n, m))
+    for j in range(n):
+        for i in range(m):
+            s = sigma[j, i]
+            if np.isfinite(u[j, i]) and np.isfinite(s) and s > 0 and s < pos[i]:
+                pos[i] = s
+    for i in range(m):
+        if not np.isfinite(pos[i]):
+            pos[i] = floor
+    for j in range(n):
+        for i in range(m):
+            s = sigma[j, i]
+            uu = u[j, i]
+            if np.isfinite(uu) and np.isfinite(s):
+                s = max(s if s > 0 else pos[i], floor)
+                wj = 1.0 / s**2
+                w[j, i] = wj
+                cnt[i] += 1.0
+                sw[i] += wj
+                swt[i] += wj * t[j]
+                swu[i] += wj * uu
+    v = np.empty(m)
+    sv = np.empty(m)
+    for i in range(m):
+        swt[i] /= sw[i]  # mean date
+        swu[i] /= sw[i]  # mean displacement
+    for j in range(n):
+        for i in range(m):
+            wj = w[j, i]
+            if wj > 0:
+                dt = t[j] - swt[i]
+                stt[i] += wj * dt * dt
+                swdu[i] += wj * dt * u[j, i]
+    for i in range(m):
+        v[i] = swdu[i] / stt[i]
+    for j in range(n):
+        for i in range(m):
+            wj = w[j, i]
+            if wj > 0:
+                e = u[j, i] - swu[i] - v[i] * (t[j] - swt[i])
+                chi2[i] += wj * e * e
+    for i in range(m):
+        red = chi2[i] / max(cnt[i] - 2.0, 1.0) if cnt[i] > 2 else 1.0
+        if cnt[i] < 2 or not stt[i] > 0:
+            v[i] = np.nan
+            sv[i] = np.nan
+        else:
+            sv[i] = np.sqrt(max(red, 1.0) / stt[i])
+    return v, sv
