@@ -4,11 +4,15 @@ Same mathematics, same results as the numpy implementation in
 :mod:`tio._inversion` (``_invert_component_numpy``), but each pixel's whole
 robust inversion (normal equations, banded Cholesky factorisation, solution,
 re-weighting, ties of disconnected networks, diagonal of the inverse) runs in
-one compiled loop over the pixels of a block, without temporary ``(P, M)``
-arrays. The kernel releases the GIL: :func:`tio.inversion.invert` runs blocks
-on a pool of threads, one block per thread. The numpy version is
-used when numba is not installed; ``tests/test_inversion.py`` checks that both
-agree.
+one compiled call per block, without temporary ``(P, M)`` arrays.
+:func:`invert_component` solves :data:`_VEC` pixels at once, the pixels
+innermost in its work arrays (the pair structure is the same at every pixel,
+so every step is a loop over the pixels that the compiler vectorises); the
+few pixels whose network a pass leaves disconnected are done again one by
+one by :func:`_invert_scalar`, which also handles the ties. The kernel
+releases the GIL: :func:`tio.inversion.invert` runs blocks on a pool of
+threads, one block per thread. The numpy version is used when numba is not
+installed; ``tests/test_inversion.py`` checks that both agree.
 """
 
 from __future__ import annotations
