@@ -6,9 +6,13 @@ correlations are computed once per scene and reused, thanks to the pipeline's
 stage keys):
 
 * ``original``: the original ISTerre TIO choices that TIO keeps configurable: no
-  neighbour outlier test, score threshold 0.2, one re-weighting pass;
-* ``tio``: TIO's defaults (median test on, score >= 0.4, one re-weighting pass);
-* ``tio+3 passes``: the same with three re-weighting passes;
+  neighbour outlier test, score threshold 0.2, one re-weighting pass, no temporal
+  regularisation;
+* ``tio``: TIO's defaults (median test on, score >= 0.4, three re-weighting passes
+  whose outlier test uses the weak temporal regularisation);
+* ``no regularisation``: the same without the regularisation;
+* ``1 pass, no reg.``: one re-weighting pass without regularisation (TIO's defaults
+  before the regularisation was added);
 * ``plain LSQ``: TIO's corrections, then unweighted least squares without
   re-weighting (residual scale and outlier threshold set out of reach);
 * ``successive only``: TIO's corrections, each date paired with the next one only
@@ -41,9 +45,11 @@ VARIANTS = {
         "correction.outlier_test": False,
         "correlation.min_score": 0.2,
         "inversion.reweight_iterations": 1,
+        "inversion.regularisation": 0.0,
     },
     "tio": {},
-    "tio+3 passes": {"inversion.reweight_iterations": 3},
+    "no regularisation": {"inversion.regularisation": 0.0},
+    "1 pass, no reg.": {"inversion.reweight_iterations": 1, "inversion.regularisation": 0.0},
     "plain LSQ": {
         "inversion.reweight_iterations": 0,
         "inversion.pair_weighting": "none",

@@ -22,7 +22,12 @@ whose bandwidth is the longest pair span in dates (4 or 5 for "each date with
 the next 4 or 5"), instead of a dense ``(N-1)**2`` matrix. Each pixel's system
 is then solved by a banded Cholesky factorisation, ``O(N b**2)`` work, and the
 diagonal of its inverse (the variance of every cumulative displacement) comes
-from the same factor by Takahashi's recurrence. The Python loops run over the
+from the same factor by Takahashi's recurrence. The optional temporal
+regularisation adds ``lambda * S^T S`` (``S`` the time-aware second
+difference, the operator of the gap smoothing), which keeps the band; the
+band of the inverse also gives each pair's leverage ``h`` (its two dates are
+at most ``b`` apart), hence its deletion residual ``r / (1 - h)``, used by
+the re-weighting passes. The Python loops run over the
 ``N`` dates and the pairs; every step is a numpy operation on all the pixels
 of a block.
 
@@ -75,6 +80,8 @@ TIE_WEIGHT = 5e-4
 #: Weight of the rows that pin the first date of each sub-network when
 #: ``smoothing_gamma2 == 0`` (they only remove the null space).
 ANCHOR_WEIGHT = 1e8
+#: Floor of ``1 - h`` (``h`` the leverage of a pair) in the deletion residuals.
+MIN_FREEDOM = 1e-9
 #: Use the compiled kernel of :mod:`tio._inversion_jit` when numba is installed.
 USE_JIT = True
 #: Floor (metres) of the cumulative sigmas used as weights in the velocity fit.
@@ -213,7 +220,10 @@ def smoothing_operator(t) -> np.ndarray:
 
 def robust_std(values) -> float:
     """Robust standard deviation ``1.4826 * MAD`` of the finite values (NaN if none)."""
-    v = np.asarray(values, dtype=np.float64).ravel()
+    v = np.asarray(values)
+    if not np.issubdtype(v.dtype, np.floating):
+        v = v.astype(np.float64)
+    v = v.ravel()
     v = v[np.isfinite(v)]
     if v.size == 0:
         return float("nan")
@@ -383,7 +393,12 @@ def band_solve(L, rhs):
 
 
 def band_inverse_diagonal(L):
-    """Diagonal of ``(L L^T)^-1`` for a stack of banded Cholesky factors, (K, M).
+    """Diagonal of ``(L L^T)^-1`` for a stack of banded Cholesky factors, (K, M)."""
+    return band_inverse(L)[0]
+
+
+def band_inverse(L):
+    """Band of ``(L L^T)^-1`` for a stack of banded Cholesky factors, (b+1, K, M).
 
     Takahashi's recurrence: the entries of the inverse ``Z`` inside the band
     are computed from the last column backwards,
@@ -405,7 +420,7 @@ def band_inverse_diagonal(L):
             Z[0, j] = (1.0 / ljj - np.einsum("km,km->m", lc, zji)) / ljj
         else:
             Z[0, j] = 1.0 / ljj**2
-    return Z[0]
+    return Z
 
 
 def band_to_dense(Ab) -> np.ndarray:
@@ -480,17 +495,21 @@ def augment(net, A, rhs, gamma2, tie):
     return A2, rhs2
 
 
-def _solve_component(net, w, dz, gamma2):
+def _solve_component(net, w, dz, gamma2, lam=0.0):
     """One weighted least-squares solution of every pixel of a block.
 
-    Returns ``u`` (N, M) with ``u[0] = 0``, the Cholesky factor ``L``, ``ok``
-    and, for the pixels whose used pairs leave the network disconnected
-    (index ``disc``), their date labels and the band matrix without the tie
-    (to build the covariance).
+    ``lam`` (scalar or (M,)) times ``S^T S`` is added to the normal matrix
+    (temporal regularisation; 0: none). Returns ``u`` (N, M) with
+    ``u[0] = 0``, the Cholesky factor ``L``, ``ok`` and, for the pixels whose
+    system is singular (index ``disc``: the used pairs leave the network
+    disconnected and nothing ties it), their date labels and the band matrix
+    without the tie (to build the covariance).
     """
     used = w > 0
     wn = _normalised(w, used.sum(axis=0))
     A, rhs = _band_system(net, wn, dz)
+    if np.any(lam):
+        A += net.R[:, :, None] * np.broadcast_to(lam, (w.shape[1],))[None, None, :]
     L = A.copy()
     ok = band_cholesky(L)
     disc = np.flatnonzero(~ok)
@@ -512,7 +531,15 @@ def _solve_component(net, w, dz, gamma2):
     return u, L, ok, wn, used, disc, labels, A
 
 
-def _invert_component(net, d, valid, w0, *, n_iter, scale, gross, gamma2):
+def _largest(labels):
+    """Label of the largest sub-network of each pixel (ties: the earliest), (M,)."""
+    n, m = labels.shape
+    flat = labels + n * np.arange(m)[None, :]
+    sizes = np.bincount(flat.T.ravel(), minlength=m * n).reshape(m, n)
+    return sizes.argmax(axis=1)
+
+
+def _invert_component(net, d, valid, w0, *, n_iter, scale, gross, gamma2, lam=0.0, lam_final=False):
     """Robust weighted least squares of one component for a block of pixels.
 
     ``d``, ``valid``, ``w0`` are (P, M). Returns a dict of pixel-last arrays:
@@ -523,12 +550,21 @@ def _invert_component(net, d, valid, w0, *, n_iter, scale, gross, gamma2):
     """
     if not (USE_JIT and _jit is not None):
         return _invert_component_numpy(
-            net, d, valid, w0, n_iter=n_iter, scale=scale, gross=gross, gamma2=gamma2
+            net,
+            d,
+            valid,
+            w0,
+            n_iter=n_iter,
+            scale=scale,
+            gross=gross,
+            gamma2=gamma2,
+            lam=lam,
+            lam_final=lam_final,
         )
     u, var, s0sq, r, outlier, smoothed, ok = _jit.invert_component(
         np.ascontiguousarray(d, dtype=np.float64),
         np.ascontiguousarray(valid, dtype=bool),
-        np.ascontiguousarray(np.broadcast_to(w0, d.shape), dtype=np.float64),
+        _weights_2d(w0, d.shape),
         net.i1.astype(np.int64),
         net.i2.astype(np.int64),
         net.n_dates,
@@ -543,24 +579,79 @@ def _invert_component(net, d, valid, w0, *, n_iter, scale, gross, gamma2):
         LIMIT_WEIGHT,
         ANCHOR_WEIGHT,
         TIE_WEIGHT,
+        float(lam),
+        bool(lam_final),
     )
     with np.errstate(invalid="ignore"):
         sigma = np.sqrt(np.clip(var * s0sq[None, :], 0.0, None))
     return {"u": u, "sigma": sigma, "r": r, "outlier": outlier, "ok": ok, "smoothed": smoothed}
 
 
-def _invert_component_numpy(net, d, valid, w0, *, n_iter, scale, gross, gamma2):
+def _deletion_residuals(net, L, wn, r, ok):
+    """Residuals ``r / (1 - h)`` (``h`` the leverage of each pair) where ``ok``.
+
+    The residual of each pair to the solution of all the others: for a pair
+    that alone sets a date, the prediction of the regularisation from the
+    dates around it; elsewhere, mostly that of the other pairs. Pairs not
+    used (zero weight) keep ``r``, which already is that.
+    """
+    Z = band_inverse(L)
+    a, c = net.i1 - 1, net.i2 - 1
+    q = Z[0, c]
+    has = a >= 0
+    q[has] += Z[0, a[has]] - 2.0 * Z[(c - a)[has], a[has]]
+    h = np.where(ok[None, :], wn * q, 0.0)
+    return r / np.maximum(1.0 - h, MIN_FREEDOM)
+
+
+def _weights_2d(w0, shape):
+    """A priori weights for the kernel: (P, 1) when one per pair, else (P, M)."""
+    w0 = np.asarray(w0, dtype=np.float64)
+    if w0.ndim == 1:
+        w0 = w0[:, None]
+    if w0.shape != (shape[0], 1):
+        w0 = np.broadcast_to(w0, shape)
+    return np.ascontiguousarray(w0)
+
+
+def _invert_component_numpy(
+    net, d, valid, w0, *, n_iter, scale, gross, gamma2, lam=0.0, lam_final=False
+):
     """Robust weighted least squares of one component for a block of pixels (numpy).
 
     ``d``, ``valid``, ``w0`` are (P, M). Returns a dict of pixel-last arrays.
+
+    Temporal regularisation: ``lam * S^T S`` (``S`` the time-aware second
+    difference of the cumulative displacement, :func:`smoothing_operator`)
+    is added to the normal matrix of every re-weighting pass, so that a pair
+    that alone sets an increment gets a large residual where it makes an
+    implausible jump, and to the final solution too if ``lam_final``. In the
+    final solution, the sub-networks the used pairs leave are then tied by
+    the regularisation (flagged ``smoothed``), except with ``gamma2 == 0``,
+    where such pixels are solved without it (dates outside the largest
+    sub-network NaN).
     """
     dz = np.where(valid, d, 0.0)
     w0 = np.where(valid, w0, 0.0)
     w = w0
     outlier = np.zeros_like(valid)
+    m = d.shape[1]
+    n = net.n_dates
+    reg_disc = np.zeros(m, dtype=bool)
     for it in range(n_iter + 1):
-        u, L, ok, wn, used, disc, labels, A_disc = _solve_component(net, w, dz, gamma2)
+        lam_it = lam if it < n_iter else 0.0
+        if lam > 0 and it == n_iter and lam_final:
+            labels_all = _components(w > 0, net.i1, net.i2, n)
+            n_comp_all = (labels_all == np.arange(n)[:, None]).sum(axis=0)
+            split = n_comp_all > 1
+            lam_it = np.where(split & (gamma2 <= 0), 0.0, lam)
+            reg_disc = split & (lam_it > 0)
+        u, L, ok, wn, used, disc, labels, A_disc = _solve_component(net, w, dz, gamma2, lam_it)
         r = dz - np.asarray(net.C @ u[1:])
+        if it < n_iter and np.any(lam_it):
+            connected = np.ones(m, dtype=bool)
+            connected[disc] = False
+            r = _deletion_residuals(net, L, wn, r, connected)
         if it < n_iter:
             # gross outliers are rejected in the last pass only, from a solution
             # already re-weighted (rejecting on the first, plain solution can
@@ -568,19 +659,20 @@ def _invert_component_numpy(net, d, valid, w0, *, n_iter, scale, gross, gamma2):
             outlier = valid & (np.abs(r) > gross) & (it == n_iter - 1)
             w = w0 / (scale**2 + r**2)
             w[outlier] = 0.0
-    m = d.shape[1]
-    n = net.n_dates
     n_used = used.sum(axis=0)
     n_comp = np.ones(m, dtype=np.int64)
     smoothed = np.zeros((n, m), dtype=bool)
     var = np.zeros((n, m))
     var[1:] = band_inverse_diagonal(L)
+    reg_disc[disc] = False
+    if reg_disc.any():  # tied by the regularisation: flag, keep the values
+        lab = labels_all[:, reg_disc]
+        n_comp[reg_disc] = n_comp_all[reg_disc]
+        smoothed[:, reg_disc] = lab != _largest(lab)[None, :]
     if disc.size:
         is_root = labels == np.arange(n)[:, None]
         n_comp[disc] = is_root.sum(axis=0)
-        flat = labels + n * np.arange(disc.size)[None, :]
-        sizes = np.bincount(flat.T.ravel(), minlength=disc.size * n).reshape(disc.size, n)
-        largest = sizes.argmax(axis=1)  # ties: the sub-network of the earliest date
+        largest = _largest(labels)
         smoothed[:, disc] = labels != largest[None, :]
         if gamma2 > 0:
             Ag, _ = augment(net, A_disc, np.zeros(A_disc.shape[1:]), gamma2, TIE_WEIGHT)
@@ -626,6 +718,8 @@ def invert_block(
     gross_outlier,
     reweight_iterations,
     smoothing_gamma2,
+    regularisation=0.0,
+    regularise_final=True,
     residuals=True,
 ):
     """Invert a block of pixels, both components (pixel-last arrays).
@@ -643,6 +737,11 @@ def invert_block(
         Pixels with fewer valid pairs are not inverted.
     residual_scale, gross_outlier, reweight_iterations, smoothing_gamma2
         See :func:`tio.inversion.invert`.
+    regularisation : float
+        Weight ``lambda`` of the temporal regularisation ``lambda * S^T S``
+        added to the normal matrices (0: none).
+    regularise_final : bool
+        Regularise the final solution too (else only the re-weighting passes).
     residuals : bool
         Return the residual of every pair (``res_c``, (P, M)).
 
@@ -698,49 +797,98 @@ def invert_block(
     todo = np.flatnonzero(n_valid >= max(min_valid, 1))
     if todo.size == 0:
         return out
-    v = valid[:, todo]
+    every = todo.size == m  # no copies of the (P, M) arrays then
+
+    def take(a):
+        a = np.asarray(a)
+        if a.ndim == 2 and a.shape[1] == 1:  # one weight per pair
+            return a
+        a = np.broadcast_to(a, valid.shape)
+        return a if every else a[:, todo]
+
+    v = take(valid)
     results = {}
     ok_all = np.ones(todo.size, dtype=bool)
     smoothed = np.zeros((n, todo.size), dtype=bool)
     for c, d, w0 in (("ew", ew, w0_ew), ("ns", ns, w0_ns)):
-        w0 = np.broadcast_to(w0, valid.shape)
         res = _invert_component(
             net,
-            d[:, todo],
+            take(d),
             v,
-            w0[:, todo],
+            take(w0),
             n_iter=reweight_iterations,
             scale=residual_scale,
             gross=gross_outlier,
             gamma2=smoothing_gamma2,
+            lam=regularisation,
+            lam_final=regularise_final,
         )
         ok_all &= res["ok"]
         smoothed |= res["smoothed"]
         results[c] = res
 
+    whole = every and ok_all.all()  # every pixel of the block: no index copies
+
+    def sel(a):
+        return a if ok_all.all() else a[:, ok_all]
+
+    def put(key, value):
+        if whole:
+            out[key] = value
+        else:
+            out[key][..., idx] = value
+
     idx = todo[ok_all]
     out["inverted"][idx] = True
-    out["smoothed"][:, idx] = smoothed[:, ok_all]
-    vv = v[:, ok_all]
-    out["count"] = vv.sum(axis=1).astype(np.float64)
-    count = np.asarray(net.E @ vv.astype(np.float64))
+    put("smoothed", sel(smoothed))
+    first = True
     for c, res in results.items():
-        u, sigma, r = res["u"][:, ok_all], res["sigma"][:, ok_all], res["r"][:, ok_all]
-        out[f"cum_{c}"][:, idx] = u
-        out[f"sigma_{c}"][:, idx] = sigma
+        u, sigma, r = sel(res["u"]), sel(res["sigma"]), sel(res["r"])
+        put(f"cum_{c}", u)
+        put(f"sigma_{c}", sigma)
         if residuals:
-            out[f"res_{c}"][:, idx] = r
-        out[f"n_out_{c}"][idx] = res["outlier"][:, ok_all].sum(axis=0)
-        sq = np.where(vv, r, 0.0) ** 2
-        out[f"sum_sq_{c}"] = sq.sum(axis=1)
+            put(f"res_{c}", r)
+        out[f"n_out_{c}"][idx] = sel(res["outlier"]).sum(axis=0)
+        ss_date, count, ss_pair, n_pair = _residual_sums(net, r)
+        if first:  # r is finite exactly at the valid pairs of the inverted pixels
+            out["count"] = n_pair
+            first = False
+        out[f"sum_sq_{c}"] = ss_pair
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[f"rms_date_{c}"][:, idx] = np.where(
-                count > 0, np.sqrt(np.asarray(net.E @ sq) / count), np.nan
+            put(f"rms_date_{c}", np.where(count > 0, np.sqrt(ss_date / count), np.nan))
+        if USE_JIT and _jit is not None:
+            vel, vel_sigma = _jit.linear_velocity(
+                net.t, np.ascontiguousarray(u), np.ascontiguousarray(sigma), SIGMA_FLOOR
             )
-        vel, vel_sigma = linear_velocity(net.t, u.T, sigma.T)
+        else:
+            vel, vel_sigma = linear_velocity(net.t, u.T, sigma.T)
         out[f"vel_{c}"][idx] = vel
         out[f"vel_sigma_{c}"][idx] = vel_sigma
     return out
+
+
+def _residual_sums(net, r):
+    """Sums of the squared residuals ``r`` (P, M; NaN where a pair is not valid).
+
+    Returns, per date and pixel, the sum over the valid pairs that have the
+    date as one of their two dates and their number, (N, M) each; per pair,
+    the sum over the pixels and their number, (P,) each.
+    """
+    if USE_JIT and _jit is not None:
+        return _jit.residual_sums(
+            np.ascontiguousarray(r, dtype=np.float64),
+            net.i1.astype(np.int64),
+            net.i2.astype(np.int64),
+            net.n_dates,
+        )
+    fin = np.isfinite(r)
+    sq = np.where(fin, r, 0.0) ** 2
+    return (
+        np.asarray(net.E @ sq),
+        np.asarray(net.E @ fin.astype(np.float64)),
+        sq.sum(axis=1),
+        fin.sum(axis=1).astype(np.float64),
+    )
 
 
 def linear_velocity(t, u, sigma):

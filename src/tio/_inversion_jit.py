@@ -4,11 +4,15 @@ Same mathematics, same results as the numpy implementation in
 :mod:`tio._inversion` (``_invert_component_numpy``), but each pixel's whole
 robust inversion (normal equations, banded Cholesky factorisation, solution,
 re-weighting, ties of disconnected networks, diagonal of the inverse) runs in
-one compiled loop over the pixels of a block, without temporary ``(P, M)``
-arrays. The kernel releases the GIL: :func:`tio.inversion.invert` runs blocks
-on a pool of threads, one block per thread. The numpy version is
-used when numba is not installed; ``tests/test_inversion.py`` checks that both
-agree.
+one compiled call per block, without temporary ``(P, M)`` arrays.
+:func:`invert_component` solves :data:`_VEC` pixels at once, the pixels
+innermost in its work arrays (the pair structure is the same at every pixel,
+so every step is a loop over the pixels that the compiler vectorises); the
+few pixels whose network a pass leaves disconnected are done again one by
+one by :func:`_invert_scalar`, which also handles the ties. The kernel
+releases the GIL: :func:`tio.inversion.invert` runs blocks on a pool of
+threads, one block per thread. The numpy version is used when numba is not
+installed; ``tests/test_inversion.py`` checks that both agree.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-_OPTS = dict(cache=True, nogil=True, fastmath=False)
+_OPTS = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
 
 @njit(**_OPTS)
@@ -66,26 +70,29 @@ def _band_solve(L, b, k, rhs, x):
 
 @njit(**_OPTS)
 def _inv_diag(L, b, k, Z, out):
-    """Takahashi: band of the inverse (``Z`` dense, ``(k, k)``) from the factor.
+    """Takahashi: band of the inverse from the factor; its diagonal into ``out``.
 
-    Only the entries of ``Z`` within the band are computed; its diagonal goes
-    into ``out``.
+    ``Z`` (k, b+1) holds the band of the inverse in the storage of ``L``
+    (``Z[j, o] = inverse[j+o, j]``): only entries within the band are needed.
     """
     for j in range(k - 1, -1, -1):
         il = L[j, 0]
         nb = b if j + b < k else k - 1 - j
         s_diag = 0.0
-        for ii in range(nb):  # Z[j+1+ii, j]
+        for ii in range(nb):  # inverse[j+1+ii, j]
             c = j + 1 + ii
             s = 0.0
             for kk in range(nb):
-                s += L[j, 1 + kk] * Z[j + 1 + kk, c]
+                r = j + 1 + kk
+                if r >= c:
+                    s += L[j, 1 + kk] * Z[c, r - c]
+                else:
+                    s += L[j, 1 + kk] * Z[r, c - r]
             z = -s * il
-            Z[c, j] = z
-            Z[j, c] = z
+            Z[j, 1 + ii] = z
             s_diag += L[j, 1 + ii] * z
-        Z[j, j] = (il - s_diag) * il
-        out[j] = Z[j, j]
+        Z[j, 0] = (il - s_diag) * il
+        out[j] = Z[j, 0]
 
 
 @njit(**_OPTS)
@@ -139,18 +146,45 @@ def _augment(A0, rhs, b, k, Rs, g, tie, A2, rhs2):
                 A2[2 * i, 2 * o] += g * Rs[i, o]
 
 
+#: Floor of ``1 - h`` (``h`` the leverage of a pair) in the deletion residuals.
+MIN_FREEDOM = 1e-9
+
 #: Pixels gathered together from the pixel-last arrays (one page per pair row
 #: serves the whole tile instead of one pixel).
 _TILE = 64
 
 
 @njit(**_OPTS)
-def invert_component(
-    d, valid, w0, i1, i2, n, b, R, Rs, n_iter, scale, gross, gamma2, rtol, limit, anchor, tie
+def _invert_scalar(
+    d,
+    valid,
+    w0,
+    i1,
+    i2,
+    n,
+    b,
+    R,
+    Rs,
+    n_iter,
+    scale,
+    gross,
+    gamma2,
+    rtol,
+    limit,
+    anchor,
+    tie,
+    lam,
+    lam_final,
 ):
     """Robust inversion of one component for every pixel of a block.
 
-    Arrays are pixel-last: ``d``, ``valid``, ``w0`` (P, M). Returns ``u``
+    ``lam`` (>= 0) times ``R`` (the band of ``S^T S``, transposed storage) is
+    added to the normal matrix of the re-weighting passes, and of the final
+    solution too if ``lam_final`` (temporal regularisation; see
+    ``tio._inversion._invert_component_numpy``).
+
+    Arrays are pixel-last: ``d``, ``valid``, ``w0`` (P, M) (``w0`` may be
+    (P, 1): one weight per pair). Returns ``u``
     (N, M), ``var`` (N, M) (unit-variance diagonal of the covariance, NaN
     outside the largest sub-network when ``gamma2 == 0``), ``s0sq`` (M),
     ``r`` (P, M) (NaN where not valid), ``outlier`` (P, M), ``smoothed``
@@ -166,6 +200,7 @@ def invert_component(
     sm_out = np.zeros((n, m), dtype=np.bool_)
     ok_out = np.zeros(m, dtype=np.bool_)
     T = _TILE
+    wcol = w0.shape[1] != 1  # else one a priori weight per pair
     tv = np.zeros((T, p_count), dtype=np.bool_)
     tdz = np.zeros((T, p_count))
     twz = np.zeros((T, p_count))
@@ -176,14 +211,14 @@ def invert_component(
     A0 = np.zeros((k, b + 1))
     rhs = np.zeros(k)
     x = np.zeros(k)
-    Z = np.zeros((k, k))
+    Z = np.zeros((k, b + 1))
     diag = np.zeros(k)
     n2 = 2 * k + 1
     b2 = 2 * b
     A2 = np.zeros((n2, b2 + 1))
     rhs2 = np.zeros(n2)
     x2 = np.zeros(n2)
-    Z2 = np.zeros((n2, n2))
+    Z2 = np.zeros((n2, b2 + 1))
     diag2 = np.zeros(n2)
     labels = np.zeros(n, dtype=np.int64)
     sizes = np.zeros(n, dtype=np.int64)
@@ -195,7 +230,7 @@ def invert_component(
                 tv[q, p] = v
                 if v:
                     tdz[q, p] = d[p, t0 + q]
-                    twz[q, p] = w0[p, t0 + q]
+                    twz[q, p] = w0[p, t0 + q] if wcol else w0[p, 0]
                 else:
                     tdz[q, p] = 0.0
                     twz[q, p] = 0.0
@@ -214,7 +249,20 @@ def invert_component(
             disc = False
             norm = 1.0
             n_used = 0
+            reg = False
+            n_comp = 1
             for it in range(n_iter + 1):
+                reg = lam > 0 and (it < n_iter or lam_final)
+                if reg and it == n_iter:
+                    # final regularised solution: the sub-networks of the used
+                    # pairs (flagged; with gamma2 == 0 they stay NaN, unregularised)
+                    _labels(w, i1, i2, n, labels)
+                    n_comp = 0
+                    for j in range(n):
+                        if labels[j] == j:
+                            n_comp += 1
+                    if n_comp > 1 and gamma2 <= 0:
+                        reg = False
                 su = 0.0
                 n_used = 0
                 for p in range(p_count):
@@ -238,6 +286,10 @@ def invert_component(
                             A[a, 0] += wp
                             A[a, c - a] -= wp
                             rhs[a] -= wp * dz[p]
+                if reg:
+                    for j in range(k):
+                        for o in range(b + 1):
+                            A[j, o] += lam * R[j, o]
                 for o in range(b + 1):
                     for j in range(k):
                         A0[j, o] = A[j, o]
@@ -271,9 +323,19 @@ def invert_component(
                     up1 = x[i1[p] - 1] if i1[p] > 0 else 0.0
                     r[p] = dz[p] - (up2 - up1)
                 if it < n_iter:
+                    lev = reg and not disc
+                    if lev:  # deletion residuals: band of the inverse
+                        _inv_diag(A, b, k, Z, diag)
                     for p in range(p_count):
                         if vm[p]:
                             rr = r[p]
+                            if lev and w[p] > 0:
+                                a = i1[p] - 1
+                                c = i2[p] - 1
+                                q_ = Z[c, 0]
+                                if a >= 0:
+                                    q_ += Z[a, 0] - 2.0 * Z[a, c - a]
+                                rr /= max(1.0 - w[p] * norm * q_, MIN_FREEDOM)
                             if abs(rr) > gross and it == n_iter - 1:
                                 w[p] = 0.0
                                 flag[p] = True
@@ -285,9 +347,10 @@ def invert_component(
                     r[p] = np.nan
                 continue
             # covariance (unit variance) and the sub-network structure
-            n_comp = 1
             largest = 0
-            if disc:
+            if not reg:
+                n_comp = 1
+            if disc or (reg and n_comp > 1):
                 n_comp = 0
                 for j in range(n):
                     sizes[j] = 0
@@ -302,7 +365,7 @@ def invert_component(
                         largest = j
                 for j in range(n):
                     sm_out[j, px] = labels[j] != largest
-                if gamma2 > 0:
+                if disc and gamma2 > 0:
                     _augment(A0, rhs, b, k, Rs, gamma2, tie, A2, rhs2)
                     if not _chol(A2, b2, n2, rtol):
                         for p in range(p_count):
@@ -350,3 +413,439 @@ def invert_component(
                 r_out[p, t0 + q] = tr[q, p]
                 out_flag[p, t0 + q] = tflag[q, p]
     return u_out, var_out, s0_out, r_out, out_flag, sm_out, ok_out
+
+
+#: Pixels solved together by :func:`invert_component` (innermost dimension of
+#: its work arrays: each operation runs on a vector of pixels).
+_VEC = 32
+
+
+@njit(**_OPTS)
+def _chol_v(A, b, k, rtol, nt, fail, floor):
+    """:func:`_chol` of ``nt`` matrices at once, ``A`` (k, b+1, T); ``fail[q]`` if singular."""
+    for q in range(nt):
+        floor[q] = 0.0
+    for j in range(k):
+        for q in range(nt):
+            v = A[j, 0, q]
+            floor[q] = v if v > floor[q] else floor[q]
+    for q in range(nt):
+        floor[q] *= rtol
+    for j in range(k):
+        nb = b if j + b < k else k - 1 - j
+        for q in range(nt):
+            piv = A[j, 0, q]
+            bad = not piv > floor[q]
+            fail[q] |= bad
+            A[j, 0, q] = 1.0 / np.sqrt(1.0 if bad else piv)
+        for o in range(1, nb + 1):
+            for q in range(nt):
+                A[j, o, q] *= A[j, 0, q]
+        for o1 in range(1, nb + 1):
+            for o2 in range(o1, nb + 1):
+                for q in range(nt):
+                    A[j + o1, o2 - o1, q] -= A[j, o1, q] * A[j, o2, q]
+
+
+@njit(**_OPTS)
+def _band_solve_v(L, b, k, rhs, x, nt):
+    """:func:`_band_solve` of ``nt`` systems at once (pixels last)."""
+    for j in range(k):
+        for q in range(nt):
+            x[j, q] = rhs[j, q]
+    for j in range(k):
+        nb = b if j + b < k else k - 1 - j
+        for q in range(nt):
+            x[j, q] *= L[j, 0, q]
+        for o in range(1, nb + 1):
+            for q in range(nt):
+                x[j + o, q] -= L[j, o, q] * x[j, q]
+    for j in range(k - 1, -1, -1):
+        nb = b if j + b < k else k - 1 - j
+        for o in range(1, nb + 1):
+            for q in range(nt):
+                x[j, q] -= L[j, o, q] * x[j + o, q]
+        for q in range(nt):
+            x[j, q] *= L[j, 0, q]
+
+
+@njit(**_OPTS)
+def _inv_band_v(L, b, k, Z, nt, s, sd):
+    """:func:`_inv_diag` of ``nt`` factors at once: band of the inverse into ``Z``."""
+    for j in range(k - 1, -1, -1):
+        nb = b if j + b < k else k - 1 - j
+        for q in range(nt):
+            sd[q] = 0.0
+        for ii in range(nb):
+            c = j + 1 + ii
+            for q in range(nt):
+                s[q] = 0.0
+            for kk in range(nb):
+                r = j + 1 + kk
+                if r >= c:
+                    zr = c
+                    zo = r - c
+                else:
+                    zr = r
+                    zo = c - r
+                for q in range(nt):
+                    s[q] += L[j, 1 + kk, q] * Z[zr, zo, q]
+            for q in range(nt):
+                z = -s[q] * L[j, 0, q]
+                Z[j, 1 + ii, q] = z
+                sd[q] += L[j, 1 + ii, q] * z
+        for q in range(nt):
+            il = L[j, 0, q]
+            Z[j, 0, q] = (il - sd[q]) * il
+
+
+@njit(**_OPTS)
+def invert_component(
+    d,
+    valid,
+    w0,
+    i1,
+    i2,
+    n,
+    b,
+    R,
+    Rs,
+    n_iter,
+    scale,
+    gross,
+    gamma2,
+    rtol,
+    limit,
+    anchor,
+    tie,
+    lam,
+    lam_final,
+):
+    """Robust inversion of one component for every pixel of a block.
+
+    Same arguments, results and arithmetic as :func:`_invert_scalar`, on
+    :data:`_VEC` pixels at once (each operation a loop over the pixels, which
+    the compiler vectorises): the pixels of a vector whose network a pass
+    leaves disconnected (singular normal matrix), or whose final regularised
+    solution ties sub-networks, are then done again one by one by
+    :func:`_invert_scalar`.
+    """
+    p_count, m = d.shape
+    k = n - 1
+    u_out = np.zeros((n, m))
+    var_out = np.zeros((n, m))
+    s0_out = np.zeros(m)
+    r_out = np.empty((p_count, m))
+    out_flag = np.zeros((p_count, m), dtype=np.bool_)
+    sm_out = np.zeros((n, m), dtype=np.bool_)
+    ok_out = np.zeros(m, dtype=np.bool_)
+    T = _VEC
+    wcol = w0.shape[1] != 1
+    dz = np.zeros((p_count, T))
+    wz = np.zeros((p_count, T))
+    vm = np.zeros((p_count, T), dtype=np.bool_)
+    w = np.zeros((p_count, T))
+    r = np.zeros((p_count, T))
+    flag = np.zeros((p_count, T), dtype=np.bool_)
+    A = np.zeros((k, b + 1, T))
+    Z = np.zeros((k, b + 1, T))
+    rhs = np.zeros((k, T))
+    x = np.zeros((k, T))
+    su = np.zeros(T)
+    nu = np.zeros(T, dtype=np.int64)
+    norm = np.zeros(T)
+    fail = np.zeros(T, dtype=np.bool_)
+    t1 = np.zeros(T)
+    t2 = np.zeros(T)
+    wrss = np.zeros(T)
+    sw0 = np.zeros(T)
+    redo = np.zeros(m, dtype=np.bool_)
+    labels = np.zeros(n, dtype=np.int64)
+    wpix = np.zeros(p_count)
+    sc2 = scale * scale
+    for t0 in range(0, m, T):
+        nt = min(T, m - t0)
+        for p in range(p_count):
+            for q in range(nt):
+                v = valid[p, t0 + q]
+                vm[p, q] = v
+                wv = w0[p, t0 + q] if wcol else w0[p, 0]
+                dz[p, q] = d[p, t0 + q] if v else 0.0
+                wz[p, q] = wv if v else 0.0
+                w[p, q] = wz[p, q]
+                flag[p, q] = False
+        for q in range(nt):
+            fail[q] = False
+        for it in range(n_iter + 1):
+            reg = lam > 0 and (it < n_iter or lam_final)
+            if reg and it == n_iter:
+                # sub-networks tied by the regularisation: done one by one
+                for q in range(nt):
+                    if not fail[q]:
+                        for p in range(p_count):
+                            wpix[p] = w[p, q]
+                        _labels(wpix, i1, i2, n, labels)
+                        for j in range(1, n):
+                            if labels[j] == j:
+                                fail[q] = True
+            for q in range(nt):
+                su[q] = 0.0
+                nu[q] = 0
+            for p in range(p_count):
+                for q in range(nt):
+                    wv = w[p, q]
+                    pos = wv > 0
+                    su[q] += wv if pos else 0.0
+                    nu[q] += 1 if pos else 0
+            for q in range(nt):
+                norm[q] = nu[q] / su[q] if su[q] > 0 else 1.0
+            for j in range(k):
+                for o in range(b + 1):
+                    for q in range(nt):
+                        A[j, o, q] = 0.0
+                for q in range(nt):
+                    rhs[j, q] = 0.0
+            for p in range(p_count):
+                a = i1[p] - 1
+                c = i2[p] - 1
+                if a >= 0:
+                    ca = c - a
+                    for q in range(nt):
+                        wv = w[p, q] * norm[q]
+                        wp = wv if wv > 0 else 0.0
+                        A[c, 0, q] += wp
+                        rhs[c, q] += wp * dz[p, q]
+                        A[a, 0, q] += wp
+                        A[a, ca, q] -= wp
+                        rhs[a, q] -= wp * dz[p, q]
+                else:
+                    for q in range(nt):
+                        wv = w[p, q] * norm[q]
+                        wp = wv if wv > 0 else 0.0
+                        A[c, 0, q] += wp
+                        rhs[c, q] += wp * dz[p, q]
+            if reg:
+                for j in range(k):
+                    for o in range(b + 1):
+                        lr = lam * R[j, o]
+                        for q in range(nt):
+                            A[j, o, q] += lr
+            _chol_v(A, b, k, rtol, nt, fail, t1)
+            _band_solve_v(A, b, k, rhs, x, nt)
+            if it == n_iter:
+                for p in range(p_count):
+                    a = i1[p] - 1
+                    c = i2[p] - 1
+                    if a >= 0:
+                        for q in range(nt):
+                            r[p, q] = dz[p, q] - (x[c, q] - x[a, q])
+                    else:
+                        for q in range(nt):
+                            r[p, q] = dz[p, q] - (x[c, q] - 0.0)
+                break
+            # residuals, deletion residuals (regularised passes) and new weights
+            last = it == n_iter - 1
+            if reg:
+                _inv_band_v(A, b, k, Z, nt, t1, t2)
+            for p in range(p_count):
+                a = i1[p] - 1
+                c = i2[p] - 1
+                if a >= 0:
+                    ca = c - a
+                    for q in range(nt):
+                        rr = dz[p, q] - (x[c, q] - x[a, q])
+                        r[p, q] = rr
+                        wv = w[p, q]
+                        if reg:
+                            h = Z[c, 0, q]
+                            h += Z[a, 0, q] - 2.0 * Z[a, ca, q]
+                            dr = rr / max(1.0 - wv * norm[q] * h, MIN_FREEDOM)
+                            rr = dr if wv > 0 else rr
+                        out = abs(rr) > gross and last
+                        nw = 0.0 if out else wz[p, q] / (sc2 + rr * rr)
+                        v = vm[p, q]
+                        w[p, q] = nw if v else wv
+                        flag[p, q] = out if v else flag[p, q]
+                else:
+                    for q in range(nt):
+                        rr = dz[p, q] - (x[c, q] - 0.0)
+                        r[p, q] = rr
+                        wv = w[p, q]
+                        if reg:
+                            h = Z[c, 0, q]
+                            dr = rr / max(1.0 - wv * norm[q] * h, MIN_FREEDOM)
+                            rr = dr if wv > 0 else rr
+                        out = abs(rr) > gross and last
+                        nw = 0.0 if out else wz[p, q] / (sc2 + rr * rr)
+                        v = vm[p, q]
+                        w[p, q] = nw if v else wv
+                        flag[p, q] = out if v else flag[p, q]
+        # covariance (unit variance) of the final solution
+        _inv_band_v(A, b, k, Z, nt, t1, t2)
+        for q in range(nt):
+            wrss[q] = 0.0
+            sw0[q] = 0.0
+        for p in range(p_count):
+            for q in range(nt):
+                wv = w[p, q]
+                if wv > 0:
+                    wrss[q] += wv * norm[q] * r[p, q] * r[p, q]
+                    sw0[q] += wz[p, q]
+                r_out[p, t0 + q] = r[p, q] if vm[p, q] else np.nan
+                out_flag[p, t0 + q] = flag[p, q]
+        for j in range(k):
+            for q in range(nt):
+                u_out[j + 1, t0 + q] = x[j, q]
+                var_out[j + 1, t0 + q] = Z[j, 0, q]
+        for q in range(nt):
+            px = t0 + q
+            if fail[q]:
+                redo[px] = True
+                continue
+            u_out[0, px] = 0.0
+            var_out[0, px] = 0.0
+            dof = nu[q] - (n - 1)
+            if dof > 0:
+                s0_out[px] = wrss[q] / dof
+            else:
+                mean_w0 = sw0[q] / max(nu[q], 1)
+                s0_out[px] = 1.0 / mean_w0 if mean_w0 > 0 else 1.0
+            ok_out[px] = True
+    idx = np.flatnonzero(redo)
+    if idx.size:
+        mr = idx.size
+        d2 = np.empty((p_count, mr))
+        v2 = np.empty((p_count, mr), dtype=np.bool_)
+        w2 = np.empty((p_count, mr if wcol else 1))
+        for p in range(p_count):
+            for i in range(mr):
+                d2[p, i] = d[p, idx[i]]
+                v2[p, i] = valid[p, idx[i]]
+                if wcol:
+                    w2[p, i] = w0[p, idx[i]]
+            if not wcol:
+                w2[p, 0] = w0[p, 0]
+        u2, var2, s02, r2, f2, sm2, ok2 = _invert_scalar(
+            d2,
+            v2,
+            w2,
+            i1,
+            i2,
+            n,
+            b,
+            R,
+            Rs,
+            n_iter,
+            scale,
+            gross,
+            gamma2,
+            rtol,
+            limit,
+            anchor,
+            tie,
+            lam,
+            lam_final,
+        )
+        for i in range(mr):
+            px = idx[i]
+            for j in range(n):
+                u_out[j, px] = u2[j, i]
+                var_out[j, px] = var2[j, i]
+                sm_out[j, px] = sm2[j, i]
+            for p in range(p_count):
+                r_out[p, px] = r2[p, i]
+                out_flag[p, px] = f2[p, i]
+            s0_out[px] = s02[i]
+            ok_out[px] = ok2[i]
+    return u_out, var_out, s0_out, r_out, out_flag, sm_out, ok_out
+
+
+@njit(**_OPTS)
+def residual_sums(r, i1, i2, n):
+    """See ``tio._inversion._residual_sums`` (``r`` NaN where a pair is not valid)."""
+    p_count, m = r.shape
+    ss = np.zeros((n, m))
+    cnt = np.zeros((n, m))
+    sp = np.zeros(p_count)
+    npair = np.zeros(p_count)
+    for p in range(p_count):
+        a = i1[p]
+        c = i2[p]
+        s = 0.0
+        k = 0
+        for q in range(m):
+            v = r[p, q]
+            if np.isfinite(v):
+                v2 = v * v
+                ss[a, q] += v2
+                ss[c, q] += v2
+                cnt[a, q] += 1.0
+                cnt[c, q] += 1.0
+                s += v2
+                k += 1
+        sp[p] = s
+        npair[p] = k
+    return ss, cnt, sp, npair
+
+
+@njit(**_OPTS)
+def linear_velocity(t, u, sigma, floor):
+    """See ``tio._inversion.linear_velocity``; ``u``, ``sigma`` (N, M), pixels last."""
+    n, m = u.shape
+    pos = np.full(m, np.inf)
+    cnt = np.zeros(m)
+    sw = np.zeros(m)
+    swt = np.zeros(m)
+    swu = np.zeros(m)
+    stt = np.zeros(m)
+    swdu = np.zeros(m)
+    chi2 = np.zeros(m)
+    w = np.zeros((n, m))
+    for j in range(n):
+        for i in range(m):
+            s = sigma[j, i]
+            if np.isfinite(u[j, i]) and np.isfinite(s) and s > 0 and s < pos[i]:
+                pos[i] = s
+    for i in range(m):
+        if not np.isfinite(pos[i]):
+            pos[i] = floor
+    for j in range(n):
+        for i in range(m):
+            s = sigma[j, i]
+            uu = u[j, i]
+            if np.isfinite(uu) and np.isfinite(s):
+                s = max(s if s > 0 else pos[i], floor)
+                wj = 1.0 / s**2
+                w[j, i] = wj
+                cnt[i] += 1.0
+                sw[i] += wj
+                swt[i] += wj * t[j]
+                swu[i] += wj * uu
+    v = np.empty(m)
+    sv = np.empty(m)
+    for i in range(m):
+        swt[i] /= sw[i]  # mean date
+        swu[i] /= sw[i]  # mean displacement
+    for j in range(n):
+        for i in range(m):
+            wj = w[j, i]
+            if wj > 0:
+                dt = t[j] - swt[i]
+                stt[i] += wj * dt * dt
+                swdu[i] += wj * dt * u[j, i]
+    for i in range(m):
+        v[i] = swdu[i] / stt[i]
+    for j in range(n):
+        for i in range(m):
+            wj = w[j, i]
+            if wj > 0:
+                e = u[j, i] - swu[i] - v[i] * (t[j] - swt[i])
+                chi2[i] += wj * e * e
+    for i in range(m):
+        red = chi2[i] / max(cnt[i] - 2.0, 1.0) if cnt[i] > 2 else 1.0
+        if cnt[i] < 2 or not stt[i] > 0:
+            v[i] = np.nan
+            sv[i] = np.nan
+        else:
+            sv[i] = np.sqrt(max(red, 1.0) / stt[i])
+    return v, sv

@@ -349,13 +349,28 @@ class InversionConfig(_Section):
         "re-weighting pass.",
     )
     reweight_iterations: int = Field(
-        1, ge=0, le=20, description="Passes of iterative re-weighting after the first solution."
+        3, ge=0, le=20, description="Passes of iterative re-weighting after the first solution."
     )
     smoothing_gamma2: float = Field(
         0.003,
         ge=0,
         description="Weight of the temporal smoothing that ties otherwise unconnected dates "
         "(used only where the network is disconnected; 0 leaves such dates empty).",
+    )
+    regularisation: float = Field(
+        0.1,
+        ge=0,
+        description="Weight of the temporal regularisation at every pixel and date (squared "
+        "time-aware second difference of the displacement, zero for a constant velocity), "
+        "relative to a pair of mean weight. The re-weighting passes judge each pair by its "
+        "residual against all the other pairs plus this prior, so a gross error on the only "
+        "pair of a date is found; 0 disables it.",
+    )
+    regularisation_mode: Literal["solve", "outliers"] = Field(
+        "outliers",
+        description="outliers: the regularisation serves only to find outliers, the final "
+        "solution is not regularised (exact for any history the pairs determine); solve: the "
+        "final solution is regularised too (smoother; rounds off steps).",
     )
     min_valid_fraction: float = Field(
         0.3, gt=0, le=1, description="A pixel is inverted only with this share of pairs valid."

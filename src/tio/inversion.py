@@ -33,8 +33,13 @@ __all__ = ["invert"]
 
 _PAIR_WEIGHTINGS = ("std", "none")
 _BASELINE_WEIGHTINGS = ("none", "short", "long")
+_REGULARISATION_MODES = ("solve", "outliers")
 #: Working memory of one block of pixels (per worker thread), bytes.
 _BLOCK_BYTES = 256 * 2**20
+#: Pixels (at most, regularly spaced) on which the spread of each pair map is
+#: measured for ``pair_weighting="std"`` (a robust std from ~10,000 values is
+#: within ~2 % of that of the whole map).
+_WEIGHT_SAMPLE = 10_000
 _COMPONENTS = {"ew": ("east-west", "positive east"), "ns": ("north-south", "positive north")}
 
 
@@ -43,8 +48,10 @@ def invert(
     *,
     residual_scale: float = 2.0,
     gross_outlier: float = 5.0,
-    reweight_iterations: int = 1,
+    reweight_iterations: int = 3,
     smoothing_gamma2: float = 0.003,
+    regularisation: float = 0.1,
+    regularisation_mode: str = "outliers",
     min_valid_fraction: float = 0.3,
     pair_weighting: str = "std",
     score_weighting: bool = False,
@@ -81,6 +88,20 @@ def invert(
        ``|r| > gross_outlier`` get zero weight in that pass (NSBAS divided
        their weight by 1000). Weights are normalised to a mean of 1 over the
        pairs used at each pixel.
+    3b. With ``regularisation > 0`` (default 0.1) the solutions of the
+       re-weighting passes add ``regularisation * ||S u||**2`` (``S`` the
+       time-aware second difference of step 4, at every date) to the normal
+       equations, and ``r`` above is each pair's *deletion residual*
+       ``r / (1 - h)`` (``h`` its leverage, from the band of the inverse):
+       its residual against the solution of all the other pairs and the
+       regularisation. A pair that alone sets a date (its ordinary residual is
+       0) is thus compared with the motion of the dates around it, a pair
+       that others check with them. With ``regularisation_mode="outliers"``
+       (default) the final solution is unregularised (exact for any history
+       the pairs determine; a date whose only pair was rejected goes to step
+       4); with ``"solve"`` it is regularised too, and sub-networks the used
+       pairs leave are tied by the regularisation (flagged ``smoothed``;
+       with ``smoothing_gamma2 = 0`` such pixels are solved as in step 4).
     4. Where a pixel's used pairs do not connect all its dates (several
        connected components of the date graph, "sub-networks"; a date without
        any valid pair, or whose pairs were all rejected as gross outliers, is
@@ -116,8 +137,15 @@ def invert(
     gross_outlier : float, default 5.0
         Residual (metres) above which a pair gets zero weight in a
         re-weighting pass.
-    reweight_iterations : int, default 1
-        Number of re-weighting passes; 0 gives plain weighted least squares.
+    reweight_iterations : int, default 3
+        Number of re-weighting passes; 0 gives plain weighted least squares
+        (unregularised in ``"outliers"`` mode).
+    regularisation : float, default 0.1
+        Weight (squared) of the temporal regularisation relative to data rows
+        of unit weight, see 3b; 0 disables it (pairs are then judged by their
+        ordinary residuals, as NSBAS did).
+    regularisation_mode : {"outliers", "solve"}, default "outliers"
+        Use the regularisation only to find outliers, or in the result too.
     smoothing_gamma2 : float, default 0.003
         Weight (squared) of the smoothing rows relative to data rows of unit
         weight, used only at pixels whose network is disconnected; it sets the
@@ -137,8 +165,9 @@ def invert(
     block_size : int, optional
         Number of pixels solved at once, at most (blocks are whole rows, at
         least one). By default as many as fit in 256 MB of working memory
-        per block (about 6,000 pixels for 250 pairs and 60 dates). Memory,
-        not results, depends on it.
+        per block (about 5,000 pixels for 250 pairs and 60 dates), and
+        with several threads small enough to give each at least 4 blocks
+        (of at least 1,000 pixels). Memory, not results, depends on it.
     workers : int, optional
         Blocks solved at the same time, each by one thread (the compiled
         kernel releases the GIL); default: the number of cores available.
@@ -184,7 +213,12 @@ def invert(
             smoothing rows of step 4 enter the normal matrix as
             pseudo-observations (variance ``s0^2 / 5e-4`` and
             ``s0^2 / smoothing_gamma2``), which mostly measures the strength of
-            that prior, not the true motion across the gap. The sigma assumes
+            that prior, not the true motion across the gap. With
+            ``regularisation_mode="solve"`` the regularisation rows enter the
+            normal matrix the same way (variance ``s0^2 / regularisation``),
+            and its bias on non-smooth motion is not included; with
+            ``"outliers"`` the sigma is that of the unregularised final
+            solution. The sigma assumes
             independent pair errors: errors shared by pairs (an image badly
             co-registered or distorted enters every pair of its date),
             misregistration, topographic and orthorectification effects in
@@ -264,6 +298,17 @@ def invert(
         pair_weighting,
         block_size,
     )
+    if not (
+        isinstance(regularisation, numbers.Real)
+        and math.isfinite(regularisation)
+        and regularisation >= 0
+    ):
+        raise ConfigError(f"regularisation must be a finite number >= 0, got {regularisation!r}")
+    if regularisation_mode not in _REGULARISATION_MODES:
+        raise ConfigError(
+            f"regularisation_mode must be one of {_REGULARISATION_MODES}, "
+            f"got {regularisation_mode!r}"
+        )
     if baseline_weighting not in _BASELINE_WEIGHTINGS:
         raise ConfigError(
             f"baseline_weighting must be one of {_BASELINE_WEIGHTINGS}, got {baseline_weighting!r}"
@@ -282,7 +327,7 @@ def invert(
     n_dates = dates.size
 
     # A priori weights of each pair, per component (need whole maps; estimated on
-    # at most ~100,000 regularly spaced pixels, read in one pass).
+    # at most ~_WEIGHT_SAMPLE regularly spaced pixels, read in one pass).
     days = (date2 - date1) / np.timedelta64(1, "D")
     base_w = _inv.baseline_weights(days, baseline_weighting)
     if pair_weighting == "std" and pair_weights is not None:
@@ -297,7 +342,7 @@ def invert(
         pair_w = {c: base_w.copy() for c in _COMPONENTS}
     elif pair_weighting == "std":
         pw = None
-        stride = max(1, math.ceil(math.sqrt(ny * nx / 100_000)))
+        stride = max(1, math.ceil(math.sqrt(ny * nx / _WEIGHT_SAMPLE)))
 
         def sample(arr):
             return np.asarray(arr[:, ::stride, ::stride], np.float32).reshape(n_pairs, -1)
@@ -340,6 +385,10 @@ def invert(
         max_pixels = min(max_pixels, block_size)
     rows = max(1, max_pixels // max(nx, 1))
     n_workers = workers or _default_workers()
+    if n_workers > 1:
+        # at least 4 blocks per thread (of at least 1,000 pixels), so that the
+        # threads finish together
+        rows = min(rows, max(math.ceil(ny / (4 * n_workers)), math.ceil(1000 / max(nx, 1))))
     starts = list(range(0, ny, rows))
 
     def solve(r0):
@@ -373,6 +422,8 @@ def invert(
             gross_outlier=gross_outlier,
             reweight_iterations=reweight_iterations,
             smoothing_gamma2=smoothing_gamma2,
+            regularisation=regularisation,
+            regularise_final=regularisation_mode == "solve",
             residuals=residuals,
         )
 
@@ -420,6 +471,8 @@ def invert(
         "gross_outlier": float(gross_outlier),
         "reweight_iterations": int(reweight_iterations),
         "smoothing_gamma2": float(smoothing_gamma2),
+        "regularisation": float(regularisation),
+        "regularisation_mode": str(regularisation_mode),
         "min_valid_fraction": float(min_valid_fraction),
         "pair_weighting": str(pair_weighting),
         "baseline_weighting": str(baseline_weighting),

@@ -11,8 +11,8 @@ Examples:
   tio invert pairs/*.tif -o series/
       every pair map of tio correlate; dates from their TIO_DATE1/TIO_DATE2 tags
       or from YYYYMMDD_YYYYMMDD (or YYYY-MM-DD_YYYY-MM-DD) in the file names
-  tio invert out/pairs/corrected/ -o series/ --reweight-iterations 3
-      a folder of pair maps, more re-weighting passes
+  tio invert out/pairs/corrected/ -o series/ --regularisation-mode solve
+      a folder of pair maps, a regularised (smoother) result
   tio invert pairs/*.tif -o series/ --baseline-weighting short --score-weighting
       favour short temporal baselines and well-correlated values
   tio invert pairs/*.tif -o series/ --smoothing-gamma2 0
@@ -53,8 +53,14 @@ def _expand(paths):
 )
 @click.option("--residual-scale", type=float, help="s of w = 1/(s^2 + r^2), m [default: 2].")
 @click.option("--gross-outlier", type=float, help="Zero weight above this residual, m [5].")
-@click.option("--reweight-iterations", type=int, help="Re-weighting passes [default: 1].")
+@click.option("--reweight-iterations", type=int, help="Re-weighting passes [default: 3].")
 @click.option("--smoothing-gamma2", type=float, help="Smoothing weight, gaps only [0.003].")
+@click.option("--regularisation", type=float, help="Temporal regularisation weight, 0 off [0.1].")
+@click.option(
+    "--regularisation-mode",
+    type=click.Choice(["outliers", "solve"]),
+    help="Regularise only the outlier search, or the result too [outliers].",
+)
 @click.option("--min-valid-fraction", type=float, help="Share of valid pairs needed [0.3].")
 @click.option(
     "--pair-weighting", type=click.Choice(["std", "none"]), help="A priori weights [std]."
@@ -81,6 +87,8 @@ def invert_cmd(
     gross_outlier,
     reweight_iterations,
     smoothing_gamma2,
+    regularisation,
+    regularisation_mode,
     min_valid_fraction,
     pair_weighting,
     baseline_weighting,
@@ -107,6 +115,8 @@ def invert_cmd(
         "inversion.gross_outlier": gross_outlier,
         "inversion.reweight_iterations": reweight_iterations,
         "inversion.smoothing_gamma2": smoothing_gamma2,
+        "inversion.regularisation": regularisation,
+        "inversion.regularisation_mode": regularisation_mode,
         "inversion.min_valid_fraction": min_valid_fraction,
         "inversion.pair_weighting": pair_weighting,
         "inversion.baseline_weighting": baseline_weighting,
