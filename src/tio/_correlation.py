@@ -722,9 +722,7 @@ def mask_weight(valid, frac_y, frac_x, erode=2, sigma=0.75):
         Weight in [0, 1] (1 far from unusable pixels).
     """
     k, n, _ = valid.shape
-    e = ndimage.minimum_filter(valid, size=(1, 2 * erode + 1, 2 * erode + 1), mode="nearest")
     rad = int(np.ceil(4 * sigma)) + 1
-    e = np.pad(e, ((0, 0), (rad, rad), (rad, rad)), mode="edge").astype(np.float32)
     taps = np.arange(-rad, rad + 1, dtype=np.float64)
     norm = 1.0 / (sigma * np.sqrt(2.0 * np.pi))
 
@@ -732,16 +730,13 @@ def mask_weight(valid, frac_y, frac_x, erode=2, sigma=0.75):
         t = taps[None, :] - np.asarray(frac, np.float64)[:, None]
         return (norm * np.exp(-0.5 * (t / sigma) ** 2)).astype(np.float32)  # (K, taps)
 
-    # M(y) = sum_t E(y - t) g(t - frac), in float32 (a weight: ample precision)
-    wy = weights(frac_y)
-    rows = np.zeros((k, n, e.shape[2]), dtype=np.float32)
-    for i, t in enumerate(range(-rad, rad + 1)):
-        rows += wy[:, i, None, None] * e[:, rad - t : rad - t + n, :]
-    wx = weights(frac_x)
-    out = np.zeros((k, n, n), dtype=np.float32)
-    for i, t in enumerate(range(-rad, rad + 1)):
-        out += wx[:, i, None, None] * rows[:, :, rad - t : rad - t + n]
-    return np.clip(out, 0.0, 1.0)
+    # M(y) = sum_t E(y - t) g(t - frac), in float32 (a weight: ample precision), compiled
+    from tio import _kernels
+
+    out = np.empty((k, n, n), dtype=np.float32)
+    v = np.ascontiguousarray(valid, dtype=bool)
+    _kernels.mask_blur(v, int(erode), weights(frac_y), weights(frac_x), rad, out)
+    return out
 
 
 def _parabolic(ym, y0, yp):

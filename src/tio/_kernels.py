@@ -234,6 +234,63 @@ def newton_peaks(fb, fa, weight, whiten, sy, sx, max_step, out_y, out_x, ok):
 
 
 @njit(**_OPTS)
+def mask_blur(valid, erode, wy, wx, rad, out):
+    """Eroded, blurred usable-pixel masks with per-window taps (:func:`_correlation.mask_weight`).
+
+    ``valid`` (K, n, n) bool; the mask is eroded by ``erode`` pixels (minimum over a
+    ``2 erode + 1`` square, the nearest pixel repeated beyond the edges), then blurred
+    separably: ``wy``/``wx`` (K, 2 rad + 1) float32 taps of the rows and columns, tap
+    ``i`` for the offset ``i - rad``, the eroded mask repeated beyond the edges (edge
+    padding). ``out`` (K, n, n) float32, clipped to [0, 1]; float32 sums in the order
+    of the numpy version (rows first, then columns), which it matches bit for bit.
+    """
+    k, n, _ = out.shape
+    m = n + 2 * rad
+    nt = 2 * rad + 1
+    col = np.empty((n, n), dtype=np.bool_)
+    e = np.empty((n, n), dtype=np.bool_)
+    rows = np.empty((n, m), dtype=np.float32)
+    for t in range(k):
+        # erosion: minimum over the rows, then over the columns (index clamped)
+        for y in range(n):
+            for x in range(n):
+                v = True
+                for d in range(-erode, erode + 1):
+                    yy = min(max(y + d, 0), n - 1)
+                    v = v and valid[t, yy, x]
+                col[y, x] = v
+        for y in range(n):
+            for x in range(n):
+                v = True
+                for d in range(-erode, erode + 1):
+                    xx = min(max(x + d, 0), n - 1)
+                    v = v and col[y, xx]
+                e[y, x] = v
+        for y in range(n):
+            for x in range(m):
+                rows[y, x] = 0.0
+        for i in range(nt):
+            c = wy[t, i]
+            for y in range(n):
+                src = min(max(rad - i + y, 0), n - 1)
+                for x in range(m):
+                    xx = min(max(x - rad, 0), n - 1)
+                    if e[src, xx]:  # (adding c * 0 would change nothing)
+                        rows[y, x] += c
+        for y in range(n):
+            for x in range(n):
+                out[t, y, x] = 0.0
+        for i in range(nt):
+            c = wx[t, i]
+            for y in range(n):
+                for x in range(n):
+                    out[t, y, x] += c * rows[y, 2 * rad - i + x]
+        for y in range(n):
+            for x in range(n):
+                out[t, y, x] = min(max(out[t, y, x], np.float32(0.0)), np.float32(1.0))
+
+
+@njit(**_OPTS)
 def rect_zncc(srq, rs, qs, y0, y1, x0, x1, min_cnt, flat, out_z, out_frac):
     """ZNCC surfaces of windows whose usable secondary pixels form a rectangle.
 
