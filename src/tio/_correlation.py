@@ -1142,10 +1142,17 @@ def offset_field(
             (ii[b : b + per_chunk], jj[b : b + per_chunk]) for b in range(0, ii.size, per_chunk)
         ]
 
+    # The edge windows cost about twice as much per window as the others: their batches
+    # are smaller (a quarter of a tile) and go first, so that the threads finish
+    # together (longest tasks first). Each window's result does not depend on its batch.
+    small = max(1, per_chunk // 4)
     tasks = [
+        ("masked", (gi[~inside][b : b + small], gj[~inside][b : b + small]))
+        for b in range(0, int((~inside).sum()), small)
+    ]
+    tasks += [
         ("tile", t) for t in tiles if inside[t[0][0] : t[0][-1] + 1, t[1][0] : t[1][-1] + 1].any()
     ]
-    tasks += [("masked", b) for b in batches(gi[~inside], gj[~inside])]
 
     def run(task):
         kind, args = task
