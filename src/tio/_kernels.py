@@ -250,6 +250,7 @@ def mask_blur(valid, erode, wy, wx, rad, out):
     col = np.empty((n, n), dtype=np.bool_)
     e = np.empty((n, n), dtype=np.bool_)
     rows = np.empty((n, m), dtype=np.float32)
+    ep = np.empty((m, m), dtype=np.float32)
     for t in range(k):
         # erosion: minimum over the rows, then over the columns (index clamped)
         for y in range(n):
@@ -266,17 +267,21 @@ def mask_blur(valid, erode, wy, wx, rad, out):
                     xx = min(max(x + d, 0), n - 1)
                     v = v and col[y, xx]
                 e[y, x] = v
+        # the eroded mask padded by ``rad`` (edge), as float32
+        for y in range(m):
+            ys = min(max(y - rad, 0), n - 1)
+            for x in range(m):
+                xs = min(max(x - rad, 0), n - 1)
+                ep[y, x] = 1.0 if e[ys, xs] else 0.0
         for y in range(n):
             for x in range(m):
                 rows[y, x] = 0.0
         for i in range(nt):
             c = wy[t, i]
             for y in range(n):
-                src = min(max(rad - i + y, 0), n - 1)
+                src = 2 * rad - i + y
                 for x in range(m):
-                    xx = min(max(x - rad, 0), n - 1)
-                    if e[src, xx]:  # (adding c * 0 would change nothing)
-                        rows[y, x] += c
+                    rows[y, x] += c * ep[src, x]
         for y in range(n):
             for x in range(n):
                 out[t, y, x] = 0.0
