@@ -840,3 +840,41 @@ def test_sentinel2_real_misregistration(shared_data):
     # a coherent shift, not scatter: half the windows within 1.5 m of the median
     assert np.median(np.abs(ew - np.median(ew))) < 1.5
     assert np.median(np.abs(ns - np.median(ns))) < 1.5
+
+
+def test_mask_weight_compiled_equals_numpy():
+    """The compiled mask weight (erosion + shifted Gaussian blur) equals the numpy
+    formulation it replaced, bit for bit."""
+    from scipy import ndimage
+
+    from tio._correlation import mask_weight
+
+    def numpy_mask_weight(valid, frac_y, frac_x, erode=2, sigma=0.75):
+        k, n, _ = valid.shape
+        e = ndimage.minimum_filter(valid, size=(1, 2 * erode + 1, 2 * erode + 1), mode="nearest")
+        rad = int(np.ceil(4 * sigma)) + 1
+        e = np.pad(e, ((0, 0), (rad, rad), (rad, rad)), mode="edge").astype(np.float32)
+        taps = np.arange(-rad, rad + 1, dtype=np.float64)
+        norm = 1.0 / (sigma * np.sqrt(2.0 * np.pi))
+
+        def weights(frac):
+            t = taps[None, :] - np.asarray(frac, np.float64)[:, None]
+            return (norm * np.exp(-0.5 * (t / sigma) ** 2)).astype(np.float32)
+
+        wy, wx = weights(frac_y), weights(frac_x)
+        rows = np.zeros((k, n, e.shape[2]), dtype=np.float32)
+        for i, t in enumerate(range(-rad, rad + 1)):
+            rows += wy[:, i, None, None] * e[:, rad - t : rad - t + n, :]
+        out = np.zeros((k, n, n), dtype=np.float32)
+        for i, t in enumerate(range(-rad, rad + 1)):
+            out += wx[:, i, None, None] * rows[:, :, rad - t : rad - t + n]
+        return np.clip(out, 0.0, 1.0)
+
+    rng = np.random.default_rng(3)
+    valid = ndimage.gaussian_filter(rng.normal(size=(40, 34, 34)), (0, 3, 3)) > -0.05
+    valid[0] = True  # fully usable
+    valid[1, :, :10] = False  # an edge window
+    fy, fx = rng.uniform(-0.5, 0.5, 40), rng.uniform(-0.5, 0.5, 40)
+    np.testing.assert_array_equal(mask_weight(valid, fy, fx), numpy_mask_weight(valid, fy, fx))
+    z = np.zeros(40)
+    np.testing.assert_array_equal(mask_weight(valid, z, z), numpy_mask_weight(valid, z, z))
