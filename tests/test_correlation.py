@@ -845,8 +845,6 @@ def test_sentinel2_real_misregistration(shared_data):
 def test_mask_weight_compiled_equals_numpy():
     """The compiled mask weight (erosion + shifted Gaussian blur) equals the numpy
     formulation it replaced, bit for bit."""
-    from scipy import ndimage
-
     from tio._correlation import mask_weight
 
     def numpy_mask_weight(valid, frac_y, frac_x, erode=2, sigma=0.75):
@@ -878,3 +876,28 @@ def test_mask_weight_compiled_equals_numpy():
     np.testing.assert_array_equal(mask_weight(valid, fy, fx), numpy_mask_weight(valid, fy, fx))
     z = np.zeros(40)
     np.testing.assert_array_equal(mask_weight(valid, z, z), numpy_mask_weight(valid, z, z))
+
+
+def test_ambiguous_peaks_equals_labelling():
+    """The compiled flood fill of :func:`ambiguous_peaks` flags the same windows as the
+    connected-component labelling (``scipy.ndimage.label``, 8-connectivity)."""
+    rng = np.random.default_rng(4)
+    z = ndimage.gaussian_filter(rng.normal(size=(500, 17, 17)), (0, 1.5, 1.5))
+    z /= np.abs(z).max(axis=(1, 2), keepdims=True)
+    z[5, 3, :] = np.nan
+    iy, ix, _ = _c.integer_peaks(z)
+    kk = np.arange(z.shape[0])
+    for ratio in (0.3, 0.6, 0.9):
+        zz = np.where(np.isfinite(z), z, -np.inf)
+        z1 = zz[kk, iy, ix]
+        above = zz >= (ratio * z1)[:, None, None]
+        v = np.arange(17)
+        above |= (np.abs(v[None, :, None] - iy[:, None, None]) <= 2) & (
+            np.abs(v[None, None, :] - ix[:, None, None]) <= 2
+        )
+        structure = np.zeros((3, 3, 3), dtype=bool)
+        structure[1] = True
+        labels, _ = ndimage.label(above, structure=structure)
+        main = labels[kk, iy, ix]
+        expected = ((labels != main[:, None, None]) & (labels > 0)).any(axis=(1, 2)) | ~(z1 > 0)
+        np.testing.assert_array_equal(_c.ambiguous_peaks(z, iy, ix, ratio), expected)

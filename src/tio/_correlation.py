@@ -629,12 +629,14 @@ def ambiguous_peaks(zncc, iy, ix, max_ratio, exclusion=_PEAK_EXCLUSION):
         np.abs(v[None, None, :] - ix[:, None, None]) <= exclusion
     )
     above |= near  # the exclusion zone joins every part of the main peak close to it
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    structure[1] = True  # 8-connectivity within each surface, none across surfaces
-    labels, _ = ndimage.label(above, structure=structure)
-    main = labels[kk, iy, ix]
-    other = (labels != main[:, None, None]) & (labels > 0)
-    return other.any(axis=(1, 2)) | ~(z1 > 0)
+    # a region above the cut not 8-connected to the main peak (compiled flood fill)
+    from tio import _kernels
+
+    other = np.empty(k, dtype=bool)
+    _kernels.separate_regions(
+        np.ascontiguousarray(above), iy.astype(np.int64), ix.astype(np.int64), other
+    )
+    return other | ~(z1 > 0)
 
 
 # --------------------------------------------------------------------------------------

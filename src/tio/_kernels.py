@@ -296,6 +296,44 @@ def mask_blur(valid, erode, wy, wx, rad, out):
 
 
 @njit(**_OPTS)
+def separate_regions(above, iy, ix, out):
+    """Whether each boolean surface has a True cell not 8-connected to ``(iy, ix)``.
+
+    ``above`` (K, n, n) bool, ``iy``/``ix`` (K,) the start cell (True), ``out`` (K,)
+    bool. A flood fill from the start cell (the connected-component labelling of
+    ``scipy.ndimage.label`` with 8-connectivity, reduced to the one question asked).
+    """
+    k, n, _ = above.shape
+    seen = np.empty((n, n), dtype=np.bool_)
+    stack = np.empty(n * n, dtype=np.int64)
+    for t in range(k):
+        for y in range(n):
+            for x in range(n):
+                seen[y, x] = False
+        top = 0
+        seen[iy[t], ix[t]] = True
+        stack[0] = iy[t] * n + ix[t]
+        top = 1
+        reached = 1
+        while top > 0:
+            top -= 1
+            y, x = divmod(stack[top], n)
+            for a in range(max(y - 1, 0), min(y + 2, n)):
+                for b in range(max(x - 1, 0), min(x + 2, n)):
+                    if above[t, a, b] and not seen[a, b]:
+                        seen[a, b] = True
+                        stack[top] = a * n + b
+                        top += 1
+                        reached += 1
+        total = 0
+        for y in range(n):
+            for x in range(n):
+                if above[t, y, x]:
+                    total += 1
+        out[t] = total > reached
+
+
+@njit(**_OPTS)
 def rect_zncc(srq, rs, qs, y0, y1, x0, x1, min_cnt, flat, out_z, out_frac):
     """ZNCC surfaces of windows whose usable secondary pixels form a rectangle.
 
