@@ -408,23 +408,20 @@ def _box_spectrum(window, size):
 def local_variance_map(image, w):
     """Sum of squared deviations from the local mean over every ``w x w`` window.
 
-    Integral images (Lewis 1995) in float64 after removing the mean of ``image``.
+    Integral images (Lewis 1995) in float64 after removing the mean of ``image``
+    (compiled: :func:`tio._kernels.local_variance`, no full-size temporaries).
     Element ``[y, x]`` of the result (shape ``(H - w + 1, W - w + 1)``) is for the
     window whose top-left pixel is ``image[y, x]``.
     """
-    a = np.asarray(image, dtype=np.float64)
-    a = a - a.mean()
-    h, wd = a.shape
-    c1 = np.zeros((h + 1, wd + 1))
-    c2 = np.zeros((h + 1, wd + 1))
-    np.cumsum(np.cumsum(a, axis=0), axis=1, out=c1[1:, 1:])
-    np.cumsum(np.cumsum(a * a, axis=0), axis=1, out=c2[1:, 1:])
+    from tio import _kernels
 
-    def box(c):
-        return c[w:, w:] - c[:-w, w:] - c[w:, :-w] + c[:-w, :-w]
-
-    s1 = box(c1)
-    return np.maximum(box(c2) - s1 * s1 / (w * w), 0.0)
+    a = np.asarray(image)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    mean = float(np.asarray(a, dtype=np.float64).mean())
+    out = np.empty((a.shape[0] - w + 1, a.shape[1] - w + 1))
+    _kernels.local_variance(a, mean, int(w), out)
+    return out
 
 
 def zncc_surfaces(

@@ -334,6 +334,36 @@ def separate_regions(above, iy, ix, out):
 
 
 @njit(**_OPTS)
+def local_variance(image, mean, w, out):
+    """Sum of squared deviations from the local mean over every ``w x w`` window.
+
+    ``image`` (H, W), ``mean`` the value subtracted first (float64), ``out``
+    (H - w + 1, W - w + 1) float64. Integral images of ``image - mean`` and of its
+    square (running sums down the columns, then along the rows, in float64), in the
+    order of :func:`_correlation.local_variance_map`'s numpy version, which it matches
+    bit for bit without its full-size temporaries.
+    """
+    h, wd = image.shape
+    c1 = np.zeros((h + 1, wd + 1))
+    c2 = np.zeros((h + 1, wd + 1))
+    for i in range(h):
+        for j in range(wd):
+            a = np.float64(image[i, j]) - mean
+            c1[i + 1, j + 1] = c1[i, j + 1] + a
+            c2[i + 1, j + 1] = c2[i, j + 1] + a * a
+    for i in range(1, h + 1):
+        for j in range(1, wd):
+            c1[i, j + 1] += c1[i, j]
+            c2[i, j + 1] += c2[i, j]
+    inv = w * w
+    for i in range(h - w + 1):
+        for j in range(wd - w + 1):
+            s1 = c1[i + w, j + w] - c1[i, j + w] - c1[i + w, j] + c1[i, j]
+            s2 = c2[i + w, j + w] - c2[i, j + w] - c2[i + w, j] + c2[i, j]
+            out[i, j] = max(s2 - s1 * s1 / inv, 0.0)
+
+
+@njit(**_OPTS)
 def rect_zncc(srq, rs, qs, y0, y1, x0, x1, min_cnt, flat, out_z, out_frac):
     """ZNCC surfaces of windows whose usable secondary pixels form a rectangle.
 
