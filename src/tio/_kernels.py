@@ -1,4 +1,4 @@
-"""Compiled kernels of the sub-pixel stage of TIO's correlator (private).
+"""Compiled kernels of TIO's correlator (private).
 
 Numba-compiled loops over a batch of windows (the GIL is released, so the tiles of
 windows processed by the correlator's thread pool run in parallel). They replace
@@ -12,7 +12,12 @@ chains of numpy operations whose temporaries made the sub-pixel stage memory-bou
   (trigonometric polynomial) correlation surface: the value, gradient and Hessian at
   any real position are sums over the half spectrum, so the peak is found exactly
   (no upsampled grid, no parabola through grid values: no pixel-locking of the
-  peak finder), in a few iterations from a start within the main lobe.
+  peak finder), in a few iterations from a start within the main lobe;
+* :func:`mask_blur` - the eroded, blurred weight of the usable pixels moved by a
+  sub-pixel shift (the weighted path of the edge windows);
+* :func:`local_variance` - local variances of a tile's secondary at every window
+  position (integral images, no full-size temporaries);
+* :func:`separate_regions` - the flood fill of the peak-ratio test.
 
 The FFTs themselves stay in :mod:`scipy.fft` (batched pocketfft).
 """
