@@ -840,3 +840,86 @@ def test_sentinel2_real_misregistration(shared_data):
     # a coherent shift, not scatter: half the windows within 1.5 m of the median
     assert np.median(np.abs(ew - np.median(ew))) < 1.5
     assert np.median(np.abs(ns - np.median(ns))) < 1.5
+
+
+def test_mask_weight_compiled_equals_numpy():
+    """The compiled mask weight (erosion + shifted Gaussian blur) equals the numpy
+    formulation it replaced, bit for bit."""
+    from tio._correlation import mask_weight
+
+    def numpy_mask_weight(valid, frac_y, frac_x, erode=2, sigma=0.75):
+        k, n, _ = valid.shape
+        e = ndimage.minimum_filter(valid, size=(1, 2 * erode + 1, 2 * erode + 1), mode="nearest")
+        rad = int(np.ceil(4 * sigma)) + 1
+        e = np.pad(e, ((0, 0), (rad, rad), (rad, rad)), mode="edge").astype(np.float32)
+        taps = np.arange(-rad, rad + 1, dtype=np.float64)
+        norm = 1.0 / (sigma * np.sqrt(2.0 * np.pi))
+
+        def weights(frac):
+            t = taps[None, :] - np.asarray(frac, np.float64)[:, None]
+            return (norm * np.exp(-0.5 * (t / sigma) ** 2)).astype(np.float32)
+
+        wy, wx = weights(frac_y), weights(frac_x)
+        rows = np.zeros((k, n, e.shape[2]), dtype=np.float32)
+        for i, t in enumerate(range(-rad, rad + 1)):
+            rows += wy[:, i, None, None] * e[:, rad - t : rad - t + n, :]
+        out = np.zeros((k, n, n), dtype=np.float32)
+        for i, t in enumerate(range(-rad, rad + 1)):
+            out += wx[:, i, None, None] * rows[:, :, rad - t : rad - t + n]
+        return np.clip(out, 0.0, 1.0)
+
+    rng = np.random.default_rng(3)
+    valid = ndimage.gaussian_filter(rng.normal(size=(40, 34, 34)), (0, 3, 3)) > -0.05
+    valid[0] = True  # fully usable
+    valid[1, :, :10] = False  # an edge window
+    fy, fx = rng.uniform(-0.5, 0.5, 40), rng.uniform(-0.5, 0.5, 40)
+    np.testing.assert_array_equal(mask_weight(valid, fy, fx), numpy_mask_weight(valid, fy, fx))
+    z = np.zeros(40)
+    np.testing.assert_array_equal(mask_weight(valid, z, z), numpy_mask_weight(valid, z, z))
+
+
+def test_ambiguous_peaks_equals_labelling():
+    """The compiled flood fill of :func:`ambiguous_peaks` flags the same windows as the
+    connected-component labelling (``scipy.ndimage.label``, 8-connectivity)."""
+    rng = np.random.default_rng(4)
+    z = ndimage.gaussian_filter(rng.normal(size=(500, 17, 17)), (0, 1.5, 1.5))
+    z /= np.abs(z).max(axis=(1, 2), keepdims=True)
+    z[5, 3, :] = np.nan
+    iy, ix, _ = _c.integer_peaks(z)
+    kk = np.arange(z.shape[0])
+    for ratio in (0.3, 0.6, 0.9):
+        zz = np.where(np.isfinite(z), z, -np.inf)
+        z1 = zz[kk, iy, ix]
+        above = zz >= (ratio * z1)[:, None, None]
+        v = np.arange(17)
+        above |= (np.abs(v[None, :, None] - iy[:, None, None]) <= 2) & (
+            np.abs(v[None, None, :] - ix[:, None, None]) <= 2
+        )
+        structure = np.zeros((3, 3, 3), dtype=bool)
+        structure[1] = True
+        labels, _ = ndimage.label(above, structure=structure)
+        main = labels[kk, iy, ix]
+        expected = ((labels != main[:, None, None]) & (labels > 0)).any(axis=(1, 2)) | ~(z1 > 0)
+        np.testing.assert_array_equal(_c.ambiguous_peaks(z, iy, ix, ratio), expected)
+
+
+def test_local_variance_map_equals_numpy():
+    """The compiled local variance map equals the integral-image numpy formulation it
+    replaced, bit for bit (also on a strided view, as in the tiles)."""
+    rng = np.random.default_rng(5)
+    img = (rng.normal(size=(90, 130)) * 7 + 3).astype(np.float32)
+    w = 32
+    for a in (img, img[3:, 5:120]):
+        b = a.astype(np.float64)
+        b = b - b.mean()
+        c1 = np.zeros((b.shape[0] + 1, b.shape[1] + 1))
+        c2 = np.zeros_like(c1)
+        np.cumsum(np.cumsum(b, axis=0), axis=1, out=c1[1:, 1:])
+        np.cumsum(np.cumsum(b * b, axis=0), axis=1, out=c2[1:, 1:])
+
+        def box(c):
+            return c[w:, w:] - c[:-w, w:] - c[w:, :-w] + c[:-w, :-w]
+
+        s1 = box(c1)
+        expected = np.maximum(box(c2) - s1 * s1 / (w * w), 0.0)
+        np.testing.assert_array_equal(_c.local_variance_map(a, w), expected)

@@ -408,23 +408,20 @@ def _box_spectrum(window, size):
 def local_variance_map(image, w):
     """Sum of squared deviations from the local mean over every ``w x w`` window.
 
-    Integral images (Lewis 1995) in float64 after removing the mean of ``image``.
+    Integral images (Lewis 1995) in float64 after removing the mean of ``image``
+    (compiled: :func:`tio._kernels.local_variance`, no full-size temporaries).
     Element ``[y, x]`` of the result (shape ``(H - w + 1, W - w + 1)``) is for the
     window whose top-left pixel is ``image[y, x]``.
     """
-    a = np.asarray(image, dtype=np.float64)
-    a = a - a.mean()
-    h, wd = a.shape
-    c1 = np.zeros((h + 1, wd + 1))
-    c2 = np.zeros((h + 1, wd + 1))
-    np.cumsum(np.cumsum(a, axis=0), axis=1, out=c1[1:, 1:])
-    np.cumsum(np.cumsum(a * a, axis=0), axis=1, out=c2[1:, 1:])
+    from tio import _kernels
 
-    def box(c):
-        return c[w:, w:] - c[:-w, w:] - c[w:, :-w] + c[:-w, :-w]
-
-    s1 = box(c1)
-    return np.maximum(box(c2) - s1 * s1 / (w * w), 0.0)
+    a = np.asarray(image)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    mean = float(np.asarray(a, dtype=np.float64).mean())
+    out = np.empty((a.shape[0] - w + 1, a.shape[1] - w + 1))
+    _kernels.local_variance(a, mean, int(w), out)
+    return out
 
 
 def zncc_surfaces(
@@ -629,12 +626,14 @@ def ambiguous_peaks(zncc, iy, ix, max_ratio, exclusion=_PEAK_EXCLUSION):
         np.abs(v[None, None, :] - ix[:, None, None]) <= exclusion
     )
     above |= near  # the exclusion zone joins every part of the main peak close to it
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    structure[1] = True  # 8-connectivity within each surface, none across surfaces
-    labels, _ = ndimage.label(above, structure=structure)
-    main = labels[kk, iy, ix]
-    other = (labels != main[:, None, None]) & (labels > 0)
-    return other.any(axis=(1, 2)) | ~(z1 > 0)
+    # a region above the cut not 8-connected to the main peak (compiled flood fill)
+    from tio import _kernels
+
+    other = np.empty(k, dtype=bool)
+    _kernels.separate_regions(
+        np.ascontiguousarray(above), iy.astype(np.int64), ix.astype(np.int64), other
+    )
+    return other | ~(z1 > 0)
 
 
 # --------------------------------------------------------------------------------------
@@ -722,9 +721,7 @@ def mask_weight(valid, frac_y, frac_x, erode=2, sigma=0.75):
         Weight in [0, 1] (1 far from unusable pixels).
     """
     k, n, _ = valid.shape
-    e = ndimage.minimum_filter(valid, size=(1, 2 * erode + 1, 2 * erode + 1), mode="nearest")
     rad = int(np.ceil(4 * sigma)) + 1
-    e = np.pad(e, ((0, 0), (rad, rad), (rad, rad)), mode="edge").astype(np.float32)
     taps = np.arange(-rad, rad + 1, dtype=np.float64)
     norm = 1.0 / (sigma * np.sqrt(2.0 * np.pi))
 
@@ -732,16 +729,13 @@ def mask_weight(valid, frac_y, frac_x, erode=2, sigma=0.75):
         t = taps[None, :] - np.asarray(frac, np.float64)[:, None]
         return (norm * np.exp(-0.5 * (t / sigma) ** 2)).astype(np.float32)  # (K, taps)
 
-    # M(y) = sum_t E(y - t) g(t - frac), in float32 (a weight: ample precision)
-    wy = weights(frac_y)
-    rows = np.zeros((k, n, e.shape[2]), dtype=np.float32)
-    for i, t in enumerate(range(-rad, rad + 1)):
-        rows += wy[:, i, None, None] * e[:, rad - t : rad - t + n, :]
-    wx = weights(frac_x)
-    out = np.zeros((k, n, n), dtype=np.float32)
-    for i, t in enumerate(range(-rad, rad + 1)):
-        out += wx[:, i, None, None] * rows[:, :, rad - t : rad - t + n]
-    return np.clip(out, 0.0, 1.0)
+    # M(y) = sum_t E(y - t) g(t - frac), in float32 (a weight: ample precision), compiled
+    from tio import _kernels
+
+    out = np.empty((k, n, n), dtype=np.float32)
+    v = np.ascontiguousarray(valid, dtype=bool)
+    _kernels.mask_blur(v, int(erode), weights(frac_y), weights(frac_x), rad, out)
+    return out
 
 
 def _parabolic(ym, y0, yp):
@@ -1147,10 +1141,17 @@ def offset_field(
             (ii[b : b + per_chunk], jj[b : b + per_chunk]) for b in range(0, ii.size, per_chunk)
         ]
 
+    # The edge windows cost about twice as much per window as the others: their batches
+    # are smaller (a quarter of a tile) and go first, so that the threads finish
+    # together (longest tasks first). Each window's result does not depend on its batch.
+    small = max(1, per_chunk // 4)
     tasks = [
+        ("masked", (gi[~inside][b : b + small], gj[~inside][b : b + small]))
+        for b in range(0, int((~inside).sum()), small)
+    ]
+    tasks += [
         ("tile", t) for t in tiles if inside[t[0][0] : t[0][-1] + 1, t[1][0] : t[1][-1] + 1].any()
     ]
-    tasks += [("masked", b) for b in batches(gi[~inside], gj[~inside])]
 
     def run(task):
         kind, args = task
