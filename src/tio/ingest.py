@@ -295,12 +295,17 @@ def find_scenes(
     return result
 
 
-def check_date_limit(scenes: list[Scene], limit: int | None, where: str = "the inputs") -> None:
+def check_date_limit(
+    scenes: list[Scene],
+    limit: int | None,
+    where: str = "the inputs",
+    advice: str = "narrow the dates (--start/--end) or the inputs, or raise the limit "
+    "(input.max_dates)",
+) -> None:
     """Raise :class:`~tio.errors.InputError` if ``scenes`` span more than ``limit`` dates."""
     n = len({s.date for s in scenes})
     if limit is not None and n > limit:
         raise InputError(
             f"{where}: {n} dates from {scenes[0].date} to {scenes[-1].date}, above the limit "
-            f"of {limit} (input.max_dates): narrow the dates (--start/--end) or the inputs, "
-            "or raise the limit"
+            f"of {limit}: {advice}"
         )

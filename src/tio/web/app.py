@@ -506,9 +506,14 @@ def _check(req, settings: Settings, previews: _Previews) -> tuple[str, str]:
     except TioError as exc:
         raise RequestError("inputs.start" if inputs.start else "inputs.source", str(exc)) from None
     try:
-        check_date_limit(scenes, settings.limits.max_dates, where=src.folder)
+        check_date_limit(
+            scenes,
+            settings.limits.max_dates,
+            where=src.folder,
+            advice="this server's limit; narrow inputs.start / inputs.end",
+        )
     except TioError as exc:
-        raise RequestError("inputs.start", f"{exc} (this server's limit)") from None
+        raise RequestError("inputs.start", str(exc)) from None
     title = inputs.title.strip() or (
         f"{src.folder} {scenes[0].date.isoformat()} to {scenes[-1].date.isoformat()}"
     )
