@@ -47,6 +47,32 @@ def _taper(x, w, roll):
     return s * s
 
 
+@njit(cache=True, fastmath=False, nogil=True)
+def _demean_taper(v, ty, tx, out):
+    """``out[i, j] = (v[i, j] - m) * ty[i] * tx[j]`` for ``i, j < len(ty)``, ``m`` the mean of
+    ``v`` weighted by the taper ``ty`` x ``tx`` (0 if the taper is all zero)."""
+    n = ty.shape[0]
+    sv = 0.0
+    for i in range(n):
+        if ty[i] == 0.0:
+            continue
+        row = 0.0
+        for j in range(n):
+            row += tx[j] * v[i, j]
+        sv += ty[i] * row
+    swx = 0.0
+    for j in range(n):
+        swx += tx[j]
+    swy = 0.0
+    for i in range(n):
+        swy += ty[i]
+    sw = swx * swy
+    mean = sv / sw if sw > 0 else 0.0
+    for i in range(n):
+        for j in range(n):
+            out[i, j] = (v[i, j] - mean) * ty[i] * tx[j]
+
+
 @njit(**_OPTS)
 def tapered_blocks(qd, by, bx, fy, fx, w, roll, out):
     """Write the tapered, demeaned secondary blocks into ``out`` (zeroed beforehand).
@@ -63,28 +89,9 @@ def tapered_blocks(qd, by, bx, fy, fx, w, roll, out):
         for i in range(n):
             ty[i] = _taper(i - 1.0 - fy[t], w, roll)
             tx[i] = _taper(i - 1.0 - fx[t], w, roll)
-        sw = 0.0
-        sv = 0.0
         r0 = by[t]
         c0 = bx[t]
-        for i in range(n):
-            if ty[i] == 0.0:
-                continue
-            row = 0.0
-            for j in range(n):
-                row += tx[j] * qd[t, r0 + i, c0 + j]
-            sv += ty[i] * row
-        swx = 0.0
-        for j in range(n):
-            swx += tx[j]
-        swy = 0.0
-        for i in range(n):
-            swy += ty[i]
-        sw = swx * swy
-        mean = sv / sw if sw > 0 else 0.0
-        for i in range(n):
-            for j in range(n):
-                out[t, i, j] = (qd[t, r0 + i, c0 + j] - mean) * ty[i] * tx[j]
+        _demean_taper(qd[t, r0 : r0 + n, c0 : c0 + n], ty, tx, out[t])
 
 
 @njit(**_OPTS)
@@ -493,23 +500,7 @@ def deformed_blocks(qd, by, bx, gy, gx, fy, fx, w, roll, out):
                     )
                     acc += au * row
                 v[i, j] = acc
-        sv = 0.0
-        for i in range(n):
-            row = 0.0
-            for j in range(n):
-                row += tx[j] * v[i, j]
-            sv += ty[i] * row
-        swx = 0.0
-        for j in range(n):
-            swx += tx[j]
-        swy = 0.0
-        for i in range(n):
-            swy += ty[i]
-        sw = swx * swy
-        mean = sv / sw if sw > 0 else 0.0
-        for i in range(n):
-            for j in range(n):
-                out[t, i, j] = (v[i, j] - mean) * ty[i] * tx[j]
+        _demean_taper(v, ty, tx, out[t])
 
 
 @njit(**_OPTS)
