@@ -185,24 +185,42 @@ def run_tio(ds, **kw):
     return np.stack([out["cumulative_ew"].values, out["cumulative_ns"].values]).astype(float)
 
 
-def run_lstsq(ds, pixels=None):
-    """Plain least squares, one numpy.linalg.lstsq per pixel (both components)."""
+def _per_pixel(ds, pixels, solve):
+    """Cumulative displacement (2, dates, ...) from ``solve(ok, ew, ns)`` run per pixel.
+
+    ``ok`` marks the pairs valid in both components (a pixel with fewer than 30 % of
+    its pairs valid is NaN), ``ew``/``ns`` are their values; ``solve`` returns the
+    cumulative displacement (2, dates - 1) after the first date, or None (NaN).
+    """
     dates, i1, i2 = _index(ds)
     n = dates.size
-    G = ((np.arange(n - 1) >= i1[:, None]) & (np.arange(n - 1) < i2[:, None])).astype(float)
     ew = ds["ew"].values.reshape(i1.size, -1)
     ns = ds["ns"].values.reshape(i1.size, -1)
     m = ew.shape[1]
-    todo = range(m) if pixels is None else pixels
     out = np.full((2, n, m), np.nan)
-    for px in todo:
+    for px in range(m) if pixels is None else pixels:
         ok = np.isfinite(ew[:, px]) & np.isfinite(ns[:, px])
         if ok.sum() < 0.3 * i1.size:
             continue
-        x = np.linalg.lstsq(G[ok], np.stack([ew[ok, px], ns[ok, px]], 1), rcond=None)[0]
+        cum = solve(ok, ew[ok, px], ns[ok, px])
+        if cum is None:
+            continue
         out[:, 0, px] = 0.0
-        out[:, 1:, px] = np.cumsum(x, axis=0).T
+        out[:, 1:, px] = cum
     return out.reshape((2, n) + ds["ew"].shape[1:])
+
+
+def run_lstsq(ds, pixels=None):
+    """Plain least squares, one numpy.linalg.lstsq per pixel (both components)."""
+    dates, i1, i2 = _index(ds)
+    steps = np.arange(dates.size - 1)
+    G = ((steps >= i1[:, None]) & (steps < i2[:, None])).astype(float)
+
+    def solve(ok, e, n_):
+        x = np.linalg.lstsq(G[ok], np.stack([e, n_], 1), rcond=None)[0]
+        return np.cumsum(x, axis=0).T
+
+    return _per_pixel(ds, pixels, solve)
 
 
 def ticoi_available():
@@ -218,21 +236,12 @@ def run_ticoi(ds, pixels=None):
     from ticoi.core import inversion_core
 
     dates, i1, i2 = _index(ds)
-    n = dates.size
     d1, d2 = dates[i1], dates[i2]
     base = ((d2 - d1) / DAY).astype(float)
-    ew = ds["ew"].values.reshape(i1.size, -1)
-    ns = ds["ns"].values.reshape(i1.size, -1)
-    m = ew.shape[1]
-    todo = range(m) if pixels is None else pixels
-    out = np.full((2, n, m), np.nan)
-    for px in todo:
-        ok = np.isfinite(ew[:, px]) & np.isfinite(ns[:, px])
-        if ok.sum() < 0.3 * i1.size:
-            continue
-        values = np.stack(
-            [ew[ok, px], ns[ok, px], np.ones(ok.sum()), np.ones(ok.sum()), base[ok]], 1
-        ).astype(np.float64)
+
+    def solve(ok, e, n_):
+        k = int(ok.sum())
+        values = np.stack([e, n_, np.ones(k), np.ones(k), base[ok]], 1).astype(np.float64)
         data = [np.stack([d1[ok], d2[ok]], 1), values]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -240,11 +249,10 @@ def run_ticoi(ds, pixels=None):
                 data, 0, 0, dates_range=dates, solver="LSMR", regu="1", coef=100
             )
         if result is None:
-            continue
-        out[:, 0, px] = 0.0
-        out[0, 1:, px] = np.cumsum(result["result_dx"].values)
-        out[1, 1:, px] = np.cumsum(result["result_dy"].values)
-    return out.reshape((2, n) + ds["ew"].shape[1:])
+            return None
+        return np.cumsum(np.stack([result["result_dx"].values, result["result_dy"].values]), 1)
+
+    return _per_pixel(ds, pixels, solve)
 
 
 def rmse(est, truth, mask=None):
