@@ -146,6 +146,7 @@ def make_case(seed, shape, n_dates=None, gap=False):
     base = (days[i2] - days[i1]) / 365.25
     d = truth[:, i2] - truth[:, i1]
     sigma = 0.2 + 0.8 * base
+    var = sigma**2 + 0.2**2  # noise and misregistration of each pair
     d += sigma[None, :, None, None] * rng.standard_normal(d.shape)
     d += 0.2 * rng.standard_normal((2, i1.size, 1, 1))  # misregistration per pair
     bad = rng.random(d.shape[1:]) < 0.05
@@ -155,7 +156,8 @@ def make_case(seed, shape, n_dates=None, gap=False):
     gaps = cloud[i1] | cloud[i2]
     d[:, gaps] = np.nan
     ds = pair_dataset(d.astype("float32"), dates, i1, i2)
-    return ds, truth, kind, float(gaps.mean()), float(np.sqrt(np.mean(sigma**2) + 0.2**2))
+    oracle = {"bad": bad, "var": var}
+    return ds, truth, kind, float(gaps.mean()), float(np.sqrt(np.mean(var))), oracle
 
 
 def pair_dataset(d, dates, i1, i2):
@@ -180,9 +182,36 @@ def _index(ds):
     return dates, np.searchsorted(dates, d1), np.searchsorted(dates, d2)
 
 
-def run_tio(ds, **kw):
+def run_tio(ds, sigma=False, **kw):
+    """Cumulative displacement (2, dates, y, x); with ``sigma``, its formal sigma too."""
     out = invert(ds, residuals=False, **kw)
-    return np.stack([out["cumulative_ew"].values, out["cumulative_ns"].values]).astype(float)
+    cum = np.stack([out["cumulative_ew"].values, out["cumulative_ns"].values]).astype(float)
+    if sigma:
+        return cum, np.stack([out["sigma_ew"].values, out["sigma_ns"].values]).astype(float)
+    return cum
+
+
+def run_noise_floor(ds, oracle):
+    """The network's noise floor: TIO told the truth about the pair errors.
+
+    The gross outliers are removed beforehand and each pair is weighted by the
+    inverse of its true noise variance (baseline-dependent noise plus
+    misregistration), without re-weighting or regularisation: the best linear
+    unbiased estimate of the cumulative displacement (Gauss-Markov), the same
+    tie where the network is disconnected. Its error on stable ground is the
+    pair noise propagated through the network, which no unbiased inversion of
+    these pairs can go below.
+    """
+    clean = ds.copy()
+    for c in ("ew", "ns"):
+        clean[c] = clean[c].where(~oracle["bad"])
+    w = 1.0 / oracle["var"]
+    return run_tio(
+        clean,
+        pair_weights={"ew": w, "ns": w},
+        reweight_iterations=0,
+        regularisation=0.0,
+    )
 
 
 def _per_pixel(ds, pixels, solve):
@@ -275,10 +304,14 @@ def accuracy(args, ticoi_ok):
     names = ("TIO", "TIO tuned", "LSQ", "TICOI")
     totals = {k: [] for k in names}
     stable_tot = {k: [] for k in names}
+    floor_tot = {"TIO": [], "floor": []}
+    inside = []
     for name, seed, gap in cases:
-        ds, truth, kind, gap_share, noise = make_case(seed, shape, gap=gap)
+        ds, truth, kind, gap_share, noise, oracle = make_case(seed, shape, gap=gap)
+        tio, tio_sigma = run_tio(ds, sigma=True)
+        floor = run_noise_floor(ds, oracle)
         res = {
-            "TIO": run_tio(ds),
+            "TIO": tio,
             "TIO tuned": run_tio(ds, pair_weighting="none", reweight_iterations=3),
             "LSQ": run_lstsq(ds),
         }
@@ -299,6 +332,21 @@ def accuracy(args, ticoi_ok):
             f"{tuned / tic:11.2f}"
         )
         print("  stable ground: " + ", ".join(f"{k} {v:.2f}" for k, v in s.items()) + " m")
+        # stable ground against the network's noise floor, on the values both have
+        err = (tio - truth)[:, 1:, stable]
+        both = np.isfinite(err) & np.isfinite(floor[:, 1:, stable])
+        e_tio = err[both]
+        e_floor = (floor - truth)[:, 1:, stable][both]
+        floor_tot["TIO"].append(np.mean(e_tio**2))
+        floor_tot["floor"].append(np.mean(e_floor**2))
+        sig = tio_sigma[:, 1:, stable][both]
+        inside.append((np.abs(e_tio) <= 2 * sig).mean())
+        print(
+            f"  stable ground vs noise: pair noise {noise:.2f} m, noise floor "
+            f"{np.sqrt(np.mean(e_floor**2)):.2f} m, TIO {np.sqrt(np.mean(e_tio**2)):.2f} m "
+            f"({np.sqrt(np.mean(e_tio**2) / np.mean(e_floor**2)):.2f}x the floor), "
+            f"{100 * inside[-1]:.1f} % of TIO's values within 2 sigma of zero error"
+        )
         per_kind = "  by history, " + " / ".join(res) + ":"
         for k, kname in enumerate(KINDS):
             sel = kind == k
@@ -315,6 +363,11 @@ def accuracy(args, ticoi_ok):
         print(line)
     print(
         "pooled RMSE on stable ground: " + ", ".join(f"{k} {v:.2f} m" for k, v in spooled.items())
+    )
+    ft, ff = (float(np.sqrt(np.mean(floor_tot[k]))) for k in ("TIO", "floor"))
+    print(
+        f"stable ground, pooled: TIO {ft:.2f} m, noise floor {ff:.2f} m ({ft / ff:.2f}x); "
+        f"{100 * np.mean(inside):.1f} % of TIO's values within 2 formal sigma of the truth"
     )
 
 

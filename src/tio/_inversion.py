@@ -245,6 +245,24 @@ def pair_sigmas(sigmas) -> np.ndarray:
     return np.maximum(s, 1e-3 * np.median(pos))
 
 
+def pair_leverage(i1, i2, n_dates, w) -> np.ndarray:
+    """Leverage ``h_p`` of each pair in the weighted least-squares fit of a network.
+
+    ``h_p = w_p g_p^T (G^T W G)^+ g_p``, the diagonal of the hat matrix, with
+    ``G`` the design on the increments (a pseudo-inverse where the network is
+    disconnected). A pair that alone sets a date has ``h = 1``; the mean is
+    ``rank / P``. The expected squared residual of a pair of variance
+    ``s**2`` is ``s**2 (1 - h)``.
+    """
+    i1 = np.asarray(i1)
+    i2 = np.asarray(i2)
+    w = np.asarray(w, np.float64)
+    steps = np.arange(n_dates - 1)
+    G = ((steps >= i1[:, None]) & (steps < i2[:, None])).astype(np.float64)
+    N = G.T @ (G * w[:, None])
+    return np.einsum("pi,ij,pj->p", G, np.linalg.pinv(N, hermitian=True), G) * w
+
+
 def baseline_weights(days, mode: str) -> np.ndarray:
     """Pair weights from the temporal baseline (GDM-OPT's three choices).
 

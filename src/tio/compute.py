@@ -271,15 +271,30 @@ def pair_cube_key(path) -> str | None:
 # inversion by blocks of rows
 
 
-def pair_weights(cube: xr.Dataset, score_weighting: bool) -> dict[str, np.ndarray]:
-    """``1 / sigma_p**2`` per pair and component over the whole maps.
+def pair_weights(cube: xr.Dataset, params: dict) -> dict[str, np.ndarray] | None:
+    """``1 / sigma_p**2`` per pair and component for the whole scene, or None.
 
-    The a priori weights of :func:`tio.inversion.invert` with
-    ``pair_weighting="std"``, computed once over whole maps (one pair in memory at
-    a time) so that every block of rows gets the weights of the whole scene.
+    The a priori weights of :func:`tio.inversion.invert` for its
+    ``pair_weighting`` (in ``params``), computed once for the whole scene so
+    that every block of rows gets them: ``"residual"`` inverts the same regular
+    sample of pixels ``invert`` would (read from the cube), ``"std"`` reads whole
+    maps (one pair in memory at a time), ``"none"`` gives None.
     """
+    import math
+
     from ._inversion import pair_sigmas, robust_std
-    from .inversion import _valid
+    from .inversion import _RESIDUAL_SAMPLE, _valid, residual_pair_weights
+
+    weighting = params.get("pair_weighting", "residual")
+    if weighting == "none":
+        return None
+    if weighting == "residual":
+        ny, nx = cube.sizes["y"], cube.sizes["x"]
+        stride = max(1, math.ceil(math.sqrt(ny * nx / _RESIDUAL_SAMPLE)))
+        sample = cube.isel(y=slice(None, None, stride), x=slice(None, None, stride)).load()
+        rest = {k: v for k, v in params.items() if k not in ("pair_weighting", "residuals")}
+        return residual_pair_weights(sample, **rest)
+    score_weighting = bool(params.get("score_weighting"))
 
     sig = {c: np.empty(cube.sizes["pair"]) for c in ("ew", "ns")}
     for p in range(cube.sizes["pair"]):
@@ -296,9 +311,9 @@ def pair_weights(cube: xr.Dataset, score_weighting: bool) -> dict[str, np.ndarra
 def _invert_rows(cube: xr.Dataset, weights: dict | None, params: dict) -> xr.Dataset:
     """:func:`tio.inversion.invert` on a block of rows with whole-scene pair weights.
 
-    With ``pair_weighting="std"`` the block is inverted once, both components,
-    with the pair weights of the whole scene (``weights``, from :func:`pair_weights`):
-    exactly the weights ``invert`` gives the whole scene.
+    With ``pair_weighting="residual"`` or ``"std"`` the block is inverted once,
+    both components, with the pair weights of the whole scene (``weights``, from
+    :func:`pair_weights`): exactly the weights ``invert`` gives the whole scene.
     """
     from .inversion import invert
 
@@ -372,11 +387,7 @@ def invert_blocks(
     # about 2**24 pair-pixel values per block (~0.4 GB of float64 ew/ns/score per task)
     rows = rows or max(1, min(_cube_rows(nx), (1 << 24) // (cube.sizes["pair"] * max(nx, 1))))
     starts = list(range(0, ny, rows))
-    weights = (
-        pair_weights(cube, bool(params.get("score_weighting")))
-        if params.get("pair_weighting", "std") == "std"
-        else None
-    )
+    weights = pair_weights(cube, params)
     marks = _marks(ts_path)
     created = marks / "created"
     try:

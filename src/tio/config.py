@@ -375,8 +375,11 @@ class InversionConfig(_Section):
     min_valid_fraction: float = Field(
         0.3, gt=0, le=1, description="A pixel is inverted only with this share of pairs valid."
     )
-    pair_weighting: Literal["std", "none"] = Field(
-        "std", description="Initial pair weights: 1/sigma^2 of each map's robust spread, or none."
+    pair_weighting: Literal["residual", "std", "none"] = Field(
+        "residual",
+        description="Initial pair weights 1/sigma^2: residual (sigma = each pair's noise "
+        "measured on the residuals of a first inversion of a sample of pixels), std (sigma = "
+        "each map's robust spread: assumes a mostly stable scene) or none.",
     )
     baseline_weighting: Literal["none", "short", "long"] = Field(
         "none",

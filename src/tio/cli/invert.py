@@ -63,7 +63,10 @@ def _expand(paths):
 )
 @click.option("--min-valid-fraction", type=float, help="Share of valid pairs needed [0.3].")
 @click.option(
-    "--pair-weighting", type=click.Choice(["std", "none"]), help="A priori weights [std]."
+    "--pair-weighting",
+    type=click.Choice(["residual", "std", "none"]),
+    help="A priori pair weights: residual (each pair's noise measured on the residuals of a "
+    "first inversion), std (each map's spread) or none [residual].",
 )
 @click.option(
     "--baseline-weighting",
