@@ -651,7 +651,10 @@ def _invert_component_numpy(
     """
     dz = np.where(valid, d, 0.0)
     w0 = np.where(valid, w0, 0.0)
-    w = w0
+    # the outlier search runs on equal weights; the a priori weights enter the
+    # last re-weighting, so the final solution (see invert_block)
+    unit = valid.astype(np.float64)
+    w = w0 if n_iter == 0 else unit
     outlier = np.zeros_like(valid)
     m = d.shape[1]
     n = net.n_dates
@@ -675,7 +678,7 @@ def _invert_component_numpy(
             # already re-weighted (rejecting on the first, plain solution can
             # drop good pairs that a large outlier pulled away)
             outlier = valid & (np.abs(r) > gross) & (it == n_iter - 1)
-            w = w0 / (scale**2 + r**2)
+            w = (w0 if it == n_iter - 1 else unit) / (scale**2 + r**2)
             w[outlier] = 0.0
     n_used = used.sum(axis=0)
     n_comp = np.ones(m, dtype=np.int64)

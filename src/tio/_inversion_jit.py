@@ -244,7 +244,8 @@ def _invert_scalar(
             r = tr[q]
             flag = tflag[q]
             for p in range(p_count):
-                w[p] = wz[p]
+                # equal weights for the outlier search, a priori ones at the end
+                w[p] = wz[p] if n_iter == 0 else (1.0 if vm[p] else 0.0)
             ok = True
             disc = False
             norm = 1.0
@@ -340,7 +341,8 @@ def _invert_scalar(
                                 w[p] = 0.0
                                 flag[p] = True
                             else:
-                                w[p] = wz[p] / (scale * scale + rr * rr)
+                                wa = wz[p] if it == n_iter - 1 else 1.0
+                                w[p] = wa / (scale * scale + rr * rr)
                                 flag[p] = False
             if not ok:
                 for p in range(p_count):
@@ -572,7 +574,8 @@ def invert_component(
                 wv = w0[p, t0 + q] if wcol else w0[p, 0]
                 dz[p, q] = d[p, t0 + q] if v else 0.0
                 wz[p, q] = wv if v else 0.0
-                w[p, q] = wz[p, q]
+                # equal weights for the outlier search, a priori ones at the end
+                w[p, q] = wz[p, q] if n_iter == 0 else (1.0 if v else 0.0)
                 flag[p, q] = False
         for q in range(nt):
             fail[q] = False
@@ -662,7 +665,8 @@ def invert_component(
                             dr = rr / max(1.0 - wv * norm[q] * h, MIN_FREEDOM)
                             rr = dr if wv > 0 else rr
                         out = abs(rr) > gross and last
-                        nw = 0.0 if out else wz[p, q] / (sc2 + rr * rr)
+                        wa = wz[p, q] if last else 1.0
+                        nw = 0.0 if out else wa / (sc2 + rr * rr)
                         v = vm[p, q]
                         w[p, q] = nw if v else wv
                         flag[p, q] = out if v else flag[p, q]
@@ -676,7 +680,8 @@ def invert_component(
                             dr = rr / max(1.0 - wv * norm[q] * h, MIN_FREEDOM)
                             rr = dr if wv > 0 else rr
                         out = abs(rr) > gross and last
-                        nw = 0.0 if out else wz[p, q] / (sc2 + rr * rr)
+                        wa = wz[p, q] if last else 1.0
+                        nw = 0.0 if out else wa / (sc2 + rr * rr)
                         v = vm[p, q]
                         w[p, q] = nw if v else wv
                         flag[p, q] = out if v else flag[p, q]
