@@ -782,9 +782,10 @@ def invert_block(
     Notes
     -----
     Each re-weighting pass recomputes the weights of every valid pair from its
-    residual to the previous solution, ``w0 / (s**2 + r**2)``, and gives zero
-    weight to pairs with ``|r| > gross_outlier``. Where the used pairs leave
-    several sub-networks (connected components of the date graph: a date
+    residual to the previous solution, ``1 / (s**2 + r**2)`` (equal a priori
+    weights), the last one ``w0 / (s**2 + r**2)`` and zero for pairs with
+    ``|r| > gross_outlier``: the a priori weights enter the final solution only.
+    Where the used pairs leave several sub-networks (connected components of the date graph: a date
     whose pairs are all invalid or rejected is one on its own), the data fix
     everything inside each sub-network and NSBAS's smoothed series
     (:func:`augment`: tied to ``u`` with weight :data:`TIE_WEIGHT`, its
