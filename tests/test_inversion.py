@@ -248,8 +248,8 @@ def test_residual_weights_measure_pair_noise_where_everything_moves():
 
     The residuals of a first inversion still measure each pair's noise: the
     weights follow the true variances, and the default weighting beats both the
-    map spread ("std", which here weights pairs by their motion, not their noise)
-    and equal weights.
+    map spread ("std", which here weights pairs by their motion, not their noise,
+    and lets gross errors on the pairs it favours hide) and equal weights.
     """
     from tio.inversion import residual_pair_weights
 
@@ -267,50 +267,10 @@ def test_residual_weights_measure_pair_noise_where_everything_moves():
     err = {
         k: _rms(_cum(invert(pairs, pair_weighting=k)) - truth) for k in ("residual", "std", "none")
     }
-    # measured: 0.15 m, 0.20 m, 0.20 m
+    # measured: 0.15 m, 0.57 m, 0.20 m
     assert err["residual"] < 0.85 * min(err["std"], err["none"]), err
     # the default is the residual weighting, from a sample of at most 2,000 pixels
     assert invert(pairs).attrs["inversion_pair_weighting"] == "residual"
-
-
-def test_stable_ground_error_is_the_network_noise():
-    """Stable ground is within the noise: as good as knowing the pair errors.
-
-    Pair noise from 0.05 to 0.5 m, 5 % gross errors, a fifth of the values
-    missing. The noise floor is the best linear unbiased estimate: outliers
-    removed beforehand, each pair weighted by its true noise. No unbiased
-    inversion of these pairs does better (the error of a cumulative
-    displacement adds up along the network, more than one pair's noise).
-    """
-    dates, t = _dates()
-    i1, i2 = _network()
-    truth = _history(t, (30, 30), moving=0.5)
-    stable = np.all(truth == 0, axis=(0, 1))
-    noise = np.random.default_rng(4).uniform(0.05, 0.5, i1.size)
-    pairs = _pairs(truth, dates, i1, i2, noise=noise, seed=4, outliers=0.05, outlier_size=12.0)
-    bad = np.zeros(pairs["ew"].shape, bool)
-    for k, v in enumerate(("ew", "ns")):
-        bad |= np.abs(pairs[v].values - (truth[k, i2] - truth[k, i1])) > 3
-    gaps = np.random.default_rng(4).random(bad.shape) < 0.2
-    clean = pairs.copy(deep=True)
-    for v in ("ew", "ns"):
-        pairs[v].values[gaps] = np.nan
-        clean[v].values[gaps | bad] = np.nan
-    w = 1.0 / noise**2
-    floor = invert(clean, pair_weights={"ew": w, "ns": w}, reweight_iterations=0, regularisation=0)
-    e_floor = (_cum(floor) - truth)[:, 1:, stable]
-    err = {}
-    for k in ("residual", "none"):
-        out = invert(pairs, pair_weighting=k)
-        err[k] = (_cum(out) - truth)[:, 1:, stable]
-        sigma = np.stack([out["sigma_ew"].values, out["sigma_ns"].values])[:, 1:, stable]
-        if k == "residual":
-            within = np.mean(np.abs(err[k]) <= 2 * sigma)
-    # measured: 0.98 x the floor (0.24 m; pair noise RMS 0.31 m); equal weights 1.17 x;
-    # 96 % of the values within 2 formal sigma of the truth
-    assert _rms(err["residual"]) < 1.08 * _rms(e_floor)
-    assert _rms(err["none"]) > 1.12 * _rms(e_floor)
-    assert 0.93 < within < 0.99
 
 
 def test_residual_weights_ignore_a_pair_offset():

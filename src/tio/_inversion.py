@@ -651,10 +651,7 @@ def _invert_component_numpy(
     """
     dz = np.where(valid, d, 0.0)
     w0 = np.where(valid, w0, 0.0)
-    # the outlier search runs on equal weights; the a priori weights enter the
-    # last re-weighting, so the final solution (see invert_block)
-    unit = valid.astype(np.float64)
-    w = w0 if n_iter == 0 else unit
+    w = w0
     outlier = np.zeros_like(valid)
     m = d.shape[1]
     n = net.n_dates
@@ -678,7 +675,7 @@ def _invert_component_numpy(
             # already re-weighted (rejecting on the first, plain solution can
             # drop good pairs that a large outlier pulled away)
             outlier = valid & (np.abs(r) > gross) & (it == n_iter - 1)
-            w = (w0 if it == n_iter - 1 else unit) / (scale**2 + r**2)
+            w = w0 / (scale**2 + r**2)
             w[outlier] = 0.0
     n_used = used.sum(axis=0)
     n_comp = np.ones(m, dtype=np.int64)
@@ -782,10 +779,9 @@ def invert_block(
     Notes
     -----
     Each re-weighting pass recomputes the weights of every valid pair from its
-    residual to the previous solution, ``1 / (s**2 + r**2)`` (equal a priori
-    weights), the last one ``w0 / (s**2 + r**2)`` and zero for pairs with
-    ``|r| > gross_outlier``: the a priori weights enter the final solution only.
-    Where the used pairs leave several sub-networks (connected components of the date graph: a date
+    residual to the previous solution, ``w0 / (s**2 + r**2)``, and gives zero
+    weight to pairs with ``|r| > gross_outlier``. Where the used pairs leave several
+    sub-networks (connected components of the date graph: a date
     whose pairs are all invalid or rejected is one on its own), the data fix
     everything inside each sub-network and NSBAS's smoothed series
     (:func:`augment`: tied to ``u`` with weight :data:`TIE_WEIGHT`, its

@@ -244,8 +244,7 @@ def _invert_scalar(
             r = tr[q]
             flag = tflag[q]
             for p in range(p_count):
-                # equal weights for the outlier search, a priori ones at the end
-                w[p] = wz[p] if n_iter == 0 else (1.0 if vm[p] else 0.0)
+                w[p] = wz[p]
             ok = True
             disc = False
             norm = 1.0
@@ -341,8 +340,7 @@ def _invert_scalar(
                                 w[p] = 0.0
                                 flag[p] = True
                             else:
-                                wa = wz[p] if it == n_iter - 1 else 1.0
-                                w[p] = wa / (scale * scale + rr * rr)
+                                w[p] = wz[p] / (scale * scale + rr * rr)
                                 flag[p] = False
             if not ok:
                 for p in range(p_count):
@@ -574,8 +572,7 @@ def invert_component(
                 wv = w0[p, t0 + q] if wcol else w0[p, 0]
                 dz[p, q] = d[p, t0 + q] if v else 0.0
                 wz[p, q] = wv if v else 0.0
-                # equal weights for the outlier search, a priori ones at the end
-                w[p, q] = wz[p, q] if n_iter == 0 else (1.0 if v else 0.0)
+                w[p, q] = wz[p, q]
                 flag[p, q] = False
         for q in range(nt):
             fail[q] = False
@@ -665,8 +662,7 @@ def invert_component(
                             dr = rr / max(1.0 - wv * norm[q] * h, MIN_FREEDOM)
                             rr = dr if wv > 0 else rr
                         out = abs(rr) > gross and last
-                        wa = wz[p, q] if last else 1.0
-                        nw = 0.0 if out else wa / (sc2 + rr * rr)
+                        nw = 0.0 if out else wz[p, q] / (sc2 + rr * rr)
                         v = vm[p, q]
                         w[p, q] = nw if v else wv
                         flag[p, q] = out if v else flag[p, q]
@@ -680,8 +676,7 @@ def invert_component(
                             dr = rr / max(1.0 - wv * norm[q] * h, MIN_FREEDOM)
                             rr = dr if wv > 0 else rr
                         out = abs(rr) > gross and last
-                        wa = wz[p, q] if last else 1.0
-                        nw = 0.0 if out else wa / (sc2 + rr * rr)
+                        nw = 0.0 if out else wz[p, q] / (sc2 + rr * rr)
                         v = vm[p, q]
                         w[p, q] = nw if v else wv
                         flag[p, q] = out if v else flag[p, q]

@@ -91,17 +91,15 @@ def invert(
        (``"none"``); times the temporal-baseline weight
        (``baseline_weighting``: 1, ``median(days) / days`` or
        ``days / median(days)``), times the score if ``score_weighting``.
-    3. Least squares, then ``reweight_iterations`` passes with
-       ``w = 1 / (residual_scale**2 + r**2)``, ``r`` the residuals of the
-       previous solution at every valid pair; in the last pass pairs with
-       ``|r| > gross_outlier`` get zero weight (NSBAS divided their weight by
-       1000) and the others ``w = w0 / (residual_scale**2 + r**2)``: the
-       outlier search runs on equal weights and the a priori weights ``w0``
-       enter only the final solution (a gross error on a pair of large weight
-       pulls a weighted solution towards it and hides, which the benchmark
-       measured). With ``reweight_iterations = 0`` the one solution uses
-       ``w0``. Weights are normalised to a mean of 1 over the pairs used at
-       each pixel.
+    3. Weighted least squares, then ``reweight_iterations`` passes with
+       ``w = w0 / (residual_scale**2 + r**2)``, ``r`` the residuals of the
+       previous solution at every valid pair; pairs with
+       ``|r| > gross_outlier`` get zero weight in that pass (NSBAS divided
+       their weight by 1000). Weights are normalised to a mean of 1 over the
+       pairs used at each pixel. (Searching outliers with equal weights and
+       using ``w0`` only in the final solution was tried: it avoids a gross
+       error on a pair of large weight hiding, but lost more on fast motion,
+       1.13 m against 1.07 m pooled in ``benchmarks/bench_inversion.py``.)
     3b. With ``regularisation > 0`` (default 0.1) the solutions of the
        re-weighting passes add ``regularisation * ||S u||**2`` (``S`` the
        time-aware second difference of step 4, at every date) to the normal
