@@ -99,7 +99,7 @@ def invert(
        pairs used at each pixel. (Searching outliers with equal weights and
        using ``w0`` only in the final solution was tried: it avoids a gross
        error on a pair of large weight hiding, but lost more on fast motion,
-       1.13 m against 1.07 m pooled in ``benchmarks/bench_inversion.py``.)
+       1.13 m against 1.02 m pooled in ``benchmarks/bench_inversion.py``.)
     3b. With ``regularisation > 0`` (default 0.1) the solutions of the
        re-weighting passes add ``regularisation * ||S u||**2`` (``S`` the
        time-aware second difference of step 4, at every date) to the normal
@@ -528,8 +528,8 @@ def residual_pair_weights(pairs: xr.Dataset, *, rounds: int = _RESIDUAL_ROUNDS, 
     contain the motion the inversion explains, so the weights do not depend on
     how much of the scene moves: short and long pairs are weighted by their
     noise. On the synthetic networks of ``benchmarks/bench_inversion.py`` the
-    weights correlate at 0.9 with the true pair variances and bring the RMSE
-    on stable ground to within a few per cent of the network's noise floor.
+    weights correlate at 0.9 with the true pair variances; the pooled RMSE went
+    from 1.04 m (``"std"``) to 1.02 m, on stable ground from 0.63 m to 0.59 m.
 
     Returns
     -------
