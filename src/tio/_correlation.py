@@ -1079,6 +1079,7 @@ def offset_field(
     p0 = w + 2 * s
     views = dict(
         ref=sliding_window_view(ref, (w, w))[::step, ::step],
+        refimg=ref,
         rval=sliding_window_view(ref_valid, (w, w))[::step, ::step],
         tex=sliding_window_view(texture, (w, w))[::step, ::step],
         sec=sliding_window_view(sec, (p0, p0)),
@@ -1249,9 +1250,8 @@ def _tile(views, rows, cols, *, step, **opts):
     tex = None
     if opts["min_sd"] > 0 and not views["tex_is_ref"]:
         tex = views["tex"][ii, jj]
-    r = views["ref"][ii, jj]
-    q = views["sec"][r0, c0]
-    dy, dx, score = _process_clean(r, q, lv, tex, **opts)
+    corners = (ii * step, jj * step, r0, c0)
+    dy, dx, score = _process_clean(views["refimg"], views["secimg"], corners, lv, tex, **opts)
     return (ii, jj, dy, dx, score), rest
 
 
@@ -1294,31 +1294,42 @@ def _demean(a):
     return out, flat, sd
 
 
-def _zncc_clean(r, q, w, s, lv):
+def _zncc_clean(ref, sec, rtop, rleft, qtop, qleft, w, s, lv):
     """ZNCC surfaces of windows without unusable pixels (see :func:`zncc_surfaces`).
 
-    ``lv`` is the local variance of the (un-normalised) secondary windows at every
-    offset. The transforms are pruned: the zero rows of the padded reference are not
-    transformed, and only the ``2 s + 1`` rows of the correlation that are needed
-    are transformed back. Returns the surfaces (float64), the standardised reference
-    windows, their std and the demeaned secondary sub-images (float32).
+    ``ref``/``sec`` are the (prepared, padded) images; reference window ``k`` has its
+    top-left pixel at ``(rtop[k], rleft[k])``, its secondary sub-image (side
+    ``w + 2 s``) at ``(qtop[k], qleft[k])``. They are gathered straight into the
+    zero-padded FFT buffers, standardised and demeaned
+    (:func:`tio._kernels.gather_windows`, no intermediate copies). ``lv`` is the local
+    variance of the (un-normalised) secondary windows at every offset. Only the
+    ``2 s + 1`` rows of the correlation that are needed are transformed back. Returns
+    the surfaces (float64), the standardised reference windows (a view of a buffer),
+    their std and the demeaned secondary sub-images (float32).
     """
+    from tio import _kernels
+
     n = 2 * s + 1
-    size = sfft.next_fast_len(w + 2 * s, real=True)
-    rs, flat_r, sd_r = _standardise(r)
-    qd, flat_q, sd_q = _demean(q)
-    fr = _rfft2_rows(rs, size)
+    p = w + 2 * s
+    k = rtop.shape[0]
+    size = sfft.next_fast_len(p, real=True)
+    rbuf = np.empty((k, size, size), dtype=np.float32)
+    qbuf = np.empty((k, size, size), dtype=np.float32)
+    sd_r, sd_q = np.empty(k), np.empty(k)
+    flat_r, flat_q = np.empty(k, dtype=bool), np.empty(k, dtype=bool)
+    _kernels.gather_windows(
+        ref, sec, rtop, rleft, qtop, qleft, w, p, _FLAT, rbuf, qbuf, sd_r, flat_r, sd_q, flat_q
+    )
+    fr = sfft.rfft2(rbuf)
     np.conjugate(fr, out=fr)
-    fr *= sfft.rfft2(qd, s=(size, size))
-    num = _irfft2_rows(fr, size, n)[:, :, :n].astype(np.float64)
+    fr *= sfft.rfft2(qbuf)
+    num = _irfft2_rows(fr, size, n)[:, :, :n]
+    del fr
     # With a standardised reference and an un-normalised secondary:
     # zncc = num / sqrt(w^2 * local variance), the secondary's scale cancels.
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ok = (lv > (_FLAT * w * w) * (sd_q * sd_q)[:, None, None]) & ~(flat_r | flat_q)[
-            :, None, None
-        ]
-        zncc = np.where(ok, num / np.sqrt((w * w) * lv), np.nan)
-    return np.clip(zncc, -1.0, 1.0), rs, sd_r, qd
+    zncc = np.empty((k, n, n))
+    _kernels.zncc_normalise(num, lv, sd_q, flat_r | flat_q, w, _FLAT, zncc)
+    return zncc, rbuf[:, :w, :w], sd_r, qbuf[:, :p, :p]
 
 
 def _upsampled_peak(cross, cy, cx, half_width, upsample):
@@ -1705,8 +1716,9 @@ def deform_refine(
 
 
 def _process_clean(
-    r,
-    q,
+    ref,
+    sec,
+    corners,
     lv,
     tex,
     *,
@@ -1721,10 +1733,13 @@ def _process_clean(
 ):
     """:func:`_process_block` for windows without unusable pixels.
 
-    ``tex`` None with ``min_sd > 0`` means that the texture is measured on ``r``.
+    ``ref``/``sec`` are the prepared reference and padded secondary images,
+    ``corners`` the top-left pixels ``(rtop, rleft, qtop, qleft)`` of the reference
+    windows and of the secondary sub-images (see :func:`_zncc_clean`). ``tex`` None
+    with ``min_sd > 0`` means that the texture is measured on the reference windows.
     """
-    k = r.shape[0]
-    zncc, rs, sd_r, qd = _zncc_clean(r, q, w, s, lv)
+    k = corners[0].shape[0]
+    zncc, rs, sd_r, qd = _zncc_clean(ref, sec, *corners, w, s, lv)
     iy, ix, ok = integer_peaks(zncc)
     if min_sd > 0:
         ok &= (sd_r if tex is None else window_std(tex)) >= min_sd

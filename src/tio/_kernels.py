@@ -560,3 +560,85 @@ def window_deformations(fy, fx, ii, jj, step, w, gy, gx, my, mx):
             for b in range(n):
                 gy[k, a, b] -= my[k]
                 gx[k, a, b] -= mx[k]
+
+
+@njit(**_OPTS)
+def _standardise_into(img, top, left, h, scale, flat, out):
+    """``img[top:top + h, left:left + h]`` minus its mean (float32, mean in float64) into
+    ``out[:h, :h]``, times 1 / std if ``scale`` (0 if flat), zeros elsewhere in ``out``.
+    Returns the std (float64) and whether the window is flat (std below ``flat`` times
+    its mean absolute value, or zero): the conventions of ``_correlation._standardise``
+    (``scale``) and ``_correlation._demean`` (not ``scale``)."""
+    size = out.shape[0]
+    s = 0.0
+    for i in range(h):
+        for j in range(h):
+            s += img[top + i, left + j]
+    n = h * h
+    mean = s / n
+    m32 = np.float32(mean)
+    ss = 0.0
+    for i in range(h):
+        for j in range(h):
+            d = np.float32(img[top + i, left + j]) - m32
+            out[i, j] = d
+            ss += np.float64(d) * d
+        for j in range(h, size):
+            out[i, j] = 0.0
+    for i in range(h, size):
+        for j in range(size):
+            out[i, j] = 0.0
+    sd = math.sqrt(ss / n)
+    is_flat = sd <= flat * abs(mean) or sd == 0.0
+    if scale:
+        g = np.float32(0.0) if is_flat else np.float32(1.0 / sd)
+        for i in range(h):
+            for j in range(h):
+                out[i, j] *= g
+    return sd, is_flat
+
+
+@njit(**_OPTS)
+def gather_windows(
+    ref, sec, rtop, rleft, qtop, qleft, w, p, flat, out_r, out_q, sd_r, flat_r, sd_q, flat_q
+):
+    """Reference windows and secondary sub-images of a batch, gathered from the images
+    straight into zero-padded FFT buffers (the integer stage of the clean windows).
+
+    ``ref``/``sec`` (H, W) images; window ``k`` is ``ref[rtop[k]:rtop[k] + w,
+    rleft[k]:rleft[k] + w]``, its sub-image ``sec[qtop[k]:qtop[k] + p, qleft[k]:qleft[k] + p]``.
+    ``out_r`` (K, L, L) float32: the reference window standardised (minus its mean,
+    divided by its std; zeros if flat) in its top-left ``w x w`` corner, zeros
+    elsewhere; ``out_q`` (K, L, L) float32: the sub-image minus its mean in its top-left
+    ``p x p`` corner, zeros elsewhere. ``sd_r``/``sd_q`` (K,) the stds, ``flat_r``/
+    ``flat_q`` (K,) bool whether flat (std below ``flat`` times the mean absolute value,
+    or zero). Same values as ``_correlation._standardise`` and ``_demean`` of the
+    gathered windows, up to the order of the float sums.
+    """
+    for t in range(rtop.shape[0]):
+        sd_r[t], flat_r[t] = _standardise_into(ref, rtop[t], rleft[t], w, True, flat, out_r[t])
+        sd_q[t], flat_q[t] = _standardise_into(sec, qtop[t], qleft[t], p, False, flat, out_q[t])
+
+
+@njit(**_OPTS)
+def zncc_normalise(num, lv, sd_q, bad, w, flat, out):
+    """ZNCC surfaces from the correlation of standardised reference windows with
+    demeaned secondary sub-images: ``num / sqrt(w^2 lv)`` clipped to [-1, 1], NaN where
+    the secondary window is flat (``lv <= flat w^2 sd_q^2``) or ``bad`` (a flat window).
+
+    ``num`` (K, n, n) correlations, ``lv`` (K, n, n) float64 local variances of the
+    secondary windows (sums of squared deviations), ``sd_q`` (K,) std of the
+    sub-images, ``bad`` (K,) bool; ``out`` (K, n, n) float64.
+    """
+    k, n, _ = out.shape
+    ww = np.float64(w * w)
+    for t in range(k):
+        lim = flat * ww * (sd_q[t] * sd_q[t])
+        for v in range(n):
+            for u in range(n):
+                lvv = lv[t, v, u]
+                if bad[t] or not lvv > lim:
+                    out[t, v, u] = np.nan
+                else:
+                    z = np.float64(num[t, v, u]) / math.sqrt(ww * lvv)
+                    out[t, v, u] = min(max(z, -1.0), 1.0)
