@@ -1525,19 +1525,15 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, 
 
     k = rs.shape[0]
     size = sfft.next_fast_len(w + 2)
-    tp = taper(np.arange(w), w).astype(np.float32)
-    tw = np.outer(tp, tp)
-    a = np.zeros((k, size, size), dtype=np.float32)
-    ra = a[:, 1 : w + 1, 1 : w + 1]
-    np.multiply(rs, tw, out=ra)
-    mean = ra.sum(axis=(1, 2)) / tw.sum()
-    ra -= mean[:, None, None] * tw
-    spec = sfft.rfft2(a)
+    # the tapered, demeaned reference windows in zero-padded buffers; the same buffers
+    # then hold the secondary blocks (written in their first w + 2 rows and columns,
+    # the rest stays zero)
+    buf = np.empty((k, size, size), dtype=np.float32)
+    _kernels.tapered_reference(rs, _taper2d(w), buf)
+    spec = sfft.rfft2(buf)
     np.conjugate(spec, out=spec)
-    del a, ra
     sw = _spectral_weight32(size)
-    q32 = np.ascontiguousarray(qd, dtype=np.float32)
-    buf = np.zeros((k, size, size), dtype=np.float32)
+    q32 = qd if qd.dtype == np.float32 else qd.astype(np.float32)
     roll = float(taper_roll(w))
     py, px = iy.astype(np.int64), ix.astype(np.int64)
     if init is None:
@@ -1556,20 +1552,19 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, 
         alive[sel] &= (py[sel] >= 1) & (py[sel] <= 2 * s - 1)
         alive[sel] &= (px[sel] >= 1) & (px[sel] <= 2 * s - 1)
         by, bx = np.clip(py[sel], 1, 2 * s - 1) - 1, np.clip(px[sel], 1, 2 * s - 1) - 1
-        b = buf[:m] if m == k else np.zeros((m, size, size), dtype=np.float32)
-        qq = q32 if m == k else q32[sel]
+        b = buf[:m]
         f0y, f0x = fy[sel], fx[sel]
         if deform is None:
-            _kernels.tapered_blocks(qq, by, bx, f0y, f0x, w, roll, b)
+            _kernels.tapered_blocks_at(q32, sel, by, bx, f0y, f0x, w, roll, b)
         else:
             gy = deform[0] if m == k else deform[0][sel]
             gx = deform[1] if m == k else deform[1][sel]
+            qq = q32 if m == k else q32[sel]
             _kernels.deformed_blocks(qq, by, bx, gy, gx, f0y, f0x, w, roll, b)
         fb = sfft.rfft2(b)
         ey, ex = np.empty(m), np.empty(m)
         conv = np.empty(m, dtype=bool)
-        sp = spec if m == k else spec[sel]
-        _kernels.newton_peaks(fb, sp, sw, wh if m == k else wh[sel], f0y, f0x, 0.25, ey, ex, conv)
+        _kernels.newton_peaks(fb, spec, sel, sw, wh[sel], f0y, f0x, 0.25, ey, ex, conv)
         alive[sel] &= conv & np.isfinite(ey) & np.isfinite(ex)
         e_y = np.where(alive[sel], ey, 0.0)
         e_x = np.where(alive[sel], ex, 0.0)
@@ -1585,6 +1580,15 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, 
     tx = px - s + fx
     alive &= (np.abs(ty - (iy - s)) <= 0.75) & (np.abs(tx - (ix - s)) <= 0.75)
     return ty, tx, alive
+
+
+@functools.lru_cache(maxsize=16)
+def _taper2d(w):
+    """The separable taper of the sub-pixel stage on a ``w x w`` window (float32)."""
+    tp = taper(np.arange(w), w).astype(np.float32)
+    out = np.outer(tp, tp)
+    out.flags.writeable = False
+    return out
 
 
 def strain_deviation(dy, dx, window, step):
@@ -1753,9 +1757,10 @@ def _process_clean(
     if idx.size == 0:
         return dy, dx, score
     score[idx] = peak_score(zncc[idx], iy[idx], ix[idx])
+    every = idx.size == k  # then no copy of the windows
     ty, tx, alive = _subpixel_fast(
-        rs[idx],
-        qd[idx],
+        rs if every else rs[idx],
+        qd if every else qd[idx],
         iy[idx],
         ix[idx],
         w=w,

@@ -81,27 +81,66 @@ def tapered_blocks(qd, by, bx, fy, fx, w, roll, out):
     ``qd[k, by[k]:by[k] + w + 2, bx[k]:bx[k] + w + 2]``, its taper is
     ``taper(i - 1 - fy[k]) * taper(j - 1 - fx[k])``; ``out`` (K, L, L) float32.
     """
-    k = qd.shape[0]
+    tapered_blocks_at(qd, np.arange(qd.shape[0]), by, bx, fy, fx, w, roll, out)
+
+
+@njit(**_OPTS)
+def tapered_blocks_at(qd, sel, by, bx, fy, fx, w, roll, out):
+    """:func:`tapered_blocks` for the sub-images ``qd[sel]`` (no copy of them): block
+    ``t`` is ``qd[sel[t], by[t]:by[t] + w + 2, bx[t]:bx[t] + w + 2]``, written into
+    ``out[t]`` (only its first ``w + 2`` rows and columns are written)."""
     n = w + 2
-    for t in range(k):
-        ty = np.empty(n)
-        tx = np.empty(n)
+    ty = np.empty(n)
+    tx = np.empty(n)
+    for t in range(sel.shape[0]):
         for i in range(n):
             ty[i] = _taper(i - 1.0 - fy[t], w, roll)
             tx[i] = _taper(i - 1.0 - fx[t], w, roll)
         r0 = by[t]
         c0 = bx[t]
-        _demean_taper(qd[t, r0 : r0 + n, c0 : c0 + n], ty, tx, out[t])
+        _demean_taper(qd[sel[t], r0 : r0 + n, c0 : c0 + n], ty, tx, out[t])
 
 
 @njit(**_OPTS)
-def newton_peaks(fb, fa, weight, whiten, sy, sx, max_step, out_y, out_x, ok):
+def tapered_reference(rs, tw, out):
+    """The reference windows of the sub-pixel stage, into zero-padded FFT buffers.
+
+    ``rs`` (K, w, w) windows, ``tw`` (w, w) float32 taper, ``out`` (K, L, L) float32:
+    ``out[k, 1:w + 1, 1:w + 1] = rs[k] * tw - m * tw`` with ``m`` the taper-weighted
+    mean of ``rs[k]`` (float32 products, sums in float64), zeros elsewhere.
+    """
+    k, w, _ = rs.shape
+    size = out.shape[1]
+    stw = 0.0
+    for i in range(w):
+        for j in range(w):
+            stw += tw[i, j]
+    for t in range(k):
+        o = out[t]
+        for i in range(size):
+            for j in range(size):
+                o[i, j] = 0.0
+        sv = 0.0
+        for i in range(w):
+            for j in range(w):
+                v = np.float32(rs[t, i, j]) * tw[i, j]
+                o[i + 1, j + 1] = v
+                sv += v
+        m = np.float32(sv / stw)
+        for i in range(w):
+            for j in range(w):
+                o[i + 1, j + 1] -= m * tw[i, j]
+
+
+@njit(**_OPTS)
+def newton_peaks(fb, fa, sel, weight, whiten, sy, sx, max_step, out_y, out_x, ok):
     """Peak of the whitened cross-correlation of each window, by Newton iterations.
 
-    ``fb`` (K, L, H) half spectra of the secondary blocks, ``fa`` (K, L, H) conjugate
-    half spectra of the reference windows, ``weight`` (L, H) spectral weight (with the
-    Hermitian multiplicity), ``whiten`` (K,) the exponent of the modulus division of
-    each window (0.5: the cross-power spectrum is divided by the square root of its
+    ``fb`` (K, L, H) half spectra of the secondary blocks, ``fa`` (N, L, H) conjugate
+    half spectra of the reference windows (``fa[sel[k]]`` for block ``k``), ``weight``
+    (L, H) spectral weight (with the Hermitian multiplicity), ``whiten`` (K,) the
+    exponent of the modulus division of each window (0.5: the cross-power spectrum is
+    divided by the square root of its
     modulus; 0: not divided). The correlation
     at a real position ``(y, x)`` (pixels) is
     ``c(y, x) = sum_{a,b} Re(X[a, b] exp(2 i pi (f_a y + f_b x) / L))``; starting at
@@ -111,17 +150,35 @@ def newton_peaks(fb, fa, weight, whiten, sy, sx, max_step, out_y, out_x, ok):
     """
     k, L, H = fb.shape
     tau = 2.0 * math.pi / L
+    # work arrays, once per batch; the spectrum is stored transposed (columns first) so
+    # that the column sums of the iterations run over all the rows at once
+    xr = np.empty((H, L))
+    xi = np.empty((H, L))
+    wt = np.empty((H, L), dtype=weight.dtype)
+    for a in range(L):
+        for b in range(H):
+            wt[b, a] = weight[a, b]
+    xr1 = xr.ravel()
+    xi1 = xi.ravel()
+    w1 = wt.ravel()
+    s0r = np.empty(L)
+    s0i = np.empty(L)
+    s1r = np.empty(L)
+    s1i = np.empty(L)
+    s2r = np.empty(L)
+    s2i = np.empty(L)
+    ecr = np.empty(H)
+    eci = np.empty(H)
     for t in range(k):
-        xr = np.empty((L, H))
-        xi = np.empty((L, H))
+        ft = sel[t]
         mmax = 0.0
         for a in range(L):
             for b in range(H):
-                c = fb[t, a, b] * fa[t, a, b]
+                c = fb[t, a, b] * fa[ft, a, b]
                 re = c.real
                 im = c.imag
-                xr[a, b] = re
-                xi[a, b] = im
+                xr[b, a] = re
+                xi[b, a] = im
                 m = re * re + im * im
                 if m > mmax:
                     mmax = m
@@ -135,9 +192,6 @@ def newton_peaks(fb, fa, weight, whiten, sy, sx, max_step, out_y, out_x, ok):
         hw = -0.5 * wh
         # The weights in float32 (the spectra are complex64), one loop per case: the
         # branch out of the loop and float32 let the compiler vectorise it.
-        xr1 = xr.ravel()
-        xi1 = xi.ravel()
-        w1 = weight.ravel()
         t32 = np.float32(tiny)
         if wh == 0.5:
             for e in range(L * H):
@@ -159,41 +213,34 @@ def newton_peaks(fb, fa, weight, whiten, sy, sx, max_step, out_y, out_x, ok):
         y = sy[t]
         x = sx[t]
         conv = False
-        s0r = np.empty(L)
-        s0i = np.empty(L)
-        s1r = np.empty(L)
-        s1i = np.empty(L)
-        s2r = np.empty(L)
-        s2i = np.empty(L)
-        ecr = np.empty(H)
-        eci = np.empty(H)
         for _it in range(12):
             for b in range(H):
                 ecr[b] = math.cos(tau * b * x)
                 eci[b] = math.sin(tau * b * x)
-            # inner sums over the columns: sum_b X[a, b] e^{i tau f_b x} * (1, f_b, f_b^2)
+            # inner sums over the columns: sum_b X[a, b] e^{i tau f_b x} * (1, f_b, f_b^2),
+            # for all rows at once (a vectorisable loop over the rows; for each row the
+            # sum runs over b in increasing order)
             for a in range(L):
-                r0 = 0.0
-                i0 = 0.0
-                r1 = 0.0
-                i1 = 0.0
-                r2 = 0.0
-                i2 = 0.0
-                for b in range(H):
-                    vr = xr[a, b] * ecr[b] - xi[a, b] * eci[b]
-                    vi = xr[a, b] * eci[b] + xi[a, b] * ecr[b]
-                    r0 += vr
-                    i0 += vi
-                    r1 += b * vr
-                    i1 += b * vi
-                    r2 += b * b * vr
-                    i2 += b * b * vi
-                s0r[a] = r0
-                s0i[a] = i0
-                s1r[a] = r1
-                s1i[a] = i1
-                s2r[a] = r2
-                s2i[a] = i2
+                s0r[a] = 0.0
+                s0i[a] = 0.0
+                s1r[a] = 0.0
+                s1i[a] = 0.0
+                s2r[a] = 0.0
+                s2i[a] = 0.0
+            for b in range(H):
+                er = ecr[b]
+                ei = eci[b]
+                f1 = np.float64(b)
+                f2 = np.float64(b * b)
+                for a in range(L):
+                    vr = xr[b, a] * er - xi[b, a] * ei
+                    vi = xr[b, a] * ei + xi[b, a] * er
+                    s0r[a] += vr
+                    s0i[a] += vi
+                    s1r[a] += f1 * vr
+                    s1i[a] += f1 * vi
+                    s2r[a] += f2 * vr
+                    s2i[a] += f2 * vi
             gy = 0.0
             gx = 0.0
             hyy = 0.0
