@@ -338,15 +338,20 @@ def texture_scale(texture, valid, window, step, max_bad):
     ny = (texture.shape[0] - w) // step + 1
     nx = (texture.shape[1] - w) // step + 1
     k = max(1, int(np.ceil(np.sqrt(ny * nx / _TEXTURE_SAMPLES))))
+    if valid.all():  # compiled, straight from the image (same values as window_std)
+        from tio import _kernels
+
+        tops, lefts = np.meshgrid(
+            np.arange(0, ny, k) * step, np.arange(0, nx, k) * step, indexing="ij"
+        )
+        sd = np.empty(tops.size)
+        _kernels.window_stds(texture, tops.ravel(), lefts.ravel(), w, sd)
+        return float(np.median(sd)) if sd.size else 0.0
     tv = sliding_window_view(texture, (w, w))[:: step * k, :: step * k]
     vv = sliding_window_view(valid, (w, w))[:: step * k, :: step * k]
-    all_valid = bool(valid.all())
     out = []
     for i in range(tv.shape[0]):  # one row of sampled windows at a time (bounded memory)
         t, v = tv[i], vv[i]
-        if all_valid:
-            out.append(window_std(t))
-            continue
         keep = 1.0 - v.mean(axis=(1, 2)) <= max_bad
         if keep.any():
             out.append(window_std(t[keep], v[keep]))
@@ -1998,16 +2003,14 @@ def smooth_fill(dy, dx, size=3, fallback=None):
         if fallback is not None:
             return fallback
         return np.zeros(dy.shape), np.zeros(dx.shape)
-    h = size // 2
+    from tio import _kernels
+
     out = []
     for f in (dy, dx):
         f = np.where(ok, f, np.nan).astype(np.float64)
-        win = sliding_window_view(np.pad(f, h, constant_values=np.nan), (size, size))
-        win = win.reshape(-1, size * size)
-        has = np.isfinite(win).any(axis=1)
-        med = np.full(win.shape[0], np.nan)
-        med[has] = np.nanmedian(win[has], axis=1)
-        out.append(med.reshape(f.shape))
+        med = np.empty(f.shape)
+        _kernels.nan_median_filter(f, size // 2, med)  # compiled numpy.nanmedian
+        out.append(med)
     good = np.isfinite(out[0])
     if not good.all():
         _, (iy, ix) = ndimage.distance_transform_edt(~good, return_indices=True)

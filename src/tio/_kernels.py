@@ -689,3 +689,52 @@ def zncc_normalise(num, lv, sd_q, bad, w, flat, out):
                 else:
                     z = np.float64(num[t, v, u]) / math.sqrt(ww * lvv)
                     out[t, v, u] = min(max(z, -1.0), 1.0)
+
+
+@njit(**_OPTS)
+def window_stds(image, tops, lefts, w, out):
+    """Standard deviation (float64, two passes) of the ``w x w`` windows of ``image`` whose
+    top-left pixels are ``(tops[k], lefts[k])``, into ``out[k]`` (the fully usable case
+    of ``_correlation.window_std``, without gathering the windows)."""
+    n = w * w
+    for t in range(tops.shape[0]):
+        r0 = tops[t]
+        c0 = lefts[t]
+        s = 0.0
+        for i in range(w):
+            for j in range(w):
+                s += image[r0 + i, c0 + j]
+        mean = s / n
+        ss = 0.0
+        for i in range(w):
+            for j in range(w):
+                d = image[r0 + i, c0 + j] - mean
+                ss += d * d
+        out[t] = math.sqrt(ss / n)
+
+
+@njit(**_OPTS)
+def nan_median_filter(f, h, out):
+    """Median of the finite values of ``f`` (float64, (ny, nx)) over the ``2 h + 1``
+    square around each cell (cells outside ``f`` ignored), into ``out``; NaN where there
+    is none. The median of an even count is the mean of the two middle values, as
+    ``numpy.nanmedian`` (which it equals)."""
+    ny, nx = f.shape
+    buf = np.empty((2 * h + 1) ** 2)
+    for i in range(ny):
+        for j in range(nx):
+            c = 0
+            for a in range(max(i - h, 0), min(i + h + 1, ny)):
+                for b in range(max(j - h, 0), min(j + h + 1, nx)):
+                    v = f[a, b]
+                    if math.isfinite(v):
+                        buf[c] = v
+                        c += 1
+            if c == 0:
+                out[i, j] = np.nan
+                continue
+            s = np.sort(buf[:c])
+            if c % 2 == 1:
+                out[i, j] = s[c // 2]
+            else:
+                out[i, j] = (s[c // 2 - 1] + s[c // 2]) / 2.0
