@@ -54,8 +54,9 @@ are the prior of the next finer one.
 Windows are processed in rectangular tiles whose working memory is bounded by
 ``_BATCH_BYTES``; the tiles are independent and may run in a thread pool (numpy and
 scipy.fft release the GIL). Windows without any unusable pixel take a fast path
-(pruned real FFTs, local energies from integral images, float32 sub-pixel stage with
-separable tapers); windows whose secondary sub-image reaches outside the image or
+(windows copied from the images straight into zero-padded FFT buffers by a compiled
+kernel, local energies from integral images, float32 sub-pixel stage with separable
+tapers, no per-window copies); windows whose secondary sub-image reaches outside the image or
 contains unusable pixels are gathered into batches of their own for the masked
 formulation. The tiling and batching do not depend on the number of threads, so the
 results do not either (bit for bit).
@@ -1396,6 +1397,8 @@ def _subpixel(rs, qd, iy, ix, rv=None, qv=None, *, w, s, iterations, upsample, i
     window on every side) must stay in the sub-image, and the estimate within
     0.75 px of the integer peak.
     """
+    from tio import _kernels
+
     k = rs.shape[0]
     size = sfft.next_fast_len(w + 2)
     tp = taper(np.arange(w), w).astype(np.float32)
@@ -1424,6 +1427,10 @@ def _subpixel(rs, qd, iy, ix, rv=None, qv=None, *, w, s, iterations, upsample, i
         fy = np.clip(np.asarray(init[0], np.float64), -0.5, 0.5)
         fx = np.clip(np.asarray(init[1], np.float64), -0.5, 0.5)
     alive = np.ones(k, dtype=bool)
+    # the weighted reference spectra of the last estimate, kept for the windows whose
+    # block has not moved (their weight, unshifted, is the same)
+    kept, kept_by, kept_bx = np.zeros(k, dtype=bool), np.zeros(k, int), np.zeros(k, int)
+    sp_kept = None
     for it in range(max(iterations, 1)):
         alive &= (py >= 1) & (py <= 2 * s - 1) & (px >= 1) & (px <= 2 * s - 1)
         by, bx = np.clip(py, 1, 2 * s - 1) - 1, np.clip(px, 1, 2 * s - 1) - 1
@@ -1445,29 +1452,31 @@ def _subpixel(rs, qd, iy, ix, rv=None, qv=None, *, w, s, iterations, upsample, i
                 # Windows with unusable pixels: smooth weights that follow the shift
                 # (secondary) or stay (reference); the weighted means are redone.
                 uv = uv[mk]
-                z = np.zeros(mk.size)
                 mw = mask_weight(uv, fy[mk], fx[mk])
                 wgt = ty[mk, :, None] * tx[mk, None, :] * mw
                 bb[mk] = _weighted_demean(blocks[kk[mk], by[mk], bx[mk]], wgt)
-                if it or init is not None:  # no shift yet: same weight for both
-                    mw = mask_weight(uv, z, z)
-                wgt = tw * mw[:, 1:-1, 1:-1]
-                a = np.zeros((mk.size, size, size), dtype=np.float32)
-                a[:, 1 : w + 1, 1 : w + 1] = _weighted_demean(rs[mk], wgt)
                 sp = spec.copy()
-                sp[mk] = np.conjugate(sfft.rfft2(a))
+                same = kept[mk] & (kept_by[mk] == by[mk]) & (kept_bx[mk] == bx[mk])
+                if same.any():
+                    sp[mk[same]] = sp_kept[mk[same]]
+                new = ~same
+                if new.any():
+                    if it or init is not None:  # no shift yet: same weight for both
+                        z = np.zeros(int(new.sum()))
+                        mw = mask_weight(uv[new], z, z)
+                    else:
+                        mw = mw[new]
+                    wgt = tw * mw[:, 1:-1, 1:-1]
+                    a = np.zeros((mw.shape[0], size, size), dtype=np.float32)
+                    a[:, 1 : w + 1, 1 : w + 1] = _weighted_demean(rs[mk[new]], wgt)
+                    sp[mk[new]] = np.conjugate(sfft.rfft2(a))
+                kept[:] = False
+                kept[mk] = True
+                kept_by, kept_bx, sp_kept = by, bx, sp
         cross = sfft.rfft2(buf)
-        cross *= sp
-        mag = cross.real * cross.real
-        mag += cross.imag * cross.imag
-        tiny = 1e-24 * mag.max(axis=(1, 2), keepdims=True)
-        flat = ~(mag > tiny).any(axis=(1, 2))
-        np.maximum(mag, tiny, out=mag)
-        np.sqrt(mag, out=mag)
-        np.sqrt(mag, out=mag)  # |cross| ** 0.5
-        np.divide(sw, mag, out=mag)
-        cross *= mag
-        del mag
+        # times the reference spectra, divided by |cross| ** 0.5, spectral weight
+        flat = np.empty(k, dtype=bool)
+        _kernels.whiten_cross(cross, np.ascontiguousarray(sp), sw, flat)
         if it == 0 and init is not None:  # around the ZNCC estimate
             ey, ex = _upsampled_peak(cross, fy, fx, 0.4, 15)
         elif it == 0:  # around the coarse peak

@@ -17,7 +17,16 @@ chains of numpy operations whose temporaries made the sub-pixel stage memory-bou
   sub-pixel shift (the weighted path of the edge windows);
 * :func:`local_variance` - local variances of a tile's secondary at every window
   position (integral images, no full-size temporaries);
-* :func:`separate_regions` - the flood fill of the peak-ratio test.
+* :func:`separate_regions` - the flood fill of the peak-ratio test;
+* :func:`gather_windows` and :func:`zncc_normalise` - the integer stage of the clean
+  windows: reference windows (standardised) and secondary sub-images (demeaned)
+  copied from the images straight into zero-padded FFT buffers, and the ZNCC from
+  the correlation and the local variances;
+* :func:`tapered_reference`, :func:`tapered_blocks_at` - the sub-pixel stage's
+  buffers without gathering copies; :func:`whiten_cross` - the cross-power spectra
+  of the weighted (edge-window) sub-pixel path;
+* :func:`window_stds`, :func:`nan_median_filter` - the texture scale of an image and
+  the median filter of an offset field.
 
 The FFTs themselves stay in :mod:`scipy.fft` (batched pocketfft).
 """
@@ -738,3 +747,40 @@ def nan_median_filter(f, h, out):
                 out[i, j] = s[c // 2]
             else:
                 out[i, j] = (s[c // 2 - 1] + s[c // 2]) / 2.0
+
+
+@njit(**_OPTS)
+def whiten_cross(cross, sp, weight, flat):
+    """Cross-power spectra of the weighted sub-pixel path, in place (float32 arithmetic
+    of the numpy sequence it replaces, element by element).
+
+    ``cross`` (K, L, H) complex64 half spectra of the secondary blocks, multiplied by
+    ``sp`` (K, L, H) (conjugate reference spectra), then divided by the square root of
+    their modulus (floored at 1e-24 times the largest squared modulus of the window)
+    and multiplied by ``weight`` (L, H) float32. ``flat`` (K,) bool: True where the
+    squared modulus nowhere exceeds that floor (a window without texture).
+    """
+    k, L, H = cross.shape
+    mag = np.empty((L, H), dtype=np.float32)
+    for t in range(k):
+        mmax = np.float32(0.0)
+        for a in range(L):
+            for b in range(H):
+                c = cross[t, a, b] * sp[t, a, b]
+                cross[t, a, b] = c
+                m = c.real * c.real + c.imag * c.imag
+                mag[a, b] = m
+                if m > mmax:
+                    mmax = m
+        tiny = np.float32(1e-24) * mmax
+        some = False
+        for a in range(L):
+            for b in range(H):
+                m = mag[a, b]
+                if m > tiny:
+                    some = True
+                else:
+                    m = tiny
+                g = weight[a, b] / np.float32(math.sqrt(np.float32(math.sqrt(m))))
+                cross[t, a, b] = cross[t, a, b] * g
+        flat[t] = not some
