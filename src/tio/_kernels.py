@@ -758,7 +758,8 @@ def whiten_cross(cross, sp, weight, flat):
     ``sp`` (K, L, H) (conjugate reference spectra), then divided by the square root of
     their modulus (floored at 1e-24 times the largest squared modulus of the window)
     and multiplied by ``weight`` (L, H) float32. ``flat`` (K,) bool: True where the
-    squared modulus nowhere exceeds that floor (a window without texture).
+    squared modulus nowhere exceeds that floor (a window without texture; an all-zero
+    spectrum is left as is, where numpy's division by zero gave NaN).
     """
     k, L, H = cross.shape
     mag = np.empty((L, H), dtype=np.float32)
@@ -772,6 +773,9 @@ def whiten_cross(cross, sp, weight, flat):
                 mag[a, b] = m
                 if m > mmax:
                     mmax = m
+        if not mmax > 0.0:  # no texture: left as is (zeros), flagged
+            flat[t] = True
+            continue
         tiny = np.float32(1e-24) * mmax
         some = False
         for a in range(L):
@@ -781,6 +785,7 @@ def whiten_cross(cross, sp, weight, flat):
                     some = True
                 else:
                     m = tiny
-                g = weight[a, b] / np.float32(math.sqrt(np.float32(math.sqrt(m))))
-                cross[t, a, b] = cross[t, a, b] * g
+                if m > 0.0:  # (else the product is zero: left as is)
+                    g = weight[a, b] / np.float32(math.sqrt(np.float32(math.sqrt(m))))
+                    cross[t, a, b] = cross[t, a, b] * g
         flat[t] = not some
