@@ -54,8 +54,9 @@ are the prior of the next finer one.
 Windows are processed in rectangular tiles whose working memory is bounded by
 ``_BATCH_BYTES``; the tiles are independent and may run in a thread pool (numpy and
 scipy.fft release the GIL). Windows without any unusable pixel take a fast path
-(pruned real FFTs, local energies from integral images, float32 sub-pixel stage with
-separable tapers); windows whose secondary sub-image reaches outside the image or
+(windows copied from the images straight into zero-padded FFT buffers by a compiled
+kernel, local energies from integral images, float32 sub-pixel stage with separable
+tapers, no per-window copies); windows whose secondary sub-image reaches outside the image or
 contains unusable pixels are gathered into batches of their own for the masked
 formulation. The tiling and batching do not depend on the number of threads, so the
 results do not either (bit for bit).
@@ -338,15 +339,20 @@ def texture_scale(texture, valid, window, step, max_bad):
     ny = (texture.shape[0] - w) // step + 1
     nx = (texture.shape[1] - w) // step + 1
     k = max(1, int(np.ceil(np.sqrt(ny * nx / _TEXTURE_SAMPLES))))
+    if valid.all():  # compiled, straight from the image (same values as window_std)
+        from tio import _kernels
+
+        tops, lefts = np.meshgrid(
+            np.arange(0, ny, k) * step, np.arange(0, nx, k) * step, indexing="ij"
+        )
+        sd = np.empty(tops.size)
+        _kernels.window_stds(texture, tops.ravel(), lefts.ravel(), w, sd)
+        return float(np.median(sd)) if sd.size else 0.0
     tv = sliding_window_view(texture, (w, w))[:: step * k, :: step * k]
     vv = sliding_window_view(valid, (w, w))[:: step * k, :: step * k]
-    all_valid = bool(valid.all())
     out = []
     for i in range(tv.shape[0]):  # one row of sampled windows at a time (bounded memory)
         t, v = tv[i], vv[i]
-        if all_valid:
-            out.append(window_std(t))
-            continue
         keep = 1.0 - v.mean(axis=(1, 2)) <= max_bad
         if keep.any():
             out.append(window_std(t[keep], v[keep]))
@@ -1079,6 +1085,7 @@ def offset_field(
     p0 = w + 2 * s
     views = dict(
         ref=sliding_window_view(ref, (w, w))[::step, ::step],
+        refimg=ref,
         rval=sliding_window_view(ref_valid, (w, w))[::step, ::step],
         tex=sliding_window_view(texture, (w, w))[::step, ::step],
         sec=sliding_window_view(sec, (p0, p0)),
@@ -1249,9 +1256,8 @@ def _tile(views, rows, cols, *, step, **opts):
     tex = None
     if opts["min_sd"] > 0 and not views["tex_is_ref"]:
         tex = views["tex"][ii, jj]
-    r = views["ref"][ii, jj]
-    q = views["sec"][r0, c0]
-    dy, dx, score = _process_clean(r, q, lv, tex, **opts)
+    corners = (ii * step, jj * step, r0, c0)
+    dy, dx, score = _process_clean(views["refimg"], views["secimg"], corners, lv, tex, **opts)
     return (ii, jj, dy, dx, score), rest
 
 
@@ -1294,31 +1300,42 @@ def _demean(a):
     return out, flat, sd
 
 
-def _zncc_clean(r, q, w, s, lv):
+def _zncc_clean(ref, sec, rtop, rleft, qtop, qleft, w, s, lv):
     """ZNCC surfaces of windows without unusable pixels (see :func:`zncc_surfaces`).
 
-    ``lv`` is the local variance of the (un-normalised) secondary windows at every
-    offset. The transforms are pruned: the zero rows of the padded reference are not
-    transformed, and only the ``2 s + 1`` rows of the correlation that are needed
-    are transformed back. Returns the surfaces (float64), the standardised reference
-    windows, their std and the demeaned secondary sub-images (float32).
+    ``ref``/``sec`` are the (prepared, padded) images; reference window ``k`` has its
+    top-left pixel at ``(rtop[k], rleft[k])``, its secondary sub-image (side
+    ``w + 2 s``) at ``(qtop[k], qleft[k])``. They are gathered straight into the
+    zero-padded FFT buffers, standardised and demeaned
+    (:func:`tio._kernels.gather_windows`, no intermediate copies). ``lv`` is the local
+    variance of the (un-normalised) secondary windows at every offset. Only the
+    ``2 s + 1`` rows of the correlation that are needed are transformed back. Returns
+    the surfaces (float64), the standardised reference windows (a view of a buffer),
+    their std and the demeaned secondary sub-images (float32).
     """
+    from tio import _kernels
+
     n = 2 * s + 1
-    size = sfft.next_fast_len(w + 2 * s, real=True)
-    rs, flat_r, sd_r = _standardise(r)
-    qd, flat_q, sd_q = _demean(q)
-    fr = _rfft2_rows(rs, size)
+    p = w + 2 * s
+    k = rtop.shape[0]
+    size = sfft.next_fast_len(p, real=True)
+    rbuf = np.empty((k, size, size), dtype=np.float32)
+    qbuf = np.empty((k, size, size), dtype=np.float32)
+    sd_r, sd_q = np.empty(k), np.empty(k)
+    flat_r, flat_q = np.empty(k, dtype=bool), np.empty(k, dtype=bool)
+    _kernels.gather_windows(
+        ref, sec, rtop, rleft, qtop, qleft, w, p, _FLAT, rbuf, qbuf, sd_r, flat_r, sd_q, flat_q
+    )
+    fr = sfft.rfft2(rbuf)
     np.conjugate(fr, out=fr)
-    fr *= sfft.rfft2(qd, s=(size, size))
-    num = _irfft2_rows(fr, size, n)[:, :, :n].astype(np.float64)
+    fr *= sfft.rfft2(qbuf)
+    num = _irfft2_rows(fr, size, n)[:, :, :n]
+    del fr
     # With a standardised reference and an un-normalised secondary:
     # zncc = num / sqrt(w^2 * local variance), the secondary's scale cancels.
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ok = (lv > (_FLAT * w * w) * (sd_q * sd_q)[:, None, None]) & ~(flat_r | flat_q)[
-            :, None, None
-        ]
-        zncc = np.where(ok, num / np.sqrt((w * w) * lv), np.nan)
-    return np.clip(zncc, -1.0, 1.0), rs, sd_r, qd
+    zncc = np.empty((k, n, n))
+    _kernels.zncc_normalise(num, lv, sd_q, flat_r | flat_q, w, _FLAT, zncc)
+    return zncc, rbuf[:, :w, :w], sd_r, qbuf[:, :p, :p]
 
 
 def _upsampled_peak(cross, cy, cx, half_width, upsample):
@@ -1380,6 +1397,8 @@ def _subpixel(rs, qd, iy, ix, rv=None, qv=None, *, w, s, iterations, upsample, i
     window on every side) must stay in the sub-image, and the estimate within
     0.75 px of the integer peak.
     """
+    from tio import _kernels
+
     k = rs.shape[0]
     size = sfft.next_fast_len(w + 2)
     tp = taper(np.arange(w), w).astype(np.float32)
@@ -1408,6 +1427,10 @@ def _subpixel(rs, qd, iy, ix, rv=None, qv=None, *, w, s, iterations, upsample, i
         fy = np.clip(np.asarray(init[0], np.float64), -0.5, 0.5)
         fx = np.clip(np.asarray(init[1], np.float64), -0.5, 0.5)
     alive = np.ones(k, dtype=bool)
+    # the weighted reference spectra of the last estimate, kept for the windows whose
+    # block has not moved (their weight, unshifted, is the same)
+    kept, kept_by, kept_bx = np.zeros(k, dtype=bool), np.zeros(k, int), np.zeros(k, int)
+    sp_kept = None
     for it in range(max(iterations, 1)):
         alive &= (py >= 1) & (py <= 2 * s - 1) & (px >= 1) & (px <= 2 * s - 1)
         by, bx = np.clip(py, 1, 2 * s - 1) - 1, np.clip(px, 1, 2 * s - 1) - 1
@@ -1429,29 +1452,31 @@ def _subpixel(rs, qd, iy, ix, rv=None, qv=None, *, w, s, iterations, upsample, i
                 # Windows with unusable pixels: smooth weights that follow the shift
                 # (secondary) or stay (reference); the weighted means are redone.
                 uv = uv[mk]
-                z = np.zeros(mk.size)
                 mw = mask_weight(uv, fy[mk], fx[mk])
                 wgt = ty[mk, :, None] * tx[mk, None, :] * mw
                 bb[mk] = _weighted_demean(blocks[kk[mk], by[mk], bx[mk]], wgt)
-                if it or init is not None:  # no shift yet: same weight for both
-                    mw = mask_weight(uv, z, z)
-                wgt = tw * mw[:, 1:-1, 1:-1]
-                a = np.zeros((mk.size, size, size), dtype=np.float32)
-                a[:, 1 : w + 1, 1 : w + 1] = _weighted_demean(rs[mk], wgt)
                 sp = spec.copy()
-                sp[mk] = np.conjugate(sfft.rfft2(a))
+                same = kept[mk] & (kept_by[mk] == by[mk]) & (kept_bx[mk] == bx[mk])
+                if same.any():
+                    sp[mk[same]] = sp_kept[mk[same]]
+                new = ~same
+                if new.any():
+                    if it or init is not None:  # no shift yet: same weight for both
+                        z = np.zeros(int(new.sum()))
+                        mw = mask_weight(uv[new], z, z)
+                    else:
+                        mw = mw[new]
+                    wgt = tw * mw[:, 1:-1, 1:-1]
+                    a = np.zeros((mw.shape[0], size, size), dtype=np.float32)
+                    a[:, 1 : w + 1, 1 : w + 1] = _weighted_demean(rs[mk[new]], wgt)
+                    sp[mk[new]] = np.conjugate(sfft.rfft2(a))
+                kept[:] = False
+                kept[mk] = True
+                kept_by, kept_bx, sp_kept = by, bx, sp
         cross = sfft.rfft2(buf)
-        cross *= sp
-        mag = cross.real * cross.real
-        mag += cross.imag * cross.imag
-        tiny = 1e-24 * mag.max(axis=(1, 2), keepdims=True)
-        flat = ~(mag > tiny).any(axis=(1, 2))
-        np.maximum(mag, tiny, out=mag)
-        np.sqrt(mag, out=mag)
-        np.sqrt(mag, out=mag)  # |cross| ** 0.5
-        np.divide(sw, mag, out=mag)
-        cross *= mag
-        del mag
+        # times the reference spectra, divided by |cross| ** 0.5, spectral weight
+        flat = np.empty(k, dtype=bool)
+        _kernels.whiten_cross(cross, np.ascontiguousarray(sp), sw, flat)
         if it == 0 and init is not None:  # around the ZNCC estimate
             ey, ex = _upsampled_peak(cross, fy, fx, 0.4, 15)
         elif it == 0:  # around the coarse peak
@@ -1514,19 +1539,15 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, 
 
     k = rs.shape[0]
     size = sfft.next_fast_len(w + 2)
-    tp = taper(np.arange(w), w).astype(np.float32)
-    tw = np.outer(tp, tp)
-    a = np.zeros((k, size, size), dtype=np.float32)
-    ra = a[:, 1 : w + 1, 1 : w + 1]
-    np.multiply(rs, tw, out=ra)
-    mean = ra.sum(axis=(1, 2)) / tw.sum()
-    ra -= mean[:, None, None] * tw
-    spec = sfft.rfft2(a)
+    # the tapered, demeaned reference windows in zero-padded buffers; the same buffers
+    # then hold the secondary blocks (written in their first w + 2 rows and columns,
+    # the rest stays zero)
+    buf = np.empty((k, size, size), dtype=np.float32)
+    _kernels.tapered_reference(rs, _taper2d(w), buf)
+    spec = sfft.rfft2(buf)
     np.conjugate(spec, out=spec)
-    del a, ra
     sw = _spectral_weight32(size)
-    q32 = np.ascontiguousarray(qd, dtype=np.float32)
-    buf = np.zeros((k, size, size), dtype=np.float32)
+    q32 = qd if qd.dtype == np.float32 else qd.astype(np.float32)
     roll = float(taper_roll(w))
     py, px = iy.astype(np.int64), ix.astype(np.int64)
     if init is None:
@@ -1545,20 +1566,19 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, 
         alive[sel] &= (py[sel] >= 1) & (py[sel] <= 2 * s - 1)
         alive[sel] &= (px[sel] >= 1) & (px[sel] <= 2 * s - 1)
         by, bx = np.clip(py[sel], 1, 2 * s - 1) - 1, np.clip(px[sel], 1, 2 * s - 1) - 1
-        b = buf[:m] if m == k else np.zeros((m, size, size), dtype=np.float32)
-        qq = q32 if m == k else q32[sel]
+        b = buf[:m]
         f0y, f0x = fy[sel], fx[sel]
         if deform is None:
-            _kernels.tapered_blocks(qq, by, bx, f0y, f0x, w, roll, b)
+            _kernels.tapered_blocks_at(q32, sel, by, bx, f0y, f0x, w, roll, b)
         else:
             gy = deform[0] if m == k else deform[0][sel]
             gx = deform[1] if m == k else deform[1][sel]
+            qq = q32 if m == k else q32[sel]
             _kernels.deformed_blocks(qq, by, bx, gy, gx, f0y, f0x, w, roll, b)
         fb = sfft.rfft2(b)
         ey, ex = np.empty(m), np.empty(m)
         conv = np.empty(m, dtype=bool)
-        sp = spec if m == k else spec[sel]
-        _kernels.newton_peaks(fb, sp, sw, wh if m == k else wh[sel], f0y, f0x, 0.25, ey, ex, conv)
+        _kernels.newton_peaks(fb, spec, sel, sw, wh[sel], f0y, f0x, 0.25, ey, ex, conv)
         alive[sel] &= conv & np.isfinite(ey) & np.isfinite(ex)
         e_y = np.where(alive[sel], ey, 0.0)
         e_x = np.where(alive[sel], ex, 0.0)
@@ -1574,6 +1594,15 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, 
     tx = px - s + fx
     alive &= (np.abs(ty - (iy - s)) <= 0.75) & (np.abs(tx - (ix - s)) <= 0.75)
     return ty, tx, alive
+
+
+@functools.lru_cache(maxsize=16)
+def _taper2d(w):
+    """The separable taper of the sub-pixel stage on a ``w x w`` window (float32)."""
+    tp = taper(np.arange(w), w).astype(np.float32)
+    out = np.outer(tp, tp)
+    out.flags.writeable = False
+    return out
 
 
 def strain_deviation(dy, dx, window, step):
@@ -1705,8 +1734,9 @@ def deform_refine(
 
 
 def _process_clean(
-    r,
-    q,
+    ref,
+    sec,
+    corners,
     lv,
     tex,
     *,
@@ -1721,10 +1751,13 @@ def _process_clean(
 ):
     """:func:`_process_block` for windows without unusable pixels.
 
-    ``tex`` None with ``min_sd > 0`` means that the texture is measured on ``r``.
+    ``ref``/``sec`` are the prepared reference and padded secondary images,
+    ``corners`` the top-left pixels ``(rtop, rleft, qtop, qleft)`` of the reference
+    windows and of the secondary sub-images (see :func:`_zncc_clean`). ``tex`` None
+    with ``min_sd > 0`` means that the texture is measured on the reference windows.
     """
-    k = r.shape[0]
-    zncc, rs, sd_r, qd = _zncc_clean(r, q, w, s, lv)
+    k = corners[0].shape[0]
+    zncc, rs, sd_r, qd = _zncc_clean(ref, sec, *corners, w, s, lv)
     iy, ix, ok = integer_peaks(zncc)
     if min_sd > 0:
         ok &= (sd_r if tex is None else window_std(tex)) >= min_sd
@@ -1738,9 +1771,10 @@ def _process_clean(
     if idx.size == 0:
         return dy, dx, score
     score[idx] = peak_score(zncc[idx], iy[idx], ix[idx])
+    every = idx.size == k  # then no copy of the windows
     ty, tx, alive = _subpixel_fast(
-        rs[idx],
-        qd[idx],
+        rs if every else rs[idx],
+        qd if every else qd[idx],
         iy[idx],
         ix[idx],
         w=w,
@@ -1978,16 +2012,14 @@ def smooth_fill(dy, dx, size=3, fallback=None):
         if fallback is not None:
             return fallback
         return np.zeros(dy.shape), np.zeros(dx.shape)
-    h = size // 2
+    from tio import _kernels
+
     out = []
     for f in (dy, dx):
         f = np.where(ok, f, np.nan).astype(np.float64)
-        win = sliding_window_view(np.pad(f, h, constant_values=np.nan), (size, size))
-        win = win.reshape(-1, size * size)
-        has = np.isfinite(win).any(axis=1)
-        med = np.full(win.shape[0], np.nan)
-        med[has] = np.nanmedian(win[has], axis=1)
-        out.append(med.reshape(f.shape))
+        med = np.empty(f.shape)
+        _kernels.nan_median_filter(f, size // 2, med)  # compiled numpy.nanmedian
+        out.append(med)
     good = np.isfinite(out[0])
     if not good.all():
         _, (iy, ix) = ndimage.distance_transform_edt(~good, return_indices=True)

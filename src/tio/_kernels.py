@@ -17,7 +17,16 @@ chains of numpy operations whose temporaries made the sub-pixel stage memory-bou
   sub-pixel shift (the weighted path of the edge windows);
 * :func:`local_variance` - local variances of a tile's secondary at every window
   position (integral images, no full-size temporaries);
-* :func:`separate_regions` - the flood fill of the peak-ratio test.
+* :func:`separate_regions` - the flood fill of the peak-ratio test;
+* :func:`gather_windows` and :func:`zncc_normalise` - the integer stage of the clean
+  windows: reference windows (standardised) and secondary sub-images (demeaned)
+  copied from the images straight into zero-padded FFT buffers, and the ZNCC from
+  the correlation and the local variances;
+* :func:`tapered_reference`, :func:`tapered_blocks_at` - the sub-pixel stage's
+  buffers without gathering copies; :func:`whiten_cross` - the cross-power spectra
+  of the weighted (edge-window) sub-pixel path;
+* :func:`window_stds`, :func:`nan_median_filter` - the texture scale of an image and
+  the median filter of an offset field.
 
 The FFTs themselves stay in :mod:`scipy.fft` (batched pocketfft).
 """
@@ -81,27 +90,66 @@ def tapered_blocks(qd, by, bx, fy, fx, w, roll, out):
     ``qd[k, by[k]:by[k] + w + 2, bx[k]:bx[k] + w + 2]``, its taper is
     ``taper(i - 1 - fy[k]) * taper(j - 1 - fx[k])``; ``out`` (K, L, L) float32.
     """
-    k = qd.shape[0]
+    tapered_blocks_at(qd, np.arange(qd.shape[0]), by, bx, fy, fx, w, roll, out)
+
+
+@njit(**_OPTS)
+def tapered_blocks_at(qd, sel, by, bx, fy, fx, w, roll, out):
+    """:func:`tapered_blocks` for the sub-images ``qd[sel]`` (no copy of them): block
+    ``t`` is ``qd[sel[t], by[t]:by[t] + w + 2, bx[t]:bx[t] + w + 2]``, written into
+    ``out[t]`` (only its first ``w + 2`` rows and columns are written)."""
     n = w + 2
-    for t in range(k):
-        ty = np.empty(n)
-        tx = np.empty(n)
+    ty = np.empty(n)
+    tx = np.empty(n)
+    for t in range(sel.shape[0]):
         for i in range(n):
             ty[i] = _taper(i - 1.0 - fy[t], w, roll)
             tx[i] = _taper(i - 1.0 - fx[t], w, roll)
         r0 = by[t]
         c0 = bx[t]
-        _demean_taper(qd[t, r0 : r0 + n, c0 : c0 + n], ty, tx, out[t])
+        _demean_taper(qd[sel[t], r0 : r0 + n, c0 : c0 + n], ty, tx, out[t])
 
 
 @njit(**_OPTS)
-def newton_peaks(fb, fa, weight, whiten, sy, sx, max_step, out_y, out_x, ok):
+def tapered_reference(rs, tw, out):
+    """The reference windows of the sub-pixel stage, into zero-padded FFT buffers.
+
+    ``rs`` (K, w, w) windows, ``tw`` (w, w) float32 taper, ``out`` (K, L, L) float32:
+    ``out[k, 1:w + 1, 1:w + 1] = rs[k] * tw - m * tw`` with ``m`` the taper-weighted
+    mean of ``rs[k]`` (float32 products, sums in float64), zeros elsewhere.
+    """
+    k, w, _ = rs.shape
+    size = out.shape[1]
+    stw = 0.0
+    for i in range(w):
+        for j in range(w):
+            stw += tw[i, j]
+    for t in range(k):
+        o = out[t]
+        for i in range(size):
+            for j in range(size):
+                o[i, j] = 0.0
+        sv = 0.0
+        for i in range(w):
+            for j in range(w):
+                v = np.float32(rs[t, i, j]) * tw[i, j]
+                o[i + 1, j + 1] = v
+                sv += v
+        m = np.float32(sv / stw)
+        for i in range(w):
+            for j in range(w):
+                o[i + 1, j + 1] -= m * tw[i, j]
+
+
+@njit(**_OPTS)
+def newton_peaks(fb, fa, sel, weight, whiten, sy, sx, max_step, out_y, out_x, ok):
     """Peak of the whitened cross-correlation of each window, by Newton iterations.
 
-    ``fb`` (K, L, H) half spectra of the secondary blocks, ``fa`` (K, L, H) conjugate
-    half spectra of the reference windows, ``weight`` (L, H) spectral weight (with the
-    Hermitian multiplicity), ``whiten`` (K,) the exponent of the modulus division of
-    each window (0.5: the cross-power spectrum is divided by the square root of its
+    ``fb`` (K, L, H) half spectra of the secondary blocks, ``fa`` (N, L, H) conjugate
+    half spectra of the reference windows (``fa[sel[k]]`` for block ``k``), ``weight``
+    (L, H) spectral weight (with the Hermitian multiplicity), ``whiten`` (K,) the
+    exponent of the modulus division of each window (0.5: the cross-power spectrum is
+    divided by the square root of its
     modulus; 0: not divided). The correlation
     at a real position ``(y, x)`` (pixels) is
     ``c(y, x) = sum_{a,b} Re(X[a, b] exp(2 i pi (f_a y + f_b x) / L))``; starting at
@@ -111,17 +159,35 @@ def newton_peaks(fb, fa, weight, whiten, sy, sx, max_step, out_y, out_x, ok):
     """
     k, L, H = fb.shape
     tau = 2.0 * math.pi / L
+    # work arrays, once per batch; the spectrum is stored transposed (columns first) so
+    # that the column sums of the iterations run over all the rows at once
+    xr = np.empty((H, L))
+    xi = np.empty((H, L))
+    wt = np.empty((H, L), dtype=weight.dtype)
+    for a in range(L):
+        for b in range(H):
+            wt[b, a] = weight[a, b]
+    xr1 = xr.ravel()
+    xi1 = xi.ravel()
+    w1 = wt.ravel()
+    s0r = np.empty(L)
+    s0i = np.empty(L)
+    s1r = np.empty(L)
+    s1i = np.empty(L)
+    s2r = np.empty(L)
+    s2i = np.empty(L)
+    ecr = np.empty(H)
+    eci = np.empty(H)
     for t in range(k):
-        xr = np.empty((L, H))
-        xi = np.empty((L, H))
+        ft = sel[t]
         mmax = 0.0
         for a in range(L):
             for b in range(H):
-                c = fb[t, a, b] * fa[t, a, b]
+                c = fb[t, a, b] * fa[ft, a, b]
                 re = c.real
                 im = c.imag
-                xr[a, b] = re
-                xi[a, b] = im
+                xr[b, a] = re
+                xi[b, a] = im
                 m = re * re + im * im
                 if m > mmax:
                     mmax = m
@@ -135,9 +201,6 @@ def newton_peaks(fb, fa, weight, whiten, sy, sx, max_step, out_y, out_x, ok):
         hw = -0.5 * wh
         # The weights in float32 (the spectra are complex64), one loop per case: the
         # branch out of the loop and float32 let the compiler vectorise it.
-        xr1 = xr.ravel()
-        xi1 = xi.ravel()
-        w1 = weight.ravel()
         t32 = np.float32(tiny)
         if wh == 0.5:
             for e in range(L * H):
@@ -159,41 +222,34 @@ def newton_peaks(fb, fa, weight, whiten, sy, sx, max_step, out_y, out_x, ok):
         y = sy[t]
         x = sx[t]
         conv = False
-        s0r = np.empty(L)
-        s0i = np.empty(L)
-        s1r = np.empty(L)
-        s1i = np.empty(L)
-        s2r = np.empty(L)
-        s2i = np.empty(L)
-        ecr = np.empty(H)
-        eci = np.empty(H)
         for _it in range(12):
             for b in range(H):
                 ecr[b] = math.cos(tau * b * x)
                 eci[b] = math.sin(tau * b * x)
-            # inner sums over the columns: sum_b X[a, b] e^{i tau f_b x} * (1, f_b, f_b^2)
+            # inner sums over the columns: sum_b X[a, b] e^{i tau f_b x} * (1, f_b, f_b^2),
+            # for all rows at once (a vectorisable loop over the rows; for each row the
+            # sum runs over b in increasing order)
             for a in range(L):
-                r0 = 0.0
-                i0 = 0.0
-                r1 = 0.0
-                i1 = 0.0
-                r2 = 0.0
-                i2 = 0.0
-                for b in range(H):
-                    vr = xr[a, b] * ecr[b] - xi[a, b] * eci[b]
-                    vi = xr[a, b] * eci[b] + xi[a, b] * ecr[b]
-                    r0 += vr
-                    i0 += vi
-                    r1 += b * vr
-                    i1 += b * vi
-                    r2 += b * b * vr
-                    i2 += b * b * vi
-                s0r[a] = r0
-                s0i[a] = i0
-                s1r[a] = r1
-                s1i[a] = i1
-                s2r[a] = r2
-                s2i[a] = i2
+                s0r[a] = 0.0
+                s0i[a] = 0.0
+                s1r[a] = 0.0
+                s1i[a] = 0.0
+                s2r[a] = 0.0
+                s2i[a] = 0.0
+            for b in range(H):
+                er = ecr[b]
+                ei = eci[b]
+                f1 = np.float64(b)
+                f2 = np.float64(b * b)
+                for a in range(L):
+                    vr = xr[b, a] * er - xi[b, a] * ei
+                    vi = xr[b, a] * ei + xi[b, a] * er
+                    s0r[a] += vr
+                    s0i[a] += vi
+                    s1r[a] += f1 * vr
+                    s1i[a] += f1 * vi
+                    s2r[a] += f2 * vr
+                    s2i[a] += f2 * vi
             gy = 0.0
             gx = 0.0
             hyy = 0.0
@@ -560,3 +616,176 @@ def window_deformations(fy, fx, ii, jj, step, w, gy, gx, my, mx):
             for b in range(n):
                 gy[k, a, b] -= my[k]
                 gx[k, a, b] -= mx[k]
+
+
+@njit(**_OPTS)
+def _standardise_into(img, top, left, h, scale, flat, out):
+    """``img[top:top + h, left:left + h]`` minus its mean (float32, mean in float64) into
+    ``out[:h, :h]``, times 1 / std if ``scale`` (0 if flat), zeros elsewhere in ``out``.
+    Returns the std (float64) and whether the window is flat (std below ``flat`` times
+    its mean absolute value, or zero): the conventions of ``_correlation._standardise``
+    (``scale``) and ``_correlation._demean`` (not ``scale``)."""
+    size = out.shape[0]
+    s = 0.0
+    for i in range(h):
+        for j in range(h):
+            s += img[top + i, left + j]
+    n = h * h
+    mean = s / n
+    m32 = np.float32(mean)
+    ss = 0.0
+    for i in range(h):
+        for j in range(h):
+            d = np.float32(img[top + i, left + j]) - m32
+            out[i, j] = d
+            ss += np.float64(d) * d
+        for j in range(h, size):
+            out[i, j] = 0.0
+    for i in range(h, size):
+        for j in range(size):
+            out[i, j] = 0.0
+    sd = math.sqrt(ss / n)
+    is_flat = sd <= flat * abs(mean) or sd == 0.0
+    if scale:
+        g = np.float32(0.0) if is_flat else np.float32(1.0 / sd)
+        for i in range(h):
+            for j in range(h):
+                out[i, j] *= g
+    return sd, is_flat
+
+
+@njit(**_OPTS)
+def gather_windows(
+    ref, sec, rtop, rleft, qtop, qleft, w, p, flat, out_r, out_q, sd_r, flat_r, sd_q, flat_q
+):
+    """Reference windows and secondary sub-images of a batch, gathered from the images
+    straight into zero-padded FFT buffers (the integer stage of the clean windows).
+
+    ``ref``/``sec`` (H, W) images; window ``k`` is ``ref[rtop[k]:rtop[k] + w,
+    rleft[k]:rleft[k] + w]``, its sub-image ``sec[qtop[k]:qtop[k] + p, qleft[k]:qleft[k] + p]``.
+    ``out_r`` (K, L, L) float32: the reference window standardised (minus its mean,
+    divided by its std; zeros if flat) in its top-left ``w x w`` corner, zeros
+    elsewhere; ``out_q`` (K, L, L) float32: the sub-image minus its mean in its top-left
+    ``p x p`` corner, zeros elsewhere. ``sd_r``/``sd_q`` (K,) the stds, ``flat_r``/
+    ``flat_q`` (K,) bool whether flat (std below ``flat`` times the mean absolute value,
+    or zero). Same values as ``_correlation._standardise`` and ``_demean`` of the
+    gathered windows, up to the order of the float sums.
+    """
+    for t in range(rtop.shape[0]):
+        sd_r[t], flat_r[t] = _standardise_into(ref, rtop[t], rleft[t], w, True, flat, out_r[t])
+        sd_q[t], flat_q[t] = _standardise_into(sec, qtop[t], qleft[t], p, False, flat, out_q[t])
+
+
+@njit(**_OPTS)
+def zncc_normalise(num, lv, sd_q, bad, w, flat, out):
+    """ZNCC surfaces from the correlation of standardised reference windows with
+    demeaned secondary sub-images: ``num / sqrt(w^2 lv)`` clipped to [-1, 1], NaN where
+    the secondary window is flat (``lv <= flat w^2 sd_q^2``) or ``bad`` (a flat window).
+
+    ``num`` (K, n, n) correlations, ``lv`` (K, n, n) float64 local variances of the
+    secondary windows (sums of squared deviations), ``sd_q`` (K,) std of the
+    sub-images, ``bad`` (K,) bool; ``out`` (K, n, n) float64.
+    """
+    k, n, _ = out.shape
+    ww = np.float64(w * w)
+    for t in range(k):
+        lim = flat * ww * (sd_q[t] * sd_q[t])
+        for v in range(n):
+            for u in range(n):
+                lvv = lv[t, v, u]
+                if bad[t] or not lvv > lim:
+                    out[t, v, u] = np.nan
+                else:
+                    z = np.float64(num[t, v, u]) / math.sqrt(ww * lvv)
+                    out[t, v, u] = min(max(z, -1.0), 1.0)
+
+
+@njit(**_OPTS)
+def window_stds(image, tops, lefts, w, out):
+    """Standard deviation (float64, two passes) of the ``w x w`` windows of ``image`` whose
+    top-left pixels are ``(tops[k], lefts[k])``, into ``out[k]`` (the fully usable case
+    of ``_correlation.window_std``, without gathering the windows)."""
+    n = w * w
+    for t in range(tops.shape[0]):
+        r0 = tops[t]
+        c0 = lefts[t]
+        s = 0.0
+        for i in range(w):
+            for j in range(w):
+                s += image[r0 + i, c0 + j]
+        mean = s / n
+        ss = 0.0
+        for i in range(w):
+            for j in range(w):
+                d = image[r0 + i, c0 + j] - mean
+                ss += d * d
+        out[t] = math.sqrt(ss / n)
+
+
+@njit(**_OPTS)
+def nan_median_filter(f, h, out):
+    """Median of the finite values of ``f`` (float64, (ny, nx)) over the ``2 h + 1``
+    square around each cell (cells outside ``f`` ignored), into ``out``; NaN where there
+    is none. The median of an even count is the mean of the two middle values, as
+    ``numpy.nanmedian`` (which it equals)."""
+    ny, nx = f.shape
+    buf = np.empty((2 * h + 1) ** 2)
+    for i in range(ny):
+        for j in range(nx):
+            c = 0
+            for a in range(max(i - h, 0), min(i + h + 1, ny)):
+                for b in range(max(j - h, 0), min(j + h + 1, nx)):
+                    v = f[a, b]
+                    if math.isfinite(v):
+                        buf[c] = v
+                        c += 1
+            if c == 0:
+                out[i, j] = np.nan
+                continue
+            s = np.sort(buf[:c])
+            if c % 2 == 1:
+                out[i, j] = s[c // 2]
+            else:
+                out[i, j] = (s[c // 2 - 1] + s[c // 2]) / 2.0
+
+
+@njit(**_OPTS)
+def whiten_cross(cross, sp, weight, flat):
+    """Cross-power spectra of the weighted sub-pixel path, in place (float32 arithmetic
+    of the numpy sequence it replaces, element by element).
+
+    ``cross`` (K, L, H) complex64 half spectra of the secondary blocks, multiplied by
+    ``sp`` (K, L, H) (conjugate reference spectra), then divided by the square root of
+    their modulus (floored at 1e-24 times the largest squared modulus of the window)
+    and multiplied by ``weight`` (L, H) float32. ``flat`` (K,) bool: True where the
+    squared modulus nowhere exceeds that floor (a window without texture; an all-zero
+    spectrum is left as is, where numpy's division by zero gave NaN).
+    """
+    k, L, H = cross.shape
+    mag = np.empty((L, H), dtype=np.float32)
+    for t in range(k):
+        mmax = np.float32(0.0)
+        for a in range(L):
+            for b in range(H):
+                c = cross[t, a, b] * sp[t, a, b]
+                cross[t, a, b] = c
+                m = c.real * c.real + c.imag * c.imag
+                mag[a, b] = m
+                if m > mmax:
+                    mmax = m
+        if not mmax > 0.0:  # no texture: left as is (zeros), flagged
+            flat[t] = True
+            continue
+        tiny = np.float32(1e-24) * mmax
+        some = False
+        for a in range(L):
+            for b in range(H):
+                m = mag[a, b]
+                if m > tiny:
+                    some = True
+                else:
+                    m = tiny
+                if m > 0.0:  # (else the product is zero: left as is)
+                    g = weight[a, b] / np.float32(math.sqrt(np.float32(math.sqrt(m))))
+                    cross[t, a, b] = cross[t, a, b] * g
+        flat[t] = not some

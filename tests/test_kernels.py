@@ -1,0 +1,164 @@
+"""The compiled kernels of the correlator's fast paths (tio._kernels) against the numpy
+formulations they replace (synthetic arrays; equal bit for bit, or to float32 rounding
+where the order of the sums differs)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy import ndimage
+
+from tio import _correlation as _c
+from tio import _kernels
+
+
+def _images(seed=0, shape=(90, 120)):
+    rng = np.random.default_rng(seed)
+    ref = ndimage.gaussian_filter(rng.normal(size=shape), 1.2) * 40 + 900
+    sec = np.roll(ref, (2, -1), axis=(0, 1)) + rng.normal(size=shape)
+    return ref.astype(np.float32), sec.astype(np.float32)
+
+
+def test_zncc_clean_equals_zncc_surfaces():
+    """The integer stage of the clean windows (windows gathered straight into the FFT
+    buffers, compiled normalisation) gives the ZNCC surfaces of :func:`zncc_surfaces`,
+    and the same standardised / demeaned windows."""
+    ref, sec = _images()
+    w, s = 32, 8
+    p = w + 2 * s
+    rtop = np.array([10, 20, 30, 40, 12], dtype=np.int64)
+    rleft = np.array([10, 50, 30, 70, 33], dtype=np.int64)
+    qtop, qleft = rtop - s, rleft - s
+    r = sliding_window_view(ref, (w, w))[rtop, rleft]
+    q = sliding_window_view(sec, (p, p))[qtop, qleft]
+    lvm = _c.local_variance_map(sec, w)
+    n = np.arange(2 * s + 1)
+    lv = lvm[(qtop[:, None] + n)[:, :, None], (qleft[:, None] + n)[:, None, :]]
+    zncc, rs, sd_r, qd = _c._zncc_clean(ref, sec, rtop, rleft, qtop, qleft, w, s, lv)
+    expected, _ = _c.zncc_surfaces(r, q, w, s)
+    np.testing.assert_allclose(zncc, expected, rtol=0, atol=2e-5)
+    rs0, _, sd0 = _c._standardise(r)
+    np.testing.assert_allclose(rs, rs0, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(sd_r, sd0, rtol=1e-6)
+    np.testing.assert_allclose(qd, _c._demean(q)[0], rtol=0, atol=1e-3)
+    # a flat reference window gives NaN everywhere
+    flat = ref.copy()
+    flat[10:42, 10:42] = 5.0
+    zf = _c._zncc_clean(flat, sec, rtop, rleft, qtop, qleft, w, s, lv)[0]
+    assert np.isnan(zf[0]).all() and np.isfinite(zf[1:]).all()
+
+
+def test_tapered_reference_equals_numpy():
+    rng = np.random.default_rng(1)
+    w, size = 32, 36
+    rs = rng.normal(size=(6, w, w)).astype(np.float32) * 3 + 2
+    tw = _c._taper2d(w)
+    out = np.full((6, size, size), np.nan, dtype=np.float32)
+    _kernels.tapered_reference(rs, tw, out)
+    a = np.zeros((6, size, size))
+    ra = rs.astype(np.float64) * tw
+    mean = ra.sum(axis=(1, 2)) / tw.astype(np.float64).sum()
+    a[:, 1 : w + 1, 1 : w + 1] = ra - mean[:, None, None] * tw
+    np.testing.assert_allclose(out, a, rtol=0, atol=1e-5)
+
+
+def test_tapered_blocks_at_equals_gathered_blocks():
+    """Indexing the sub-images in the kernel equals gathering them first."""
+    rng = np.random.default_rng(2)
+    w, p, size = 32, 48, 36
+    qd = rng.normal(size=(9, p, p)).astype(np.float32)
+    sel = np.array([7, 2, 2, 5], dtype=np.int64)
+    by, bx = rng.integers(0, p - w - 2, 4), rng.integers(0, p - w - 2, 4)
+    fy, fx = rng.uniform(-0.5, 0.5, 4), rng.uniform(-0.5, 0.5, 4)
+    roll = float(_c.taper_roll(w))
+    a = np.zeros((4, size, size), np.float32)
+    b = np.zeros_like(a)
+    _kernels.tapered_blocks_at(qd, sel, by, bx, fy, fx, w, roll, a)
+    _kernels.tapered_blocks(qd[sel], by, bx, fy, fx, w, roll, b)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_newton_peaks_indexing_the_reference_spectra():
+    """``newton_peaks`` with an index into the reference spectra equals the call on the
+    gathered spectra, and finds a known sub-pixel shift."""
+    rng = np.random.default_rng(3)
+    w, size = 32, 36
+    img = ndimage.gaussian_filter(rng.normal(size=(80, 80)), 1.5)
+    shift = (0.3, -0.2)
+    moved = ndimage.shift(img, shift, order=5, mode="wrap")
+    ref = np.stack([img[20 : 20 + w, 20 + 3 * i : 20 + 3 * i + w] for i in range(5)])
+    qd = np.stack([moved[19:67, 19 + 3 * i : 67 + 3 * i] for i in range(5)]).astype(np.float32)
+    rbuf = np.empty((5, size, size), np.float32)
+    _kernels.tapered_reference(ref.astype(np.float32), _c._taper2d(w), rbuf)
+    spec = np.conj(np.fft.rfft2(rbuf)).astype(np.complex64)
+    b = np.zeros((5, size, size), np.float32)
+    z = np.zeros(5)
+    _kernels.tapered_blocks(qd, np.zeros(5, np.int64), np.zeros(5, np.int64), z, z, w, 5.33, b)
+    fb = np.fft.rfft2(b).astype(np.complex64)
+    sw = _c._spectral_weight32(size)
+    sel = np.array([4, 1, 3], dtype=np.int64)
+    out = [np.empty(3), np.empty(3), np.empty(3, bool)]
+    _kernels.newton_peaks(fb[sel], spec, sel, sw, np.full(3, 0.3), z[:3], z[:3], 0.25, *out)
+    exp = [np.empty(3), np.empty(3), np.empty(3, bool)]
+    _kernels.newton_peaks(
+        fb[sel], spec[sel], np.arange(3), sw, np.full(3, 0.3), z[:3], z[:3], 0.25, *exp
+    )
+    for a, e in zip(out, exp, strict=True):
+        np.testing.assert_array_equal(a, e)
+    assert out[2].all()
+    np.testing.assert_allclose(out[0], shift[0], atol=0.03)
+    np.testing.assert_allclose(out[1], shift[1], atol=0.03)
+
+
+def test_window_stds_equals_window_std():
+    rng = np.random.default_rng(4)
+    img = (rng.normal(size=(70, 90)) * 5 + 100).astype(np.float32)
+    tops = np.array([0, 10, 38, 5], dtype=np.int64)
+    lefts = np.array([0, 57, 20, 3], dtype=np.int64)
+    out = np.empty(4)
+    _kernels.window_stds(img, tops, lefts, 32, out)
+    expected = _c.window_std(sliding_window_view(img, (32, 32))[tops, lefts])
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+
+
+def test_nan_median_filter_equals_nanmedian():
+    rng = np.random.default_rng(5)
+    f = rng.normal(size=(13, 17))
+    f[rng.random(f.shape) < 0.3] = np.nan
+    f[:4, :4] = np.nan  # a cell without any finite neighbour
+    for h in (1, 2):
+        size = 2 * h + 1
+        win = sliding_window_view(np.pad(f, h, constant_values=np.nan), (size, size))
+        win = win.reshape(-1, size * size)
+        has = np.isfinite(win).any(axis=1)
+        expected = np.full(win.shape[0], np.nan)
+        expected[has] = np.nanmedian(win[has], axis=1)
+        out = np.empty(f.shape)
+        _kernels.nan_median_filter(f, h, out)
+        np.testing.assert_array_equal(out, expected.reshape(f.shape))
+
+
+def test_whiten_cross_equals_numpy():
+    """The compiled whitening of the weighted sub-pixel path equals the numpy sequence
+    it replaced (float32; complex products may round differently in the last bit)."""
+    rng = np.random.default_rng(6)
+    k, size = 20, 36
+    shape = (k, size, size // 2 + 1)
+    cross = ((rng.normal(size=shape) + 1j * rng.normal(size=shape)) * 1e3).astype(np.complex64)
+    sp = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
+    cross[3] = 0  # a window without texture
+    sw = _c._spectral_weight32(size)
+    a = cross * sp
+    mag = a.real * a.real + a.imag * a.imag
+    tiny = 1e-24 * mag.max(axis=(1, 2), keepdims=True)
+    flat = ~(mag > tiny).any(axis=(1, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):  # window 3: NaN in numpy
+        a *= sw / np.sqrt(np.sqrt(np.maximum(mag, tiny)))
+    b = cross.copy()
+    out = np.empty(k, dtype=bool)
+    _kernels.whiten_cross(b, sp, sw, out)
+    np.testing.assert_array_equal(out, flat)
+    assert out[3] and not out[:3].any() and not out[4:].any()
+    assert (b[3] == 0).all()  # left as is
+    keep = np.arange(k) != 3
+    np.testing.assert_allclose(b[keep], a[keep], rtol=1e-5, atol=1e-6 * np.abs(a[keep]).max())
