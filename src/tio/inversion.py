@@ -43,7 +43,7 @@ _BLOCK_BYTES = 256 * 2**20
 _WEIGHT_SAMPLE = 10_000
 #: Pixels (at most, regularly spaced) inverted to measure each pair's noise for
 #: ``pair_weighting="residual"``, and the rounds of that measurement (the second
-#: uses the weights of the first; a third changed the benchmark's RMSE by < 1 %).
+#: uses the weights of the first; a third was not tried).
 _RESIDUAL_SAMPLE = 2_000
 _RESIDUAL_ROUNDS = 2
 _COMPONENTS = {"ew": ("east-west", "positive east"), "ns": ("north-south", "positive north")}
