@@ -280,18 +280,14 @@ def pair_weights(cube: xr.Dataset, params: dict) -> dict[str, np.ndarray] | None
     sample of pixels ``invert`` would (read from the cube), ``"std"`` reads whole
     maps (one pair in memory at a time), ``"none"`` gives None.
     """
-    import math
-
     from ._inversion import pair_sigmas, robust_std
-    from .inversion import _RESIDUAL_SAMPLE, _valid, residual_pair_weights
+    from .inversion import _valid, residual_pair_weights, residual_sample
 
     weighting = params.get("pair_weighting", "residual")
     if weighting == "none":
         return None
     if weighting == "residual":
-        ny, nx = cube.sizes["y"], cube.sizes["x"]
-        stride = max(1, math.ceil(math.sqrt(ny * nx / _RESIDUAL_SAMPLE)))
-        sample = cube.isel(y=slice(None, None, stride), x=slice(None, None, stride)).load()
+        sample = residual_sample(cube).load()
         rest = {k: v for k, v in params.items() if k not in ("pair_weighting", "residuals")}
         return residual_pair_weights(sample, **rest)
     score_weighting = bool(params.get("score_weighting"))

@@ -346,9 +346,8 @@ def invert(
     days = (date2 - date1) / np.timedelta64(1, "D")
     base_w = _inv.baseline_weights(days, baseline_weighting)
     if pair_weighting == "residual" and pair_weights is None:
-        stride = max(1, math.ceil(math.sqrt(ny * nx / _RESIDUAL_SAMPLE)))
         pair_weights = residual_pair_weights(
-            pairs.isel(y=slice(None, None, stride), x=slice(None, None, stride)),
+            residual_sample(pairs),
             residual_scale=residual_scale,
             gross_outlier=gross_outlier,
             reweight_iterations=reweight_iterations,
@@ -509,6 +508,17 @@ def invert(
         "score_weighting": int(bool(score_weighting)),
     }
     return _assemble(pairs, dates, res, rms_pair, n_valid, smoothed, params)
+
+
+def residual_sample(pairs: xr.Dataset) -> xr.Dataset:
+    """The regular sample of at most about 2,000 pixels whose residuals give the pair weights.
+
+    Every ``stride``-th row and column (lazy, as ``pairs`` is): :func:`invert`
+    and the block-wise pipeline take the same one, so they get the same weights.
+    """
+    ny, nx = pairs.sizes["y"], pairs.sizes["x"]
+    stride = max(1, math.ceil(math.sqrt(ny * nx / _RESIDUAL_SAMPLE)))
+    return pairs.isel(y=slice(None, None, stride), x=slice(None, None, stride))
 
 
 def residual_pair_weights(pairs: xr.Dataset, *, rounds: int = _RESIDUAL_ROUNDS, **params) -> dict:
