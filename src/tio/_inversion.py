@@ -780,8 +780,8 @@ def invert_block(
     -----
     Each re-weighting pass recomputes the weights of every valid pair from its
     residual to the previous solution, ``w0 / (s**2 + r**2)``, and gives zero
-    weight to pairs with ``|r| > gross_outlier``. Where the used pairs leave several
-    sub-networks (connected components of the date graph: a date
+    weight to pairs with ``|r| > gross_outlier``. Where the used pairs leave
+    several sub-networks (connected components of the date graph: a date
     whose pairs are all invalid or rejected is one on its own), the data fix
     everything inside each sub-network and NSBAS's smoothed series
     (:func:`augment`: tied to ``u`` with weight :data:`TIE_WEIGHT`, its

@@ -287,9 +287,7 @@ def pair_weights(cube: xr.Dataset, params: dict) -> dict[str, np.ndarray] | None
     if weighting == "none":
         return None
     if weighting == "residual":
-        sample = residual_sample(cube).load()
-        rest = {k: v for k, v in params.items() if k not in ("pair_weighting", "residuals")}
-        return residual_pair_weights(sample, **rest)
+        return residual_pair_weights(residual_sample(cube), **params)
     score_weighting = bool(params.get("score_weighting"))
 
     sig = {c: np.empty(cube.sizes["pair"]) for c in ("ew", "ns")}

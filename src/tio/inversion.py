@@ -527,10 +527,12 @@ def residual_pair_weights(pairs: xr.Dataset, *, rounds: int = _RESIDUAL_ROUNDS, 
     Variance component estimation, simplified: ``pairs`` (in practice a
     regular sample of a scene's pixels) is inverted with :func:`invert` and
     ``params``, first with equal pair weights, then ``rounds - 1`` times with
-    the weights of the previous round. The noise of pair ``p`` is its robust
-    RMS residual about zero over the pixels (``1.4826 * median(|r|)``: a
-    misregistration of the pair counts as noise, gross outliers do not),
-    divided by ``sqrt(1 - h_p)``, ``h_p`` the pair's leverage in the whole
+    the weights of the previous round. The noise of pair ``p`` is the robust
+    spread of its residuals over the pixels (1.4826 MAD about their median:
+    gross outliers do not count, nor does an offset common to the whole pair, a
+    misregistration, which is for the corrections to remove; counting it made
+    the benchmark worse), divided by ``sqrt(1 - h_p)``, ``h_p`` the pair's
+    leverage in the whole
     network with the current weights (the share of its own error a least-squares
     fit absorbs: a pair that alone sets a date has no residual).
 
@@ -548,7 +550,8 @@ def residual_pair_weights(pairs: xr.Dataset, *, rounds: int = _RESIDUAL_ROUNDS, 
         than 20 residuals in the sample gets the median noise of the others.
         Invalid ``params`` raise as :func:`invert` does.
     """
-    ew, ns, _, date1, date2 = _read_pairs(pairs, False)
+    pairs = pairs.compute()  # a sample: read it once for all the rounds
+    ew, _, _, date1, date2 = _read_pairs(pairs, False)
     n_pairs = ew.shape[0]
     dates, inv = np.unique(np.concatenate([date1, date2]), return_inverse=True)
     i1, i2 = inv[:n_pairs], inv[n_pairs:]
