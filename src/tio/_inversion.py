@@ -739,6 +739,7 @@ def invert_block(
     regularisation=0.0,
     regularise_final=True,
     residuals=True,
+    joint_outliers=True,
 ):
     """Invert a block of pixels, both components (pixel-last arrays).
 
@@ -762,6 +763,9 @@ def invert_block(
         Regularise the final solution too (else only the re-weighting passes).
     residuals : bool
         Return the residual of every pair (``res_c``, (P, M)).
+    joint_outliers : bool
+        A pair rejected as a gross outlier in one component is rejected in
+        the other too (:func:`_reject_jointly`).
 
     Returns
     -------
@@ -841,9 +845,24 @@ def invert_block(
             lam=regularisation,
             lam_final=regularise_final,
         )
+        results[c] = res
+    if joint_outliers and reweight_iterations > 0:
+        _reject_jointly(
+            net,
+            results,
+            v,
+            take,
+            {"ew": ew, "ns": ns},
+            {"ew": w0_ew, "ns": w0_ns},
+            scale=residual_scale,
+            gross=gross_outlier,
+            gamma2=smoothing_gamma2,
+            lam=regularisation,
+            lam_final=regularise_final,
+        )
+    for res in results.values():
         ok_all &= res["ok"]
         smoothed |= res["smoothed"]
-        results[c] = res
 
     whole = every and ok_all.all()  # every pixel of the block: no index copies
 
@@ -883,6 +902,50 @@ def invert_block(
         out[f"vel_{c}"][idx] = vel
         out[f"vel_sigma_{c}"][idx] = vel_sigma
     return out
+
+
+def _reject_jointly(net, results, valid, take, data, w0, *, scale, gross, gamma2, lam, lam_final):
+    """Reject in both components the pairs rejected in either (in place).
+
+    ``results`` holds the outputs of :func:`_invert_component` for ``"ew"``
+    and ``"ns"`` on the same pixels; ``valid`` (P, M') their valid pairs;
+    ``take`` selects those pixels from a block's ``data[c]`` and ``w0[c]``.
+    Where a component kept a pair that the other rejected, its final solution
+    is computed again without that pair, each remaining pair weighted as in
+    the last re-weighting pass (``w0 / (scale**2 + r**2)``, ``r`` its residual
+    to the first solution), without further passes: one solve of the pixels
+    concerned (regularised with ``lam`` only if ``lam_final``, like the
+    first). The residual of the rejected pair is then its residual to the
+    new solution, and it is counted as an outlier in both components.
+    """
+    union = results["ew"]["outlier"] | results["ns"]["outlier"]
+    for c, res in results.items():
+        redo = np.flatnonzero((union & ~res["outlier"]).any(axis=0))
+        if redo.size == 0:
+            continue
+        d = take(data[c])[:, redo]
+        w = take(w0[c])
+        w = w if w.shape[1] == 1 else w[:, redo]
+        r0 = res["r"][:, redo]
+        w = w / (scale**2 + np.where(np.isfinite(r0), r0, 0.0) ** 2)
+        sub = _invert_component(
+            net,
+            d,
+            valid[:, redo] & ~union[:, redo],
+            w,
+            n_iter=0,
+            scale=scale,
+            gross=gross,
+            gamma2=gamma2,
+            lam=lam,
+            lam_final=lam_final,
+        )
+        u = sub["u"]
+        for k in ("u", "sigma", "smoothed"):
+            res[k][:, redo] = sub[k]
+        res["r"][:, redo] = np.where(valid[:, redo], d - (u[net.i2] - u[net.i1]), np.nan)
+        res["outlier"][:, redo] = union[:, redo]
+        res["ok"][redo] = sub["ok"]
 
 
 def _residual_sums(net, r):

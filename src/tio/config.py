@@ -372,6 +372,12 @@ class InversionConfig(_Section):
         "solution is not regularised (exact for any history the pairs determine); solve: the "
         "final solution is regularised too (smoother; rounds off steps).",
     )
+    joint_outliers: bool = Field(
+        True,
+        description="A pair rejected as a gross outlier in one component (EW or NS) is "
+        "rejected in the other too: both come from one correlation peak, so a wrong match is "
+        "wrong in both. false: each component on its own, as NSBAS.",
+    )
     min_valid_fraction: float = Field(
         0.3, gt=0, le=1, description="A pixel is inverted only with this share of pairs valid."
     )

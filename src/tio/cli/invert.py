@@ -61,6 +61,12 @@ def _expand(paths):
     type=click.Choice(["outliers", "solve"]),
     help="Regularise only the outlier search, or the result too [outliers].",
 )
+@click.option(
+    "--joint-outliers/--separate-outliers",
+    default=None,
+    help="Reject a pair in both components where EW or NS rejects it, or in each component "
+    "on its own (as NSBAS) [joint].",
+)
 @click.option("--min-valid-fraction", type=float, help="Share of valid pairs needed [0.3].")
 @click.option(
     "--pair-weighting",
@@ -92,6 +98,7 @@ def invert_cmd(
     smoothing_gamma2,
     regularisation,
     regularisation_mode,
+    joint_outliers,
     min_valid_fraction,
     pair_weighting,
     baseline_weighting,
@@ -120,6 +127,7 @@ def invert_cmd(
         "inversion.smoothing_gamma2": smoothing_gamma2,
         "inversion.regularisation": regularisation,
         "inversion.regularisation_mode": regularisation_mode,
+        "inversion.joint_outliers": joint_outliers,
         "inversion.min_valid_fraction": min_valid_fraction,
         "inversion.pair_weighting": pair_weighting,
         "inversion.baseline_weighting": baseline_weighting,
