@@ -142,15 +142,20 @@ def test_bad_option_is_a_configuration_error(tmp_path):
     assert res.exit_code == 2 and "inversion" in res.output
 
 
-def test_regularisation_options_reach_the_inversion(tmp_path):
+def test_regularisation_and_outlier_options_reach_the_inversion(tmp_path):
     a = _synthetic_pair(tmp_path / "p_20200101_20200201.tif", None, None, value=1.0)
     b = _synthetic_pair(tmp_path / "p_20200201_20200301.tif", None, None, value=2.0)
     c = _synthetic_pair(tmp_path / "p_20200101_20200301.tif", None, None, value=3.0)
-    args = ("--regularisation", "0.5", "--regularisation-mode", "solve")
+    args = ("--regularisation", "0.5", "--regularisation-mode", "solve", "--separate-outliers")
     res = _run("invert", a, b, c, "-o", tmp_path / "out", *args)
     assert res.exit_code == 0, res.output
     with xr.open_dataset(tmp_path / "out" / "timeseries.nc") as ts:
         assert ts.attrs["tio_inversion_regularisation"] == 0.5
         assert ts.attrs["tio_inversion_regularisation_mode"] == "solve"
+        assert ts.attrs["tio_inversion_joint_outliers"] == 0
+    res = _run("invert", a, b, c, "-o", tmp_path / "out1")
+    assert res.exit_code == 0, res.output
+    with xr.open_dataset(tmp_path / "out1" / "timeseries.nc") as ts:
+        assert ts.attrs["tio_inversion_joint_outliers"] == 1
     res = _run("invert", a, "-o", tmp_path / "out2", "--regularisation", "-1")
     assert res.exit_code == 2 and "regularisation" in res.output
