@@ -175,11 +175,6 @@ def test_digital_numbers_like_l1c(scene: tuple[SyntheticScene, float]) -> None:
         assert blocks.min() > 25.0
 
 
-def test_generation_time(scene: tuple[SyntheticScene, float]) -> None:
-    _, seconds = scene
-    assert seconds < 20.0
-
-
 def test_deterministic_for_a_seed(tmp_path: Path) -> None:
     kw = {"shape": (128, 128), "n_dates": 3, "cloudy_dates": 1}
     a = make_scene(tmp_path / "a", seed=7, **kw)
@@ -193,6 +188,19 @@ def test_deterministic_for_a_seed(tmp_path: Path) -> None:
         np.testing.assert_array_equal(ta[name].values, tb[name].values)
     assert not np.array_equal(_read(a.paths[0]), _read(c.paths[0]))
     assert not np.array_equal(ta.misregistration_ew.values, tc.misregistration_ew.values)
+
+
+def test_a_new_scene_replaces_an_earlier_one_in_the_same_folder(tmp_path: Path) -> None:
+    """``tio demo --seed 3`` after ``tio demo`` in one folder: one time series, not two."""
+    kw = {"shape": (128, 128), "cloudy_dates": 0}
+    first = make_scene(tmp_path, seed=7, n_dates=4, **kw)
+    other = tmp_path / "notes.tif"  # not a scene image: left alone
+    other.write_bytes(b"x")
+    second = make_scene(tmp_path, seed=8, n_dates=3, **kw)
+    assert set(first.dates) != set(second.dates)
+    assert sorted(tmp_path.glob("S2_*.tif")) == sorted(second.paths)
+    assert other.exists()
+    assert second.truth().sizes["time"] == 3
 
 
 # ----------------------------------------------------------------------------- truth

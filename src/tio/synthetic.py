@@ -633,6 +633,9 @@ def make_scene(
     the first) get clouds and their shadows. See the module docstring for the
     image model and sign conventions.
 
+    Images ``S2_YYYYMMDD.tif`` left in ``out_dir`` by an earlier scene (another
+    seed or number of dates) are removed, so that the folder holds one time series.
+
     With ``cloud_mask`` (default), each image carries the cloud mask a product
     would give, as a GDAL mask band: the opaque part of the clouds and their dark
     shadows (``alpha > 0.2`` or shadow > 0.2); thin cloud edges stay unmasked, as
@@ -777,6 +780,14 @@ def make_scene(
             valid = ~((alpha > 0.2) | (shadow > 0.2))
         _write_tif(path, dn, crs_obj, transform, date, valid)
         paths.append(path)
+
+    # images of an earlier scene written to this folder (another seed or number of
+    # dates) would be read with these as one time series: remove them
+    for stale in sorted(set(out.glob("S2_????????.tif")) - set(paths)):
+        try:
+            stale.unlink()
+        except OSError as exc:
+            raise OutputError(f"cannot remove {stale}, left by an earlier scene: {exc}") from exc
 
     # ---- truth file
     xs = x0 + (np.arange(cols_n) + 0.5) * pixel_size
