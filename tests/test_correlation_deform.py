@@ -1,6 +1,6 @@
 """Tests of the window deformation pass and the compiled deformed-block kernel of the
 correlator (tio._correlation.deform_refine, tio._kernels.deformed_blocks), and of the
-noise-dependent whitening of the sub-pixel estimator."""
+whitening of the sub-pixel estimator."""
 
 from __future__ import annotations
 
@@ -187,13 +187,12 @@ def test_strain_deviation():
     assert dev[3, 3] == 0.5 and dev[2, 2] == 0.5 and dev[0, 0] == 0.0 and dev[1, 3] == 0.0
 
 
-def test_whitening_follows_the_score():
+def test_whitening_does_not_follow_the_score():
+    """Square-root whitening for every window: an exponent that fell to 0 (plain
+    cross-correlation) for scores below 0.95 doubled the error of ``tio demo``."""
     wh = _c.whitening(np.array([1.0, 0.99, 0.95, 0.5, np.nan]), 5)
-    assert wh[0] == pytest.approx(_c._WHITEN)
-    assert 0 < wh[1] < _c._WHITEN
-    assert wh[2] == 0 and wh[3] == 0
-    assert wh[4] == pytest.approx(_c._WHITEN)  # unknown score: the default
-    np.testing.assert_array_equal(_c.whitening(None, 3), np.full(3, _c._WHITEN))
+    np.testing.assert_array_equal(wh, np.full(5, 0.5))
+    np.testing.assert_array_equal(_c.whitening(None, 3), np.full(3, 0.5))
 
 
 def test_deform_option_is_checked_and_recorded(l8):

@@ -36,9 +36,10 @@ def test_recovers_the_displacement_history(scene, first_run):
     cfg, result = first_run
     with sc.truth() as truth:
         stats = compare_to_truth(result.timeseries, truth.load(), cfg.correlation.window)
-    # the tolerance stated in the README for this scene (measured: 1.1 m and 1.8 m)
-    assert stats["rmse_stable"] < 1.5, stats
-    assert stats["rmse_landslide"] < 2.5, stats
+    # the tolerance stated in the README for this scene (measured: 0.59 m and 1.27 m;
+    # 0.97 m and 1.30 m when the whitening fell to 0 for ZNCC peaks below 0.95)
+    assert stats["rmse_stable"] < 0.8, stats
+    assert stats["rmse_landslide"] < 1.8, stats
     assert stats["max_truth"] > 20  # the scene really moves
     assert stats["n_pixels"] > 0.8 * result.timeseries.sizes["x"] * result.timeseries.sizes["y"]
 
