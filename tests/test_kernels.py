@@ -162,3 +162,76 @@ def test_whiten_cross_equals_numpy():
     assert (b[3] == 0).all()  # left as is
     keep = np.arange(k) != 3
     np.testing.assert_allclose(b[keep], a[keep], rtol=1e-5, atol=1e-6 * np.abs(a[keep]).max())
+
+
+def _masked_blocks(seed=7, k=6, w=32, p=48):
+    rng = np.random.default_rng(seed)
+    rs = (rng.normal(size=(k, w, w)) * 4 + 3).astype(np.float32)
+    qd = (rng.normal(size=(k, p, p)) * 4 - 2).astype(np.float32)
+    rv = np.ones((k, w, w), dtype=bool)
+    qv = np.ones((k, p, p), dtype=bool)
+    qv[0, :9, :] = False  # image edge above
+    qv[1, :, 40:] = False  # image edge right
+    rv[2, 5:9, 10:20] = False  # a hole in the reference window
+    qv[3, 20:25, 3:30] = False  # a hole in the secondary
+    # window 4: none (the plain tapered block); window 5: both
+    qv[5, :, :6] = False
+    rv[5, 25:, :] = False
+    sel = np.array([0, 1, 2, 3, 4, 5, 3], dtype=np.int64)
+    by = rng.integers(0, p - w - 2, sel.size)
+    bx = rng.integers(0, p - w - 2, sel.size)
+    by[0], bx[1] = 2, 12
+    fy, fx = rng.uniform(-0.5, 0.5, sel.size), rng.uniform(-0.5, 0.5, sel.size)
+    return rs, qd, rv, qv, sel, by, bx, fy, fx
+
+
+def test_weighted_blocks_at_equals_numpy():
+    """The compiled weighted blocks of the edge-window sub-pixel path equal the numpy
+    formulation (taper moved by the estimate times :func:`mask_weight` of the pixels
+    usable in both windows, weighted demeaning), and the plain tapered block where
+    every pixel is usable."""
+    rs, qd, rv, qv, sel, by, bx, fy, fx = _masked_blocks()
+    w, size = rs.shape[1], 36
+    n = w + 2
+    roll = float(_c.taper_roll(w))
+    out = np.zeros((sel.size, size, size), np.float32)
+    _kernels.weighted_blocks_at(qd, rv, qv, sel, by, bx, fy, fx, w, roll, 2, 0.75, out)
+    x = np.arange(-1, w + 1, dtype=np.float64)
+    for t, q in enumerate(sel):
+        blk = qd[q, by[t] : by[t] + n, bx[t] : bx[t] + n].astype(np.float64)
+        uv = qv[q, by[t] : by[t] + n, bx[t] : bx[t] + n].copy()
+        uv[1:-1, 1:-1] &= rv[q]
+        wgt = np.outer(_c.taper(x - fy[t], w), _c.taper(x - fx[t], w))
+        if not uv.all():
+            wgt = wgt * _c.mask_weight(uv[None], fy[t : t + 1], fx[t : t + 1])[0]
+        expected = np.zeros((size, size))
+        expected[:n, :n] = _c._weighted_demean(blk[None], wgt[None])[0]
+        np.testing.assert_allclose(out[t], expected, rtol=0, atol=2e-5 * np.abs(blk).max())
+    assert (out[:, n:, :] == 0).all() and (out[:, :, n:] == 0).all()
+
+
+def test_weighted_reference_at_equals_numpy():
+    """The compiled weighted reference windows (taper times the unmoved
+    :func:`mask_weight` of the pixels usable in both windows) equal the numpy
+    formulation of the edge-window sub-pixel path."""
+    rs, qd, rv, qv, sel, by, bx, _, _ = _masked_blocks()
+    w, size = rs.shape[1], 36
+    n = w + 2
+    tw = _c._taper2d(w)
+    out = np.full((sel.size, size, size), np.nan, np.float32)
+    masked = np.empty(sel.size, dtype=bool)
+    _kernels.weighted_reference_at(rs, rv, qv, sel, by, bx, tw, 2, 0.75, out, masked)
+    z = np.zeros(1)
+    for t, q in enumerate(sel):
+        uv = qv[q, by[t] : by[t] + n, bx[t] : bx[t] + n].copy()
+        uv[1:-1, 1:-1] &= rv[q]
+        assert masked[t] == (not uv.all())
+        wgt = tw.astype(np.float64)
+        if not uv.all():
+            wgt = wgt * _c.mask_weight(uv[None], z, z)[0, 1:-1, 1:-1]
+        expected = np.zeros((size, size))
+        expected[1 : w + 1, 1 : w + 1] = _c._weighted_demean(
+            rs[q][None].astype(np.float64), wgt[None]
+        )[0]
+        np.testing.assert_allclose(out[t], expected, rtol=0, atol=2e-5 * np.abs(rs).max())
+    assert masked[[0, 1, 2, 3, 5]].all() and not masked[4]

@@ -1596,6 +1596,87 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, 
     return ty, tx, alive
 
 
+def _subpixel_weighted(rs, qd, iy, ix, rv, qv, *, w, s, iterations, init=None, score=None):
+    """Sub-pixel stage of windows with unusable pixels near the match (compiled kernels).
+
+    The estimator of :func:`_subpixel_fast` (Newton peak of the partially whitened
+    phase correlation, first estimate at ``init``, the taper of the secondary moved by
+    the current estimate, whitening exponent from ``score``), with the weight of the
+    unusable pixels of :func:`_subpixel`: where the block (``w + 2`` px square around
+    the matched window) or the reference window has unusable pixels, both are also
+    weighted by :func:`mask_weight` of the pixels usable in both (moved by the current
+    estimate for the secondary, unmoved for the reference) and demeaned with that
+    weight (:func:`tio._kernels.weighted_blocks_at`,
+    :func:`tio._kernels.weighted_reference_at`). A reference spectrum is transformed
+    again only when the block of its window has moved by a pixel. Same inputs and
+    outputs as :func:`_subpixel`.
+    """
+    from tio import _kernels
+
+    k = rs.shape[0]
+    size = sfft.next_fast_len(w + 2)
+    tw = _taper2d(w)
+    sw = _spectral_weight32(size)
+    r32 = np.ascontiguousarray(rs, dtype=np.float32)
+    q32 = np.ascontiguousarray(qd, dtype=np.float32)
+    rvb = np.ascontiguousarray(rv, dtype=bool)
+    qvb = np.ascontiguousarray(qv, dtype=bool)
+    roll = float(taper_roll(w))
+    py, px = iy.astype(np.int64), ix.astype(np.int64)
+    if init is None:
+        fy, fx = np.zeros(k), np.zeros(k)
+    else:
+        fy = np.clip(np.asarray(init[0], np.float64), -0.5, 0.5).copy()
+        fx = np.clip(np.asarray(init[1], np.float64), -0.5, 0.5).copy()
+    wh = whitening(score, k)
+    spec = np.empty((k, size, size // 2 + 1), dtype=np.complex64)
+    sby = np.full(k, -1, dtype=np.int64)  # block position of each reference spectrum
+    sbx = np.full(k, -1, dtype=np.int64)
+    buf = np.zeros((k, size, size), dtype=np.float32)
+    alive = np.ones(k, dtype=bool)
+    todo = np.arange(k)
+    for _ in range(max(iterations, 1)):
+        sel = todo
+        m = sel.size
+        if m == 0:
+            break
+        alive[sel] &= (py[sel] >= 1) & (py[sel] <= 2 * s - 1)
+        alive[sel] &= (px[sel] >= 1) & (px[sel] <= 2 * s - 1)
+        by, bx = np.clip(py[sel], 1, 2 * s - 1) - 1, np.clip(px[sel], 1, 2 * s - 1) - 1
+        new = (sby[sel] != by) | (sbx[sel] != bx)
+        if new.any():
+            ns = sel[new]
+            rb = np.empty((ns.size, size, size), dtype=np.float32)
+            masked = np.empty(ns.size, dtype=bool)
+            _kernels.weighted_reference_at(
+                r32, rvb, qvb, ns, by[new], bx[new], tw, 2, 0.75, rb, masked
+            )
+            sp = sfft.rfft2(rb)
+            np.conjugate(sp, out=sp)
+            spec[ns] = sp
+            sby[ns], sbx[ns] = by[new], bx[new]
+        b = buf[:m]
+        f0y, f0x = fy[sel], fx[sel]
+        _kernels.weighted_blocks_at(q32, rvb, qvb, sel, by, bx, f0y, f0x, w, roll, 2, 0.75, b)
+        fb = sfft.rfft2(b)
+        ey, ex = np.empty(m), np.empty(m)
+        conv = np.empty(m, dtype=bool)
+        _kernels.newton_peaks(fb, spec, sel, sw, wh[sel], f0y, f0x, 0.25, ey, ex, conv)
+        alive[sel] &= conv & np.isfinite(ey) & np.isfinite(ex)
+        e_y = np.where(alive[sel], ey, 0.0)
+        e_x = np.where(alive[sel], ex, 0.0)
+        ny_, nx_ = np.rint(e_y).astype(np.int64), np.rint(e_x).astype(np.int64)
+        py[sel] += ny_
+        px[sel] += nx_
+        fy[sel], fx[sel] = e_y - ny_, e_x - nx_
+        moved = np.maximum(np.abs(e_y - f0y), np.abs(e_x - f0x)) > _REFINE
+        todo = sel[moved & alive[sel]]
+    ty = py - s + fy
+    tx = px - s + fx
+    alive &= (np.abs(ty - (iy - s)) <= 0.75) & (np.abs(tx - (ix - s)) <= 0.75)
+    return ty, tx, alive
+
+
 @functools.lru_cache(maxsize=16)
 def _taper2d(w):
     """The separable taper of the sub-pixel stage on a ``w x w`` window (float32)."""
@@ -1876,7 +1957,7 @@ def _process_block(
                 score=score[sel],
             )
         else:
-            ty, tx, alive = _subpixel(
+            ty, tx, alive = _subpixel_weighted(
                 _demean(r[sel])[0],
                 _demean(q[sel])[0],
                 iy[sel],
@@ -1886,7 +1967,8 @@ def _process_block(
                 w=w,
                 s=s,
                 iterations=iterations,
-                upsample=upsample,
+                init=_parabolic_init(zncc[sel], iy[sel], ix[sel]),
+                score=score[sel],
             )
         dy[sel] = np.where(alive, ty, np.nan)
         dx[sel] = np.where(alive, tx, np.nan)

@@ -314,53 +314,202 @@ def mask_blur(valid, erode, wy, wx, rad, out):
     """
     k, n, _ = out.shape
     m = n + 2 * rad
-    nt = 2 * rad + 1
     col = np.empty((n, n), dtype=np.bool_)
     e = np.empty((n, n), dtype=np.bool_)
     rows = np.empty((n, m), dtype=np.float32)
     ep = np.empty((m, m), dtype=np.float32)
     for t in range(k):
-        # erosion: minimum over the rows, then over the columns (index clamped)
+        _mask_blur_one(valid[t], erode, wy[t], wx[t], rad, out[t], col, e, rows, ep)
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _mask_blur_one(valid, erode, wy, wx, rad, out, col, e, rows, ep):
+    """:func:`mask_blur` of one window (``valid``, ``out`` (n, n); ``wy``/``wx`` its taps;
+    ``col``, ``e`` (n, n) bool, ``rows`` (n, n + 2 rad), ``ep`` (n + 2 rad) squared float32
+    work arrays)."""
+    n = out.shape[0]
+    m = n + 2 * rad
+    nt = 2 * rad + 1
+    # erosion: minimum over the rows, then over the columns (index clamped)
+    for y in range(n):
+        for x in range(n):
+            v = True
+            for d in range(-erode, erode + 1):
+                yy = min(max(y + d, 0), n - 1)
+                v = v and valid[yy, x]
+            col[y, x] = v
+    for y in range(n):
+        for x in range(n):
+            v = True
+            for d in range(-erode, erode + 1):
+                xx = min(max(x + d, 0), n - 1)
+                v = v and col[y, xx]
+            e[y, x] = v
+    # the eroded mask padded by ``rad`` (edge), as float32
+    for y in range(m):
+        ys = min(max(y - rad, 0), n - 1)
+        for x in range(m):
+            xs = min(max(x - rad, 0), n - 1)
+            ep[y, x] = 1.0 if e[ys, xs] else 0.0
+    for y in range(n):
+        for x in range(m):
+            rows[y, x] = 0.0
+    for i in range(nt):
+        c = wy[i]
         for y in range(n):
-            for x in range(n):
-                v = True
-                for d in range(-erode, erode + 1):
-                    yy = min(max(y + d, 0), n - 1)
-                    v = v and valid[t, yy, x]
-                col[y, x] = v
-        for y in range(n):
-            for x in range(n):
-                v = True
-                for d in range(-erode, erode + 1):
-                    xx = min(max(x + d, 0), n - 1)
-                    v = v and col[y, xx]
-                e[y, x] = v
-        # the eroded mask padded by ``rad`` (edge), as float32
-        for y in range(m):
-            ys = min(max(y - rad, 0), n - 1)
+            src = 2 * rad - i + y
             for x in range(m):
-                xs = min(max(x - rad, 0), n - 1)
-                ep[y, x] = 1.0 if e[ys, xs] else 0.0
-        for y in range(n):
-            for x in range(m):
-                rows[y, x] = 0.0
-        for i in range(nt):
-            c = wy[t, i]
-            for y in range(n):
-                src = 2 * rad - i + y
-                for x in range(m):
-                    rows[y, x] += c * ep[src, x]
+                rows[y, x] += c * ep[src, x]
+    for y in range(n):
+        for x in range(n):
+            out[y, x] = 0.0
+    for i in range(nt):
+        c = wx[i]
         for y in range(n):
             for x in range(n):
-                out[t, y, x] = 0.0
-        for i in range(nt):
-            c = wx[t, i]
-            for y in range(n):
-                for x in range(n):
-                    out[t, y, x] += c * rows[y, 2 * rad - i + x]
-        for y in range(n):
-            for x in range(n):
-                out[t, y, x] = min(max(out[t, y, x], np.float32(0.0)), np.float32(1.0))
+                out[y, x] += c * rows[y, 2 * rad - i + x]
+    for y in range(n):
+        for x in range(n):
+            out[y, x] = min(max(out[y, x], np.float32(0.0)), np.float32(1.0))
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _gauss_taps(frac, sigma, rad, out):
+    """Gaussian taps of :func:`_correlation.mask_weight` (float32): tap ``i`` is the
+    normal density (standard deviation ``sigma``) at ``i - rad - frac``."""
+    norm = 1.0 / (sigma * math.sqrt(2.0 * math.pi))
+    for i in range(2 * rad + 1):
+        t = (np.float64(i - rad) - frac) / sigma
+        out[i] = np.float32(norm * math.exp(-0.5 * t * t))
+
+
+@njit(**_OPTS)
+def weighted_reference_at(rs, rv, qv, sel, by, bx, tw, erode, sigma, out, masked):
+    """Reference windows of the weighted (edge-window) sub-pixel path, into zero-padded
+    FFT buffers.
+
+    Window ``t`` is ``rs[sel[t]]`` (w, w) with usable pixels ``rv[sel[t]]``; its
+    secondary block is ``qv[sel[t], by[t]:by[t] + w + 2, bx[t]:bx[t] + w + 2]``. The
+    pixels usable in both (block coordinates, the reference padded with usable pixels)
+    give the weight :func:`_correlation.mask_weight` at zero shift (``erode``,
+    ``sigma``), times the taper ``tw`` (w, w); ``out[t, 1:w + 1, 1:w + 1]`` is the window
+    minus its weighted mean, times the weight (float64 sums; zeros elsewhere).
+    ``masked[t]`` says whether the block has unusable pixels; where it has none the
+    weight is the taper alone (as :func:`tapered_reference`).
+    """
+    k = sel.shape[0]
+    w = rs.shape[1]
+    n = w + 2
+    size = out.shape[1]
+    rad = int(math.ceil(4 * sigma)) + 1
+    m = n + 2 * rad
+    uv = np.empty((n, n), dtype=np.bool_)
+    mw = np.empty((n, n), dtype=np.float32)
+    col = np.empty((n, n), dtype=np.bool_)
+    e = np.empty((n, n), dtype=np.bool_)
+    rows = np.empty((n, m), dtype=np.float32)
+    ep = np.empty((m, m), dtype=np.float32)
+    taps = np.empty(2 * rad + 1, dtype=np.float32)
+    _gauss_taps(0.0, sigma, rad, taps)
+    wgt = np.empty((w, w))
+    for t in range(k):
+        q = sel[t]
+        anybad = False
+        for i in range(n):
+            for j in range(n):
+                u = qv[q, by[t] + i, bx[t] + j]
+                if 1 <= i <= w and 1 <= j <= w:
+                    u = u and rv[q, i - 1, j - 1]
+                uv[i, j] = u
+                if not u:
+                    anybad = True
+        masked[t] = anybad
+        o = out[t]
+        for i in range(size):
+            for j in range(size):
+                o[i, j] = 0.0
+        if anybad:
+            _mask_blur_one(uv, erode, taps, taps, rad, mw, col, e, rows, ep)
+            for i in range(w):
+                for j in range(w):
+                    wgt[i, j] = np.float64(tw[i, j]) * np.float64(mw[i + 1, j + 1])
+        else:
+            for i in range(w):
+                for j in range(w):
+                    wgt[i, j] = tw[i, j]
+        sw = 0.0
+        sv = 0.0
+        for i in range(w):
+            for j in range(w):
+                sw += wgt[i, j]
+                sv += np.float64(rs[q, i, j]) * wgt[i, j]
+        mean = sv / max(sw, 1e-12)
+        for i in range(w):
+            for j in range(w):
+                o[i + 1, j + 1] = (np.float64(rs[q, i, j]) - mean) * wgt[i, j]
+
+
+@njit(**_OPTS)
+def weighted_blocks_at(qd, rv, qv, sel, by, bx, fy, fx, w, roll, erode, sigma, out):
+    """Secondary blocks of the weighted (edge-window) sub-pixel path, into zero-padded
+    FFT buffers (their first ``w + 2`` rows and columns).
+
+    Block ``t`` is ``qd[sel[t], by[t]:by[t] + w + 2, bx[t]:bx[t] + w + 2]``; its weight is
+    the separable taper moved by ``(fy[t], fx[t])`` times, where the block has pixels
+    unusable in it or in the reference window ``rv[sel[t]]`` (see
+    :func:`weighted_reference_at`), :func:`_correlation.mask_weight` moved by the same
+    shift. ``out[t]`` is the block minus its weighted mean, times the weight (float64
+    sums); a block without unusable pixels is written as by :func:`tapered_blocks_at`.
+    """
+    k = sel.shape[0]
+    n = w + 2
+    rad = int(math.ceil(4 * sigma)) + 1
+    m = n + 2 * rad
+    uv = np.empty((n, n), dtype=np.bool_)
+    mw = np.empty((n, n), dtype=np.float32)
+    col = np.empty((n, n), dtype=np.bool_)
+    e = np.empty((n, n), dtype=np.bool_)
+    rows = np.empty((n, m), dtype=np.float32)
+    ep = np.empty((m, m), dtype=np.float32)
+    wy = np.empty(2 * rad + 1, dtype=np.float32)
+    wx = np.empty(2 * rad + 1, dtype=np.float32)
+    ty = np.empty(n)
+    tx = np.empty(n)
+    for t in range(k):
+        q = sel[t]
+        r0 = by[t]
+        c0 = bx[t]
+        for i in range(n):
+            ty[i] = _taper(i - 1.0 - fy[t], w, roll)
+            tx[i] = _taper(i - 1.0 - fx[t], w, roll)
+        anybad = False
+        for i in range(n):
+            for j in range(n):
+                u = qv[q, r0 + i, c0 + j]
+                if 1 <= i <= w and 1 <= j <= w:
+                    u = u and rv[q, i - 1, j - 1]
+                uv[i, j] = u
+                if not u:
+                    anybad = True
+        o = out[t]
+        if not anybad:
+            _demean_taper(qd[q, r0 : r0 + n, c0 : c0 + n], ty, tx, o)
+            continue
+        _gauss_taps(fy[t], sigma, rad, wy)
+        _gauss_taps(fx[t], sigma, rad, wx)
+        _mask_blur_one(uv, erode, wy, wx, rad, mw, col, e, rows, ep)
+        sw = 0.0
+        sv = 0.0
+        for i in range(n):
+            for j in range(n):
+                g = ty[i] * tx[j] * np.float64(mw[i, j])
+                sw += g
+                sv += np.float64(qd[q, r0 + i, c0 + j]) * g
+        mean = sv / max(sw, 1e-12)
+        for i in range(n):
+            for j in range(n):
+                g = ty[i] * tx[j] * np.float64(mw[i, j])
+                o[i, j] = (np.float64(qd[q, r0 + i, c0 + j]) - mean) * g
 
 
 @njit(**_OPTS)
