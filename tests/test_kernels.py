@@ -235,3 +235,29 @@ def test_weighted_reference_at_equals_numpy():
         )[0]
         np.testing.assert_allclose(out[t], expected, rtol=0, atol=2e-5 * np.abs(rs).max())
     assert masked[[0, 1, 2, 3, 5]].all() and not masked[4]
+
+
+def test_separable_blur_equals_two_dimensional():
+    """The 1-D passes of a rectangular mask (image edges) equal the 2-D erosion and
+    blur of :func:`mask_weight` to float32 rounding; other masks are left to it."""
+    rng = np.random.default_rng(8)
+    n, rad = 34, 4
+    for t in range(6):
+        v = np.zeros((n, n), dtype=bool)
+        y0, x0 = rng.integers(0, 12, 2)
+        y1, x1 = n - rng.integers(0, 12, 2)
+        v[y0:y1, x0:x1] = True
+        if t == 5:
+            v[:] = True
+        fy, fx = rng.uniform(-0.5, 0.5, 2)
+        expected = _c.mask_weight(v[None], np.array([fy]), np.array([fx]))[0]
+        wy = np.empty(2 * rad + 1, np.float32)
+        wx = np.empty(2 * rad + 1, np.float32)
+        _kernels._gauss_taps(fy, 0.75, rad, wy)
+        _kernels._gauss_taps(fx, 0.75, rad, wx)
+        out = np.full((n, n), np.nan, np.float32)
+        work = np.empty((n, n + 2 * rad), np.float32)
+        assert _kernels._separable_blur(v, 2, wy, wx, rad, out, work)
+        np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+    v[3, 3] = False  # not a rectangle
+    assert not _kernels._separable_blur(v, 2, wy, wx, rad, out, work)

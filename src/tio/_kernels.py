@@ -319,17 +319,20 @@ def mask_blur(valid, erode, wy, wx, rad, out):
     rows = np.empty((n, m), dtype=np.float32)
     ep = np.empty((m, m), dtype=np.float32)
     for t in range(k):
-        _mask_blur_one(valid[t], erode, wy[t], wx[t], rad, out[t], col, e, rows, ep)
+        _mask_blur_one(valid[t], erode, wy[t], wx[t], rad, out[t], col, e, rows, ep, False)
 
 
 @njit(cache=True, fastmath=False, nogil=True)
-def _mask_blur_one(valid, erode, wy, wx, rad, out, col, e, rows, ep):
+def _mask_blur_one(valid, erode, wy, wx, rad, out, col, e, rows, ep, separable):
     """:func:`mask_blur` of one window (``valid``, ``out`` (n, n); ``wy``/``wx`` its taps;
     ``col``, ``e`` (n, n) bool, ``rows`` (n, n + 2 rad), ``ep`` (n + 2 rad) squared float32
-    work arrays)."""
+    work arrays). With ``separable``, a rectangle of usable pixels takes
+    :func:`_separable_blur` (1-D passes; equal up to float32 rounding)."""
     n = out.shape[0]
     m = n + 2 * rad
     nt = 2 * rad + 1
+    if separable and _separable_blur(valid, erode, wy, wx, rad, out, rows):
+        return
     # erosion: minimum over the rows, then over the columns (index clamped)
     for y in range(n):
         for x in range(n):
@@ -371,6 +374,53 @@ def _mask_blur_one(valid, erode, wy, wx, rad, out, col, e, rows, ep):
     for y in range(n):
         for x in range(n):
             out[y, x] = min(max(out[y, x], np.float32(0.0)), np.float32(1.0))
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _separable_blur(valid, erode, wy, wx, rad, out, work):
+    """:func:`_mask_blur_one` of a mask that is a rectangle of usable pixels (the
+    product of a row mask and a column mask: windows at the image edges), by 1-D
+    erosions and blurs; returns False (nothing written) for any other mask. The
+    values are those of the 2-D computation up to the rounding of one float32 product.
+    ``work`` is a float32 array of at least 4 rows of ``n + 2 rad``."""
+    n = out.shape[0]
+    ra = work[0]
+    ca = work[1]
+    for i in range(n):
+        ra[i] = 0.0
+        ca[i] = 0.0
+    for i in range(n):
+        for j in range(n):
+            if valid[i, j]:
+                ra[i] = 1.0
+                ca[j] = 1.0
+    for i in range(n):
+        for j in range(n):
+            if valid[i, j] != (ra[i] > 0.0 and ca[j] > 0.0):
+                return False
+    by = work[2]
+    bx = work[3]
+    for a in range(2):
+        src = ra if a == 0 else ca
+        wt = wy if a == 0 else wx
+        dst = by if a == 0 else bx
+        # eroded (clamped index), padded by ``rad`` (edge), blurred
+        for y in range(n):
+            v = 1.0
+            for d in range(-erode, erode + 1):
+                v = min(v, src[min(max(y + d, 0), n - 1)])
+            dst[y + rad] = v
+        for y in range(n):
+            acc = np.float32(0.0)
+            for i in range(2 * rad + 1):
+                yy = 2 * rad - i + y
+                e = dst[min(max(yy, rad), rad + n - 1)]
+                acc += wt[i] * np.float32(e)
+            src[y] = acc  # the source is no longer needed
+    for y in range(n):
+        for x in range(n):
+            out[y, x] = min(max(ra[y] * ca[x], np.float32(0.0)), np.float32(1.0))
+    return True
 
 
 @njit(cache=True, fastmath=False, nogil=True)
@@ -429,7 +479,7 @@ def weighted_reference_at(rs, rv, qv, sel, by, bx, tw, erode, sigma, out, masked
             for j in range(size):
                 o[i, j] = 0.0
         if anybad:
-            _mask_blur_one(uv, erode, taps, taps, rad, mw, col, e, rows, ep)
+            _mask_blur_one(uv, erode, taps, taps, rad, mw, col, e, rows, ep, True)
             for i in range(w):
                 for j in range(w):
                     wgt[i, j] = np.float64(tw[i, j]) * np.float64(mw[i + 1, j + 1])
@@ -497,7 +547,7 @@ def weighted_blocks_at(qd, rv, qv, sel, by, bx, fy, fx, w, roll, erode, sigma, o
             continue
         _gauss_taps(fy[t], sigma, rad, wy)
         _gauss_taps(fx[t], sigma, rad, wx)
-        _mask_blur_one(uv, erode, wy, wx, rad, mw, col, e, rows, ep)
+        _mask_blur_one(uv, erode, wy, wx, rad, mw, col, e, rows, ep, True)
         sw = 0.0
         sv = 0.0
         for i in range(n):
