@@ -261,3 +261,32 @@ def test_separable_blur_equals_two_dimensional():
         np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
     v[3, 3] = False  # not a rectangle
     assert not _kernels._separable_blur(v, 2, wy, wx, rad, out, work)
+
+
+def test_zncc_rect_equals_zncc_surfaces():
+    """The ZNCC of edge windows (usable secondary pixels forming a rectangle; inputs
+    standardised by the compiled ``rect_standardise``) equals the general masked
+    formulation, and so does the usable fraction."""
+    ref, sec = _images(9)
+    w, s = 32, 8
+    p = w + 2 * s
+    tops = np.array([0, 20, 40, 10, 30], dtype=np.int64)
+    lefts = np.array([0, 30, 60, 70, 5], dtype=np.int64)
+    r = sliding_window_view(ref, (w, w))[tops + s, lefts + s].copy()
+    q = sliding_window_view(sec, (p, p))[tops, lefts].copy()
+    qv = np.ones(q.shape, dtype=bool)
+    qv[0, :6, :] = False
+    qv[1, :, 41:] = False
+    qv[2, 40:, :] = False
+    qv[2, :, :3] = False  # a corner
+    qv[3, :, :10] = False  # window 4: fully usable
+    q[~qv] = 1e4  # values outside the rectangle must not count
+    rv = np.ones(r.shape, dtype=bool)
+    zncc, frac = _c._zncc_rect(r, q, qv, w, s, 16)
+    expected, efrac = _c.zncc_surfaces(r, q, w, s, rv, qv, min_overlap=16)
+    np.testing.assert_allclose(frac, efrac, rtol=0, atol=1e-12)
+    assert np.array_equal(np.isnan(zncc), np.isnan(expected))
+    np.testing.assert_allclose(zncc, expected, rtol=0, atol=2e-5, equal_nan=True)
+    # a flat reference window gives NaN
+    r[2] = 7.0
+    assert np.isnan(_c._zncc_rect(r, q, qv, w, s, 16)[0][2]).all()

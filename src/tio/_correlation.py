@@ -2010,24 +2010,32 @@ def _zncc_rect(r, q, qv, w, s, min_overlap):
     y1 = p - np.argmax(rows[:, ::-1], axis=1)
     x0 = np.argmax(cols, axis=1)
     x1 = p - np.argmax(cols[:, ::-1], axis=1)
-    rs, flat_r, _ = _standardise(r)
-    # the secondary standardised over its usable pixels, zero elsewhere (float32)
-    v32 = qv.astype(np.float32)
-    q32 = np.asarray(q, np.float32)
-    nq = np.maximum(v32.sum(axis=(1, 2), dtype=np.float64), 1.0)
-    mean = np.einsum("kij,kij->k", q32, v32, dtype=np.float64) / nq
-    qs = q32 - mean.astype(np.float32)[:, None, None]
-    qs *= v32
-    sd = np.sqrt(np.einsum("kij,kij->k", qs, qs, dtype=np.float64) / nq)
-    flat_q = (sd <= _FLAT * np.abs(mean)) | (sd == 0)
-    qs *= np.where(flat_q, 0.0, 1.0 / np.where(flat_q, 1.0, sd)).astype(np.float32)[:, None, None]
-    # cross term: sum over the overlap of r * q (q is zero outside its rectangle)
-    fr = _rfft2_rows(rs, size)
-    np.conjugate(fr, out=fr)
-    fr *= sfft.rfft2(qs, s=(size, size))
-    srq = _irfft2_rows(fr, size, n)[:, :, :n].astype(np.float64)
     from tio import _kernels
 
+    # the reference standardised, the secondary standardised over its usable pixels and
+    # zero elsewhere (float32), straight into zero-padded FFT buffers (compiled)
+    rbuf = np.empty((k, size, size), dtype=np.float32)
+    qbuf = np.empty((k, size, size), dtype=np.float32)
+    flat_r, flat_q = np.empty(k, dtype=bool), np.empty(k, dtype=bool)
+    _kernels.rect_standardise(
+        np.ascontiguousarray(r, dtype=np.float32),
+        np.ascontiguousarray(q, dtype=np.float32),
+        y0.astype(np.int64),
+        y1.astype(np.int64),
+        x0.astype(np.int64),
+        x1.astype(np.int64),
+        _FLAT,
+        rbuf,
+        qbuf,
+        flat_r,
+        flat_q,
+    )
+    rs, qs = rbuf[:, :w, :w], qbuf[:, :p, :p]
+    # cross term: sum over the overlap of r * q (q is zero outside its rectangle)
+    fr = sfft.rfft2(rbuf)
+    np.conjugate(fr, out=fr)
+    fr *= sfft.rfft2(qbuf)
+    srq = _irfft2_rows(fr, size, n)[:, :, :n].astype(np.float64)
     zncc = np.empty((k, n, n))
     frac = np.empty((k, n, n))
     _kernels.rect_zncc(

@@ -695,6 +695,49 @@ def rect_zncc(srq, rs, qs, y0, y1, x0, x1, min_cnt, flat, out_z, out_frac):
                 out_z[t, v, u] = min(max(z, -1.0), 1.0)
 
 
+@njit(**_OPTS)
+def rect_standardise(r, q, y0, y1, x0, x1, flat, out_r, out_q, flat_r, flat_q):
+    """Inputs of :func:`rect_zncc`, written into zero-padded FFT buffers.
+
+    ``r`` (K, w, w) reference windows, standardised (minus the mean, divided by the
+    std; float64 sums) into ``out_r[k, :w, :w]``; ``q`` (K, P, P) secondary sub-images,
+    standardised over the rectangle ``[y0, y1) x [x0, x1)`` of usable pixels and zero
+    outside it, into ``out_q[k, :P, :P]``; zeros elsewhere in both (K, L, L) float32
+    buffers. A flat window (std below ``flat`` times its mean absolute value, or zero)
+    is written as zeros and flagged in ``flat_r``/``flat_q``. Same values as the numpy
+    standardisation of ``_correlation._zncc_rect`` up to the order of the float sums.
+    """
+    k, w, _ = r.shape
+    size = out_r.shape[1]
+    for t in range(k):
+        flat_r[t] = _standardise_into(r[t], 0, 0, w, True, flat, out_r[t])[1]
+        o = out_q[t]
+        for i in range(size):
+            for j in range(size):
+                o[i, j] = 0.0
+        ya, yb, xa, xb = y0[t], y1[t], x0[t], x1[t]
+        cnt = max((yb - ya) * (xb - xa), 1)
+        sm = 0.0
+        for i in range(ya, yb):
+            for j in range(xa, xb):
+                sm += q[t, i, j]
+        mean = sm / cnt
+        m32 = np.float32(mean)
+        ss = 0.0
+        for i in range(ya, yb):
+            for j in range(xa, xb):
+                d = np.float32(q[t, i, j]) - m32
+                o[i, j] = d
+                ss += np.float64(d) * d
+        sd = math.sqrt(ss / cnt)
+        fl = sd <= flat * abs(mean) or sd == 0.0
+        flat_q[t] = fl
+        g = np.float32(0.0) if fl else np.float32(1.0 / sd)
+        for i in range(ya, yb):
+            for j in range(xa, xb):
+                o[i, j] *= g
+
+
 @njit(cache=True, fastmath=False, nogil=True)
 def _keys(t):
     """Keys (1981) cubic convolution weights (a = -0.5) of the 4 samples around ``t`` in [0, 1)."""
