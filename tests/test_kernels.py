@@ -290,3 +290,25 @@ def test_zncc_rect_equals_zncc_surfaces():
     # a flat reference window gives NaN
     r[2] = 7.0
     assert np.isnan(_c._zncc_rect(r, q, qv, w, s, 16)[0][2]).all()
+
+
+def test_zncc_normalise_at_equals_gathered():
+    """Reading the local variances from the map equals normalising with the gathered
+    variances (bit for bit)."""
+    rng = np.random.default_rng(10)
+    k, n, w = 5, 17, 32
+    lvm = rng.uniform(0.0, 50.0, size=(60, 70))
+    lvm[10:14, 20:25] = 0.0  # flat secondary windows: NaN
+    lr = np.array([0, 10, 5, 40, 3], dtype=np.int64)
+    lc = np.array([0, 20, 50, 30, 8], dtype=np.int64)
+    num = rng.normal(size=(k, n, n)).astype(np.float32)
+    sd_q = rng.uniform(0.5, 2.0, k)
+    bad = np.array([False, False, True, False, False])
+    idx = np.arange(n)
+    lv = lvm[(lr[:, None] + idx)[:, :, None], (lc[:, None] + idx)[:, None, :]]
+    a = np.empty((k, n, n))
+    b = np.empty((k, n, n))
+    _kernels.zncc_normalise(num, lv, sd_q, bad, w, 1e-6, a)
+    _kernels.zncc_normalise_at(num, lvm, lr, lc, sd_q, bad, w, 1e-6, b)
+    np.testing.assert_array_equal(a, b)
+    assert np.isnan(b[2]).all() and np.isnan(b[1, :4, :5]).all()

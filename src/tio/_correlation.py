@@ -1230,11 +1230,9 @@ def _tile(views, rows, cols, *, step, **opts):
     box = views["secimg"][rmin:rmax, cmin:cmax]
     lv = None
     if box.size <= 4 * ii.size * p0 * p0:
-        lvm = local_variance_map(box, w)
-        n = np.arange(2 * s + 1)
-        lr = (r0 - rmin)[:, None] + n
-        lc = (c0 - cmin)[:, None] + n
-        lv = lvm[lr[:, :, None], lc[:, None, :]]
+        # the map and each window's corner in it (read there by the compiled
+        # normalisation, no gathered copy)
+        lv = (local_variance_map(box, w), r0 - rmin, c0 - cmin)
     # Windows without any unusable pixel (reference window and secondary sub-image)
     # take the fast path here; the others are returned for :func:`_masked_tile`.
     k = ii.size
@@ -1250,7 +1248,8 @@ def _tile(views, rows, cols, *, step, **opts):
     if not clean.all():
         d = ~clean
         rest = (ii[d], jj[d])
-        ii, jj, r0, c0, lv = ii[clean], jj[clean], r0[clean], c0[clean], lv[clean]
+        ii, jj, r0, c0 = ii[clean], jj[clean], r0[clean], c0[clean]
+        lv = (lv[0], lv[1][clean], lv[2][clean])
         if ii.size == 0:
             return None, rest
     tex = None
@@ -1308,7 +1307,9 @@ def _zncc_clean(ref, sec, rtop, rleft, qtop, qleft, w, s, lv):
     ``w + 2 s``) at ``(qtop[k], qleft[k])``. They are gathered straight into the
     zero-padded FFT buffers, standardised and demeaned
     (:func:`tio._kernels.gather_windows`, no intermediate copies). ``lv`` is the local
-    variance of the (un-normalised) secondary windows at every offset. Only the
+    variance of the (un-normalised) secondary windows at every offset (K, 2s + 1,
+    2s + 1), or a tuple ``(map, rows, cols)``: a local-variance map and the corner of
+    window ``k``'s offsets in it. Only the
     ``2 s + 1`` rows of the correlation that are needed are transformed back. Returns
     the surfaces (float64), the standardised reference windows (a view of a buffer),
     their std and the demeaned secondary sub-images (float32).
@@ -1334,7 +1335,21 @@ def _zncc_clean(ref, sec, rtop, rleft, qtop, qleft, w, s, lv):
     # With a standardised reference and an un-normalised secondary:
     # zncc = num / sqrt(w^2 * local variance), the secondary's scale cancels.
     zncc = np.empty((k, n, n))
-    _kernels.zncc_normalise(num, lv, sd_q, flat_r | flat_q, w, _FLAT, zncc)
+    if isinstance(lv, tuple):  # (map, rows, cols): window k's at map[rows[k]:, cols[k]:]
+        lvm, lr, lc = lv
+        _kernels.zncc_normalise_at(
+            num,
+            lvm,
+            lr.astype(np.int64),
+            lc.astype(np.int64),
+            sd_q,
+            flat_r | flat_q,
+            w,
+            _FLAT,
+            zncc,
+        )
+    else:
+        _kernels.zncc_normalise(num, lv, sd_q, flat_r | flat_q, w, _FLAT, zncc)
     return zncc, rbuf[:, :w, :w], sd_r, qbuf[:, :p, :p]
 
 

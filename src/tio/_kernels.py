@@ -943,6 +943,26 @@ def zncc_normalise(num, lv, sd_q, bad, w, flat, out):
 
 
 @njit(**_OPTS)
+def zncc_normalise_at(num, lvm, lr, lc, sd_q, bad, w, flat, out):
+    """:func:`zncc_normalise` with the local variances read from a map: window ``k``'s
+    at offset ``(v, u)`` is ``lvm[lr[k] + v, lc[k] + u]`` (no gathered copy)."""
+    k, n, _ = out.shape
+    ww = np.float64(w * w)
+    for t in range(k):
+        lim = flat * ww * (sd_q[t] * sd_q[t])
+        r0 = lr[t]
+        c0 = lc[t]
+        for v in range(n):
+            for u in range(n):
+                lvv = lvm[r0 + v, c0 + u]
+                if bad[t] or not lvv > lim:
+                    out[t, v, u] = np.nan
+                else:
+                    z = np.float64(num[t, v, u]) / math.sqrt(ww * lvv)
+                    out[t, v, u] = min(max(z, -1.0), 1.0)
+
+
+@njit(**_OPTS)
 def window_stds(image, tops, lefts, w, out):
     """Standard deviation (float64, two passes) of the ``w x w`` windows of ``image`` whose
     top-left pixels are ``(tops[k], lefts[k])``, into ``out[k]`` (the fully usable case
