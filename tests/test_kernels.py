@@ -312,3 +312,45 @@ def test_zncc_normalise_at_equals_gathered():
     _kernels.zncc_normalise_at(num, lvm, lr, lc, sd_q, bad, w, 1e-6, b)
     np.testing.assert_array_equal(a, b)
     assert np.isnan(b[2]).all() and np.isnan(b[1, :4, :5]).all()
+
+
+def test_peak_analysis_equals_numpy():
+    """The compiled decisions of the integer stage (peak, bracketing, peak-ratio and
+    ridge tests, score, parabolic start) equal the numpy functions, bit for bit."""
+    rng = np.random.default_rng(11)
+    k, n = 400, 17
+    yy, xx = np.mgrid[0:n, 0:n]
+    cy, cx = rng.uniform(-1, n, k), rng.uniform(-1, n, k)
+    sy, sx = rng.uniform(0.8, 6.0, k), rng.uniform(0.8, 6.0, k)
+    z = np.exp(
+        -0.5 * (((yy - cy[:, None, None]) / sy[:, None, None]) ** 2)
+        - 0.5 * (((xx - cx[:, None, None]) / sx[:, None, None]) ** 2)
+    )
+    z = z * rng.uniform(0.3, 1.0, (k, 1, 1)) + rng.normal(0, 0.05, (k, n, n))
+    z[rng.random((k, n, n)) < 0.03] = np.nan  # offsets not evaluated
+    z[5] = np.nan  # all
+    z[6] = -0.2  # no positive peak
+    z[7] = 0.0
+    z[7, 8, 8], z[7, 8, 3] = 1.0, 0.95  # a second peak: ambiguous
+    for max_ratio in (0.9, 1.0):
+        iy0, ix0, ok0 = _c.integer_peaks(z)
+        if max_ratio < 1.0:
+            ok0 &= ~_c.ambiguous_peaks(z, iy0, ix0, max_ratio)
+            ok0 &= ~_c.weak_curvature(z, iy0, ix0, ok0)
+        idx = np.flatnonzero(ok0)
+        iy, ix = np.empty(k, np.int64), np.empty(k, np.int64)
+        ok = np.empty(k, bool)
+        sc, fy, fx = np.empty(k), np.empty(k), np.empty(k)
+        _kernels.peak_analysis(
+            z, max_ratio, _c._PEAK_EXCLUSION, _c._MIN_CURVATURE, iy, ix, ok, sc, fy, fx
+        )
+        np.testing.assert_array_equal(iy, iy0)
+        np.testing.assert_array_equal(ix, ix0)
+        np.testing.assert_array_equal(ok, ok0)
+        np.testing.assert_array_equal(sc[idx], _c.peak_score(z[idx], iy0[idx], ix0[idx]))
+        ey, ex = _c._parabolic_init(z[idx], iy0[idx], ix0[idx])
+        np.testing.assert_array_equal(fy[idx], ey)
+        np.testing.assert_array_equal(fx[idx], ex)
+        assert np.isnan(sc[~ok]).all()
+        assert 50 < idx.size < k - 50 and not ok[[5, 6]].any()
+        assert ok[7] == (max_ratio == 1.0)

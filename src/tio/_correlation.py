@@ -1853,20 +1853,26 @@ def _process_clean(
     with ``min_sd > 0`` means that the texture is measured on the reference windows.
     """
     k = corners[0].shape[0]
+    from tio import _kernels
+
     zncc, rs, sd_r, qd = _zncc_clean(ref, sec, *corners, w, s, lv)
-    iy, ix, ok = integer_peaks(zncc)
+    # integer_peaks, ambiguous_peaks, weak_curvature, peak_score and _parabolic_init in
+    # one compiled pass (same results)
+    iy, ix = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)
+    ok = np.empty(k, dtype=bool)
+    sc, fy0, fx0 = np.empty(k), np.empty(k), np.empty(k)
+    _kernels.peak_analysis(
+        zncc, float(max_peak_ratio), _PEAK_EXCLUSION, _MIN_CURVATURE, iy, ix, ok, sc, fy0, fx0
+    )
     if min_sd > 0:
         ok &= (sd_r if tex is None else window_std(tex)) >= min_sd
-    if max_peak_ratio < 1.0:
-        ok &= ~ambiguous_peaks(zncc, iy, ix, max_peak_ratio)
-        ok &= ~weak_curvature(zncc, iy, ix, ok)
     dy = np.full(k, np.nan)
     dx = np.full(k, np.nan)
     score = np.full(k, np.nan)
     idx = np.flatnonzero(ok)
     if idx.size == 0:
         return dy, dx, score
-    score[idx] = peak_score(zncc[idx], iy[idx], ix[idx])
+    score[idx] = sc[idx]
     every = idx.size == k  # then no copy of the windows
     ty, tx, alive = _subpixel_fast(
         rs if every else rs[idx],
@@ -1876,7 +1882,7 @@ def _process_clean(
         w=w,
         s=s,
         iterations=iterations,
-        init=_parabolic_init(zncc[idx], iy[idx], ix[idx]),
+        init=(fy0[idx], fx0[idx]),
         score=score[idx],
     )
     dy[idx] = np.where(alive, ty, np.nan)

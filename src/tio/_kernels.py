@@ -600,6 +600,98 @@ def separate_regions(above, iy, ix, out):
         out[t] = total > reached
 
 
+@njit(cache=True, fastmath=False, nogil=True)
+def _parabola(ym, y0, yp):
+    """Vertex offset (clipped to [-0.5, 0.5]; 0 if not concave) and height of the parabola
+    through (-1, ym), (0, y0), (1, yp): ``_correlation._parabolic`` for one point."""
+    den = ym - 2.0 * y0 + yp
+    d = 0.0
+    if den < 0:
+        d = 0.5 * (ym - yp) / den
+        if math.isnan(d):
+            d = 0.0
+        elif math.isinf(d):
+            d = 1.0 if d > 0 else -1.0
+    d = min(max(d, -0.5), 0.5)
+    return d, y0 - 0.25 * (ym - yp) * d
+
+
+@njit(**_OPTS)
+def peak_analysis(zncc, max_ratio, exclusion, min_ratio, iy, ix, ok, score, fy, fx):
+    """The integer stage's decisions on ZNCC surfaces, in one pass per window.
+
+    The same results as ``_correlation.integer_peaks`` (``iy``, ``ix``, ``ok``), then,
+    where ``ok``, ``ambiguous_peaks`` (with ``max_ratio`` < 1) and ``weak_curvature``
+    (``min_ratio``) turning ``ok`` False, and for the windows left ``peak_score``
+    (``score``) and ``_parabolic_init`` (``fy``, ``fx``); NaN score and zero fractions
+    elsewhere. ``zncc`` (K, n, n) float64 (NaN: not evaluated).
+    """
+    k, n, _ = zncc.shape
+    above = np.empty((1, n, n), dtype=np.bool_)
+    other = np.empty(1, dtype=np.bool_)
+    py = np.empty(1, dtype=np.int64)
+    px = np.empty(1, dtype=np.int64)
+    for t in range(k):
+        z = zncc[t]
+        best = -np.inf
+        by = 0
+        bx = 0
+        for a in range(n):
+            for b in range(n):
+                v = z[a, b]
+                if math.isfinite(v) and v > best:
+                    best = v
+                    by = a
+                    bx = b
+        iy[t] = by
+        ix[t] = bx
+        good = math.isfinite(best) and 0 < by < n - 1 and 0 < bx < n - 1
+        if good:
+            good = (
+                math.isfinite(z[by - 1, bx])
+                and math.isfinite(z[by + 1, bx])
+                and math.isfinite(z[by, bx - 1])
+                and math.isfinite(z[by, bx + 1])
+            )
+        if good and max_ratio < 1.0:
+            z1 = best
+            cut = max_ratio * z1
+            for a in range(n):
+                for b in range(n):
+                    v = z[a, b]
+                    near = abs(a - by) <= exclusion and abs(b - bx) <= exclusion
+                    above[0, a, b] = near or (math.isfinite(v) and v >= cut)
+            py[0] = by
+            px[0] = bx
+            separate_regions(above, py, px, other)
+            if other[0] or not z1 > 0:
+                good = False
+            if good:
+                z0 = z[by, bx]
+                hyy = z[by + 1, bx] + z[by - 1, bx] - 2 * z0
+                hxx = z[by, bx + 1] + z[by, bx - 1] - 2 * z0
+                hxy = 0.25 * (
+                    z[by + 1, bx + 1] - z[by + 1, bx - 1] - z[by - 1, bx + 1] + z[by - 1, bx - 1]
+                )
+                tr = -(hyy + hxx)
+                det = hyy * hxx - hxy * hxy
+                lam = 0.5 * tr - math.sqrt(max(0.25 * tr * tr - det, 0.0))
+                if not lam >= min_ratio * max(1.0 - z0, 1e-6):
+                    good = False
+        ok[t] = good
+        if good:
+            z0 = z[by, bx]
+            dy, hy = _parabola(z[by - 1, bx], z0, z[by + 1, bx])
+            dx, hx = _parabola(z[by, bx - 1], z0, z[by, bx + 1])
+            score[t] = min(max(z0 + (hy - z0) + (hx - z0), 0.0), 1.0)
+            fy[t] = dy
+            fx[t] = dx
+        else:
+            score[t] = np.nan
+            fy[t] = 0.0
+            fx[t] = 0.0
+
+
 @njit(**_OPTS)
 def local_variance(image, mean, w, out):
     """Sum of squared deviations from the local mean over every ``w x w`` window.
