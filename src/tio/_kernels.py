@@ -959,25 +959,33 @@ def _standardise_into(img, top, left, h, scale, flat, out):
     Returns the std (float64) and whether the window is flat (std below ``flat`` times
     its mean absolute value, or zero): the conventions of ``_correlation._standardise``
     (``scale``) and ``_correlation._demean`` (not ``scale``)."""
-    size = out.shape[0]
-    s = 0.0
+    win = img[top : top + h, left : left + h]
+    # sums per column first (independent accumulators: a vectorisable loop), then over
+    # the columns
+    acc = np.zeros(h)
     for i in range(h):
+        row = win[i]
         for j in range(h):
-            s += img[top + i, left + j]
+            acc[j] += row[j]
+    s = 0.0
+    for j in range(h):
+        s += acc[j]
     n = h * h
     mean = s / n
     m32 = np.float32(mean)
-    ss = 0.0
+    acc[:] = 0.0
     for i in range(h):
+        row = win[i]
+        o = out[i]
         for j in range(h):
-            d = np.float32(img[top + i, left + j]) - m32
-            out[i, j] = d
-            ss += np.float64(d) * d
-        for j in range(h, size):
-            out[i, j] = 0.0
-    for i in range(h, size):
-        for j in range(size):
-            out[i, j] = 0.0
+            d = np.float32(row[j]) - m32
+            o[j] = d
+            acc[j] += np.float64(d) * d
+        o[h:] = 0.0
+    out[h:, :] = 0.0
+    ss = 0.0
+    for j in range(h):
+        ss += acc[j]
     sd = math.sqrt(ss / n)
     is_flat = sd <= flat * abs(mean) or sd == 0.0
     if scale:
