@@ -138,32 +138,6 @@ def test_nan_median_filter_equals_nanmedian():
         np.testing.assert_array_equal(out, expected.reshape(f.shape))
 
 
-def test_whiten_cross_equals_numpy():
-    """The compiled whitening of the weighted sub-pixel path equals the numpy sequence
-    it replaced (float32; complex products may round differently in the last bit)."""
-    rng = np.random.default_rng(6)
-    k, size = 20, 36
-    shape = (k, size, size // 2 + 1)
-    cross = ((rng.normal(size=shape) + 1j * rng.normal(size=shape)) * 1e3).astype(np.complex64)
-    sp = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
-    cross[3] = 0  # a window without texture
-    sw = _c._spectral_weight32(size)
-    a = cross * sp
-    mag = a.real * a.real + a.imag * a.imag
-    tiny = 1e-24 * mag.max(axis=(1, 2), keepdims=True)
-    flat = ~(mag > tiny).any(axis=(1, 2))
-    with np.errstate(divide="ignore", invalid="ignore"):  # window 3: NaN in numpy
-        a *= sw / np.sqrt(np.sqrt(np.maximum(mag, tiny)))
-    b = cross.copy()
-    out = np.empty(k, dtype=bool)
-    _kernels.whiten_cross(b, sp, sw, out)
-    np.testing.assert_array_equal(out, flat)
-    assert out[3] and not out[:3].any() and not out[4:].any()
-    assert (b[3] == 0).all()  # left as is
-    keep = np.arange(k) != 3
-    np.testing.assert_allclose(b[keep], a[keep], rtol=1e-5, atol=1e-6 * np.abs(a[keep]).max())
-
-
 def _masked_blocks(seed=7, k=6, w=32, p=48):
     rng = np.random.default_rng(seed)
     rs = (rng.normal(size=(k, w, w)) * 4 + 3).astype(np.float32)

@@ -24,18 +24,17 @@ with numpy over a batch of windows (no Python loop per window):
    no image re-sampling is needed, and the bias of a fixed taper (toward the taper
    position) disappears. A cosine roll-off of the cross-power spectrum toward
    Nyquist (:func:`spectral_weight`) removes the pixel-locking caused by aliased
-   high frequencies. Windows
-   whose pixels are all usable (and, near the image edges, whose matched block is)
-   take the compiled path (:mod:`tio._kernels`): the first estimate starts at the
-   parabolic sub-pixel position of the ZNCC peak, where the taper is centred; the
-   peak of the continuous inverse DFT (a trigonometric polynomial) is found by
-   Newton iterations; a next estimate is made only where the estimate moved by more
-   than ``_REFINE`` from the taper position. The other windows use the
-   matrix-multiply upsampled DFT of Guizar-Sicairos et al. (2008) and a parabola.
-   The compiled path divides the cross-power spectrum by a power of its modulus that
-   follows the noise (:func:`whitening`: 0.5 for a clean match, 0 for a ZNCC peak of
-   0.95 or less). A ZNCC peak that is a flat ridge (straight edge) is rejected
-   (:func:`weak_curvature`): the peak wanders along it with the noise.
+   high frequencies. Every window takes compiled kernels (:mod:`tio._kernels`): the
+   first estimate starts at the parabolic sub-pixel position of the ZNCC peak, where
+   the taper is centred; the peak of the continuous inverse DFT (a trigonometric
+   polynomial) is found by Newton iterations; a next estimate is made only where the
+   estimate moved by more than ``_REFINE`` from the taper position. Windows with
+   unusable pixels near the match (image edges, masks) also weight both windows by
+   the smooth mask weight (:func:`_subpixel_weighted`). The cross-power spectrum is
+   divided by a power of its modulus that follows the noise (:func:`whitening`: 0.5
+   for a clean match, 0 for a ZNCC peak of 0.95 or less). A ZNCC peak that is a flat
+   ridge (straight edge) is rejected (:func:`weak_curvature`): the peak wanders along
+   it with the noise.
 3. **Window deformation** (:func:`deform_refine`, ``deform`` passes): windows where the
    offset field changes by more than ``_MIN_STRAIN`` px within half a window are
    measured again on the secondary re-sampled (cubic convolution) at every pixel
@@ -1037,10 +1036,9 @@ def offset_field(
     rounded prior offset. ``workers`` is the number of threads that process the
     tiles. ``iterations`` is the number of sub-pixel estimates (the first with the
     same taper on both windows, the next ones with the secondary taper moved to the
-    previous estimate); ``upsample`` is the upsampling factor of the first estimate,
-    made over +-0.6 px around the coarse peak (later ones use ``3 * upsample`` over
-    +-0.2 px around the previous estimate); the grid maximum is refined by a
-    parabola, so these factors need not be large. ``deform`` is the number of
+    previous estimate); ``upsample`` only sizes the tiles (every sub-pixel peak is now
+    found by Newton iterations on the continuous correlation, not on an upsampled
+    grid). ``deform`` is the number of
     window-deformation passes (:func:`deform_refine`; 0 = off).
 
     Returns
@@ -1353,172 +1351,6 @@ def _zncc_clean(ref, sec, rtop, rleft, qtop, qleft, w, s, lv):
     return zncc, rbuf[:, :w, :w], sd_r, qbuf[:, :p, :p]
 
 
-def _upsampled_peak(cross, cy, cx, half_width, upsample):
-    """Sub-pixel peak of the inverse DFT of half spectra around ``(cy, cx)``.
-
-    Matrix-multiply upsampled DFT (Guizar-Sicairos et al. 2008) on a grid
-    ``upsample`` times finer than a pixel over ``+-half_width`` px, then a parabola
-    through the neighbours of the grid maximum (see :func:`phase_correlation_shift`).
-    ``cross`` (K, L, L // 2 + 1) is modified.
-    """
-    k, size, hx = cross.shape
-    m = 2 * int(np.ceil(half_width * upsample)) + 1
-    grid = (np.arange(m) - (m - 1) / 2) / upsample
-    gy, gx = _dft_grids(size, m, upsample)
-    fy = sfft.fftfreq(size) * size
-    fx = sfft.rfftfreq(size) * size
-    cross *= np.exp((2j * np.pi / size) * cx[:, None] * fx[None, :]).astype(np.complex64)[
-        :, None, :
-    ]
-    t = np.matmul(cross, gx)  # (K, L, m); per-window products (BLAS stays single-threaded)
-    t *= np.exp((2j * np.pi / size) * cy[:, None] * fy[None, :]).astype(np.complex64)[:, :, None]
-    surf = np.matmul(gy, t).real.astype(np.float64)  # (K, m, m)
-    p = surf.reshape(k, -1).argmax(axis=1)
-    py, px = np.divmod(p, m)
-    kk = np.arange(k)
-    pyc, pxc = np.clip(py, 1, m - 2), np.clip(px, 1, m - 2)
-    sub_y = _parabolic(surf[kk, pyc - 1, px], surf[kk, pyc, px], surf[kk, pyc + 1, px])[0]
-    sub_x = _parabolic(surf[kk, py, pxc - 1], surf[kk, py, pxc], surf[kk, py, pxc + 1])[0]
-    sub_y = np.where((py > 0) & (py < m - 1), sub_y, 0.0)
-    sub_x = np.where((px > 0) & (px < m - 1), sub_x, 0.0)
-    return cy + grid[py] + sub_y / upsample, cx + grid[px] + sub_x / upsample
-
-
-@functools.lru_cache(maxsize=16)
-def _dft_grids(size, m, upsample):
-    """Shared matrices of the upsampled DFT (rows: fftfreq, columns: rfftfreq)."""
-    grid = (np.arange(m) - (m - 1) / 2) / upsample
-    fy = sfft.fftfreq(size) * size
-    fx = sfft.rfftfreq(size) * size
-    gy = np.exp((2j * np.pi / size) * grid[:, None] * fy[None, :]).astype(np.complex64)
-    gx = np.exp((2j * np.pi / size) * fx[:, None] * grid[None, :]).astype(np.complex64)
-    gy.flags.writeable = False
-    gx.flags.writeable = False
-    return gy, gx
-
-
-def _subpixel(rs, qd, iy, ix, rv=None, qv=None, *, w, s, iterations, upsample, init=None):
-    """Sub-pixel stage: iterated, tapered, upsampled phase correlation.
-
-    The estimator of :func:`phase_correlation_shift` (with :func:`reference_spectra`),
-    in float32 with separable tapers: a first estimate with the same taper on both
-    windows around the integer peak, then ``iterations - 1`` estimates with the taper
-    (and the weight of unusable pixels, :func:`mask_weight`) of the secondary moved
-    by the previous estimate. ``rs`` (K, w, w) reference windows (any per-window
-    scale and offset), ``qd`` (K, w + 2s, w + 2s) secondary sub-images, ``iy``/``ix``
-    integer peaks (indices in the ZNCC surface), ``rv``/``qv`` their usable pixels
-    (None: all usable). Returns the offsets ``ty``/``tx`` (relative to the centre of
-    the sub-images) and whether each is valid: the block (one pixel larger than the
-    window on every side) must stay in the sub-image, and the estimate within
-    0.75 px of the integer peak.
-    """
-    from tio import _kernels
-
-    k = rs.shape[0]
-    size = sfft.next_fast_len(w + 2)
-    tp = taper(np.arange(w), w).astype(np.float32)
-    tw = np.outer(tp, tp)
-    a = np.zeros((k, size, size), dtype=np.float32)
-    ra = a[:, 1 : w + 1, 1 : w + 1]
-    np.multiply(rs, tw, out=ra)
-    mean = ra.sum(axis=(1, 2)) / tw.sum()
-    ra -= mean[:, None, None] * tw
-    spec = sfft.rfft2(a)
-    np.conjugate(spec, out=spec)
-    del a, ra
-    sw = _spectral_weight32(size)
-    blocks = sliding_window_view(qd, (w + 2, w + 2), axis=(1, 2))
-    if qv is not None:
-        vblocks = sliding_window_view(qv, (w + 2, w + 2), axis=(1, 2))
-        rvp = np.pad(rv, ((0, 0), (1, 1), (1, 1)), constant_values=True)
-    x = np.arange(-1, w + 1, dtype=np.float64)
-    kk = np.arange(k)
-    buf = np.zeros((k, size, size), dtype=np.float32)
-    bb = buf[:, : w + 2, : w + 2]
-    py, px = iy.copy(), ix.copy()
-    fy = np.zeros(k)
-    fx = np.zeros(k)
-    if init is not None:
-        fy = np.clip(np.asarray(init[0], np.float64), -0.5, 0.5)
-        fx = np.clip(np.asarray(init[1], np.float64), -0.5, 0.5)
-    alive = np.ones(k, dtype=bool)
-    # the weighted reference spectra of the last estimate, kept for the windows whose
-    # block has not moved (their weight, unshifted, is the same)
-    kept, kept_by, kept_bx = np.zeros(k, dtype=bool), np.zeros(k, int), np.zeros(k, int)
-    sp_kept = None
-    for it in range(max(iterations, 1)):
-        alive &= (py >= 1) & (py <= 2 * s - 1) & (px >= 1) & (px <= 2 * s - 1)
-        by, bx = np.clip(py, 1, 2 * s - 1) - 1, np.clip(px, 1, 2 * s - 1) - 1
-        blk = blocks[kk, by, bx]
-        ty = taper(x[None, :] - fy[:, None], w).astype(np.float32)  # (K, w + 2)
-        tx = taper(x[None, :] - fx[:, None], w).astype(np.float32)
-        bm = np.matmul(blk, tx[:, :, None])[:, :, 0]
-        bm = np.einsum("ki,ki->k", bm, ty) / (ty.sum(axis=1) * tx.sum(axis=1))
-        # tapered, demeaned block written into the zero-padded FFT buffer
-        np.subtract(blk, bm[:, None, None], out=bb)
-        del blk
-        bb *= ty[:, :, None]
-        bb *= tx[:, None, :]
-        sp = spec
-        if qv is not None:
-            uv = rvp & vblocks[kk, by, bx]  # usable in both, in block coordinates
-            mk = np.flatnonzero(~uv.all(axis=(1, 2)))
-            if mk.size:
-                # Windows with unusable pixels: smooth weights that follow the shift
-                # (secondary) or stay (reference); the weighted means are redone.
-                uv = uv[mk]
-                mw = mask_weight(uv, fy[mk], fx[mk])
-                wgt = ty[mk, :, None] * tx[mk, None, :] * mw
-                bb[mk] = _weighted_demean(blocks[kk[mk], by[mk], bx[mk]], wgt)
-                sp = spec.copy()
-                same = kept[mk] & (kept_by[mk] == by[mk]) & (kept_bx[mk] == bx[mk])
-                if same.any():
-                    sp[mk[same]] = sp_kept[mk[same]]
-                new = ~same
-                if new.any():
-                    if it or init is not None:  # no shift yet: same weight for both
-                        z = np.zeros(int(new.sum()))
-                        mw = mask_weight(uv[new], z, z)
-                    else:
-                        mw = mw[new]
-                    wgt = tw * mw[:, 1:-1, 1:-1]
-                    a = np.zeros((mw.shape[0], size, size), dtype=np.float32)
-                    a[:, 1 : w + 1, 1 : w + 1] = _weighted_demean(rs[mk[new]], wgt)
-                    sp[mk[new]] = np.conjugate(sfft.rfft2(a))
-                kept[:] = False
-                kept[mk] = True
-                kept_by, kept_bx, sp_kept = by, bx, sp
-        cross = sfft.rfft2(buf)
-        # times the reference spectra, divided by |cross| ** 0.5, spectral weight
-        flat = np.empty(k, dtype=bool)
-        _kernels.whiten_cross(cross, np.ascontiguousarray(sp), sw, flat)
-        if it == 0 and init is not None:  # around the ZNCC estimate
-            ey, ex = _upsampled_peak(cross, fy, fx, 0.4, 15)
-        elif it == 0:  # around the coarse peak
-            c = sfft.irfft2(cross, s=(size, size)).reshape(k, -1).argmax(axis=1)
-            cy, cx = np.divmod(c, size)
-            cy = np.where(cy > size // 2, cy - size, cy).astype(np.float64)
-            cx = np.where(cx > size // 2, cx - size, cx).astype(np.float64)
-            ey, ex = _upsampled_peak(cross, cy, cx, 0.6, upsample)
-        else:  # around the previous estimate
-            ey, ex = _upsampled_peak(cross, fy, fx, 0.2, 3 * upsample)
-        ey[flat] = np.nan
-        ex[flat] = np.nan
-        alive &= np.isfinite(ey) & np.isfinite(ex)
-        ey = np.where(alive, ey, 0.0)
-        ex = np.where(alive, ex, 0.0)
-        ny_, nx_ = np.rint(ey).astype(int), np.rint(ex).astype(int)
-        py, px = py + ny_, px + nx_
-        fy, fx = ey - ny_, ex - nx_
-    ty = py - s + fy
-    tx = px - s + fx
-    # the sub-pixel estimate must agree with the integer ZNCC peak: when the two stages
-    # disagree by more than 0.75 px the window is rejected rather than returned with a
-    # confident wrong value (measured: removes the rare gross errors on Landsat-7 crops)
-    alive &= (np.abs(ty - (iy - s)) <= 0.75) & (np.abs(tx - (ix - s)) <= 0.75)
-    return ty, tx, alive
-
-
 def whitening(score, k):
     """Exponent of the modulus division of the cross-power spectrum of each window.
 
@@ -1539,14 +1371,22 @@ def whitening(score, k):
 def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, score=None):
     """Sub-pixel stage of windows without unusable pixels (compiled kernels).
 
-    The estimator of :func:`_subpixel` (tapered, partially whitened phase
-    correlation, the taper of the secondary moved by the current estimate), with the
-    peak of the correlation located by Newton iterations on the continuous surface
-    (:func:`tio._kernels.newton_peaks`) instead of an upsampled grid and a parabola.
-    The first estimate starts at ``init`` (the parabolic sub-pixel position of the
-    ZNCC peak; zero if None), where the taper of the secondary is centred; each next
-    one moves the taper to the previous estimate. Same inputs and outputs as
-    :func:`_subpixel`. ``deform`` (optional) is a pair ``(gy, gx)`` of arrays
+    Tapered, partially whitened phase correlation (the estimator of
+    :func:`phase_correlation_shift`, the taper of the secondary moved by the current
+    estimate), with the peak of the correlation located by Newton iterations on the
+    continuous surface (:func:`tio._kernels.newton_peaks`) instead of an upsampled
+    grid and a parabola. The first estimate starts at ``init`` (the parabolic
+    sub-pixel position of the ZNCC peak; zero if None), where the taper of the
+    secondary is centred; each next one moves the taper to the previous estimate, up
+    to ``iterations`` estimates. ``rs`` (K, w, w) reference windows (any per-window
+    scale and offset), ``qd`` (K, w + 2s, w + 2s) secondary sub-images, ``iy``/``ix``
+    integer peaks (indices in the ZNCC surface), ``score`` the ZNCC peaks (for
+    :func:`whitening`). Returns the offsets ``ty``/``tx`` (relative to the centre of
+    the sub-images) and whether each is valid: the block (one pixel larger than the
+    window on every side) must stay in the sub-image, and the estimate within 0.75 px
+    of the integer peak (when the two stages disagree by more than that the window is
+    rejected rather than returned with a confident wrong value; measured: removes the
+    rare gross errors on Landsat-7 crops). ``deform`` (optional) is a pair ``(gy, gx)`` of arrays
     (K, w + 2, w + 2): the secondary block is then sampled at those offsets from its
     pixels (window deformation, :func:`tio._kernels.deformed_blocks`).
     """
@@ -1616,15 +1456,16 @@ def _subpixel_weighted(rs, qd, iy, ix, rv, qv, *, w, s, iterations, init=None, s
 
     The estimator of :func:`_subpixel_fast` (Newton peak of the partially whitened
     phase correlation, first estimate at ``init``, the taper of the secondary moved by
-    the current estimate, whitening exponent from ``score``), with the weight of the
-    unusable pixels of :func:`_subpixel`: where the block (``w + 2`` px square around
+    the current estimate, whitening exponent from ``score``), with a weight of the
+    unusable pixels: where the block (``w + 2`` px square around
     the matched window) or the reference window has unusable pixels, both are also
     weighted by :func:`mask_weight` of the pixels usable in both (moved by the current
     estimate for the secondary, unmoved for the reference) and demeaned with that
     weight (:func:`tio._kernels.weighted_blocks_at`,
     :func:`tio._kernels.weighted_reference_at`). A reference spectrum is transformed
     again only when the block of its window has moved by a pixel. Same inputs and
-    outputs as :func:`_subpixel`.
+    outputs as :func:`_subpixel_fast`, plus ``rv``/``qv`` the usable pixels of the
+    reference windows and secondary sub-images.
     """
     from tio import _kernels
 

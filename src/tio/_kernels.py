@@ -14,7 +14,9 @@ chains of numpy operations whose temporaries made the sub-pixel stage memory-bou
   (no upsampled grid, no parabola through grid values: no pixel-locking of the
   peak finder), in a few iterations from a start within the main lobe;
 * :func:`mask_blur` - the eroded, blurred weight of the usable pixels moved by a
-  sub-pixel shift (the weighted path of the edge windows);
+  sub-pixel shift (:func:`_correlation.mask_weight`; the weighted kernels of the edge
+  windows compute it window by window, by 1-D passes where the usable pixels form a
+  rectangle);
 * :func:`local_variance` - local variances of a tile's secondary at every window
   position (integral images, no full-size temporaries);
 * :func:`separate_regions` - the flood fill of the peak-ratio test;
@@ -23,8 +25,10 @@ chains of numpy operations whose temporaries made the sub-pixel stage memory-bou
   copied from the images straight into zero-padded FFT buffers, and the ZNCC from
   the correlation and the local variances;
 * :func:`tapered_reference`, :func:`tapered_blocks_at` - the sub-pixel stage's
-  buffers without gathering copies; :func:`whiten_cross` - the cross-power spectra
-  of the weighted (edge-window) sub-pixel path;
+  buffers without gathering copies; :func:`weighted_reference_at`,
+  :func:`weighted_blocks_at` - the same with the mask weight of the edge windows;
+  :func:`rect_standardise`, :func:`rect_zncc` - the integer stage of the edge windows;
+  :func:`peak_analysis` - the integer stage's decisions on the ZNCC surfaces;
 * :func:`window_stds`, :func:`nan_median_filter` - the texture scale of an image and
   the median filter of an offset field.
 
@@ -1109,45 +1113,3 @@ def nan_median_filter(f, h, out):
                 out[i, j] = s[c // 2]
             else:
                 out[i, j] = (s[c // 2 - 1] + s[c // 2]) / 2.0
-
-
-@njit(**_OPTS)
-def whiten_cross(cross, sp, weight, flat):
-    """Cross-power spectra of the weighted sub-pixel path, in place (float32 arithmetic
-    of the numpy sequence it replaces, element by element).
-
-    ``cross`` (K, L, H) complex64 half spectra of the secondary blocks, multiplied by
-    ``sp`` (K, L, H) (conjugate reference spectra), then divided by the square root of
-    their modulus (floored at 1e-24 times the largest squared modulus of the window)
-    and multiplied by ``weight`` (L, H) float32. ``flat`` (K,) bool: True where the
-    squared modulus nowhere exceeds that floor (a window without texture; an all-zero
-    spectrum is left as is, where numpy's division by zero gave NaN).
-    """
-    k, L, H = cross.shape
-    mag = np.empty((L, H), dtype=np.float32)
-    for t in range(k):
-        mmax = np.float32(0.0)
-        for a in range(L):
-            for b in range(H):
-                c = cross[t, a, b] * sp[t, a, b]
-                cross[t, a, b] = c
-                m = c.real * c.real + c.imag * c.imag
-                mag[a, b] = m
-                if m > mmax:
-                    mmax = m
-        if not mmax > 0.0:  # no texture: left as is (zeros), flagged
-            flat[t] = True
-            continue
-        tiny = np.float32(1e-24) * mmax
-        some = False
-        for a in range(L):
-            for b in range(H):
-                m = mag[a, b]
-                if m > tiny:
-                    some = True
-                else:
-                    m = tiny
-                if m > 0.0:  # (else the product is zero: left as is)
-                    g = weight[a, b] / np.float32(math.sqrt(np.float32(math.sqrt(m))))
-                    cross[t, a, b] = cross[t, a, b] * g
-        flat[t] = not some
