@@ -65,14 +65,18 @@ def _demean_taper(v, ty, tx, out):
     """``out[i, j] = (v[i, j] - m) * ty[i] * tx[j]`` for ``i, j < len(ty)``, ``m`` the mean of
     ``v`` weighted by the taper ``ty`` x ``tx`` (0 if the taper is all zero)."""
     n = ty.shape[0]
-    sv = 0.0
+    # weighted sums per column first (independent accumulators: a vectorisable loop)
+    acc = np.zeros(n)
     for i in range(n):
         if ty[i] == 0.0:
             continue
-        row = 0.0
+        a = ty[i]
+        row = v[i]
         for j in range(n):
-            row += tx[j] * v[i, j]
-        sv += ty[i] * row
+            acc[j] += a * row[j]
+    sv = 0.0
+    for j in range(n):
+        sv += tx[j] * acc[j]
     swx = 0.0
     for j in range(n):
         swx += tx[j]
@@ -1072,19 +1076,28 @@ def window_stds(image, tops, lefts, w, out):
     top-left pixels are ``(tops[k], lefts[k])``, into ``out[k]`` (the fully usable case
     of ``_correlation.window_std``, without gathering the windows)."""
     n = w * w
+    acc = np.empty(w)
     for t in range(tops.shape[0]):
-        r0 = tops[t]
-        c0 = lefts[t]
+        win = image[tops[t] : tops[t] + w, lefts[t] : lefts[t] + w]
+        # sums per column first (independent accumulators: a vectorisable loop)
+        acc[:] = 0.0
+        for i in range(w):
+            row = win[i]
+            for j in range(w):
+                acc[j] += row[j]
         s = 0.0
-        for i in range(w):
-            for j in range(w):
-                s += image[r0 + i, c0 + j]
+        for j in range(w):
+            s += acc[j]
         mean = s / n
-        ss = 0.0
+        acc[:] = 0.0
         for i in range(w):
+            row = win[i]
             for j in range(w):
-                d = image[r0 + i, c0 + j] - mean
-                ss += d * d
+                d = row[j] - mean
+                acc[j] += d * d
+        ss = 0.0
+        for j in range(w):
+            ss += acc[j]
         out[t] = math.sqrt(ss / n)
 
 
