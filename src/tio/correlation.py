@@ -113,8 +113,7 @@ def correlate_arrays(
        (repetitive texture) are rejected;
     2. sub-pixel offset: partially whitened phase correlation (the cross-power
        spectrum divided by its modulus to a power from 0.5 for a noise-free match
-       down to 0, plain cross-correlation, for a ZNCC peak of 0.95 or less; 0.5 for
-       windows with unusable pixels) of the
+       down to 0, plain cross-correlation, for a ZNCC peak of 0.95 or less) of the
        tapered windows (cos^2 roll-off
        over a sixth of the window at each end, flat in between), the maximum of the
        continuous inverse DFT (Guizar-Sicairos et al. 2008, Opt. Lett. 33:156) found
