@@ -1598,7 +1598,7 @@ def deform_refine(
 
     s2 = 3
     p0 = w + 2 * s2
-    chunk = 256  # windows per task (as the tiles): about 15 MB of working memory
+    chunk = 64  # windows per task: about 4 MB of working memory; small, so both threads get work
 
     def refine(ii, jj, fy, fx):
         k = ii.size
