@@ -504,7 +504,10 @@ def test_periodic_stripes_are_nan_or_right(theta, weak):
     # along the stripes, or on the wrong stripe) with a high score
     wrong = np.hypot(off.dx - dx, off.dy - dy) > 0.25
     if weak < 0.3:
-        assert (wrong & (off.score > 0.8)).mean() > 0.02
+        # measured: 100 % of the windows at 30 deg; 1.1 % at 90 deg with a weak texture
+        # (2.9 % before the edge windows took the Newton peak search, which is right
+        # more often there)
+        assert (wrong & (off.score > 0.8)).mean() > 0.005
 
 
 def test_stripes_inside_a_real_image(l8):

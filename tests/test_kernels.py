@@ -138,27 +138,193 @@ def test_nan_median_filter_equals_nanmedian():
         np.testing.assert_array_equal(out, expected.reshape(f.shape))
 
 
-def test_whiten_cross_equals_numpy():
-    """The compiled whitening of the weighted sub-pixel path equals the numpy sequence
-    it replaced (float32; complex products may round differently in the last bit)."""
-    rng = np.random.default_rng(6)
-    k, size = 20, 36
-    shape = (k, size, size // 2 + 1)
-    cross = ((rng.normal(size=shape) + 1j * rng.normal(size=shape)) * 1e3).astype(np.complex64)
-    sp = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
-    cross[3] = 0  # a window without texture
-    sw = _c._spectral_weight32(size)
-    a = cross * sp
-    mag = a.real * a.real + a.imag * a.imag
-    tiny = 1e-24 * mag.max(axis=(1, 2), keepdims=True)
-    flat = ~(mag > tiny).any(axis=(1, 2))
-    with np.errstate(divide="ignore", invalid="ignore"):  # window 3: NaN in numpy
-        a *= sw / np.sqrt(np.sqrt(np.maximum(mag, tiny)))
-    b = cross.copy()
-    out = np.empty(k, dtype=bool)
-    _kernels.whiten_cross(b, sp, sw, out)
-    np.testing.assert_array_equal(out, flat)
-    assert out[3] and not out[:3].any() and not out[4:].any()
-    assert (b[3] == 0).all()  # left as is
-    keep = np.arange(k) != 3
-    np.testing.assert_allclose(b[keep], a[keep], rtol=1e-5, atol=1e-6 * np.abs(a[keep]).max())
+def _masked_blocks(seed=7, k=6, w=32, p=48):
+    rng = np.random.default_rng(seed)
+    rs = (rng.normal(size=(k, w, w)) * 4 + 3).astype(np.float32)
+    qd = (rng.normal(size=(k, p, p)) * 4 - 2).astype(np.float32)
+    rv = np.ones((k, w, w), dtype=bool)
+    qv = np.ones((k, p, p), dtype=bool)
+    qv[0, :9, :] = False  # image edge above
+    qv[1, :, 40:] = False  # image edge right
+    rv[2, 5:9, 10:20] = False  # a hole in the reference window
+    qv[3, 20:25, 3:30] = False  # a hole in the secondary
+    # window 4: none (the plain tapered block); window 5: both
+    qv[5, :, :6] = False
+    rv[5, 25:, :] = False
+    sel = np.array([0, 1, 2, 3, 4, 5, 3], dtype=np.int64)
+    by = rng.integers(0, p - w - 2, sel.size)
+    bx = rng.integers(0, p - w - 2, sel.size)
+    by[0], bx[1] = 2, 12
+    fy, fx = rng.uniform(-0.5, 0.5, sel.size), rng.uniform(-0.5, 0.5, sel.size)
+    return rs, qd, rv, qv, sel, by, bx, fy, fx
+
+
+def test_weighted_blocks_at_equals_numpy():
+    """The compiled weighted blocks of the edge-window sub-pixel path equal the numpy
+    formulation (taper moved by the estimate times :func:`mask_weight` of the pixels
+    usable in both windows, weighted demeaning), and the plain tapered block where
+    every pixel is usable."""
+    rs, qd, rv, qv, sel, by, bx, fy, fx = _masked_blocks()
+    w, size = rs.shape[1], 36
+    n = w + 2
+    roll = float(_c.taper_roll(w))
+    out = np.zeros((sel.size, size, size), np.float32)
+    _kernels.weighted_blocks_at(qd, rv, qv, sel, by, bx, fy, fx, w, roll, 2, 0.75, out)
+    x = np.arange(-1, w + 1, dtype=np.float64)
+    for t, q in enumerate(sel):
+        blk = qd[q, by[t] : by[t] + n, bx[t] : bx[t] + n].astype(np.float64)
+        uv = qv[q, by[t] : by[t] + n, bx[t] : bx[t] + n].copy()
+        uv[1:-1, 1:-1] &= rv[q]
+        wgt = np.outer(_c.taper(x - fy[t], w), _c.taper(x - fx[t], w))
+        if not uv.all():
+            wgt = wgt * _c.mask_weight(uv[None], fy[t : t + 1], fx[t : t + 1])[0]
+        expected = np.zeros((size, size))
+        expected[:n, :n] = _c._weighted_demean(blk[None], wgt[None])[0]
+        np.testing.assert_allclose(out[t], expected, rtol=0, atol=2e-5 * np.abs(blk).max())
+    assert (out[:, n:, :] == 0).all() and (out[:, :, n:] == 0).all()
+
+
+def test_weighted_reference_at_equals_numpy():
+    """The compiled weighted reference windows (taper times the unmoved
+    :func:`mask_weight` of the pixels usable in both windows) equal the numpy
+    formulation of the edge-window sub-pixel path."""
+    rs, qd, rv, qv, sel, by, bx, _, _ = _masked_blocks()
+    w, size = rs.shape[1], 36
+    n = w + 2
+    tw = _c._taper2d(w)
+    out = np.full((sel.size, size, size), np.nan, np.float32)
+    masked = np.empty(sel.size, dtype=bool)
+    _kernels.weighted_reference_at(rs, rv, qv, sel, by, bx, tw, 2, 0.75, out, masked)
+    z = np.zeros(1)
+    for t, q in enumerate(sel):
+        uv = qv[q, by[t] : by[t] + n, bx[t] : bx[t] + n].copy()
+        uv[1:-1, 1:-1] &= rv[q]
+        assert masked[t] == (not uv.all())
+        wgt = tw.astype(np.float64)
+        if not uv.all():
+            wgt = wgt * _c.mask_weight(uv[None], z, z)[0, 1:-1, 1:-1]
+        expected = np.zeros((size, size))
+        expected[1 : w + 1, 1 : w + 1] = _c._weighted_demean(
+            rs[q][None].astype(np.float64), wgt[None]
+        )[0]
+        np.testing.assert_allclose(out[t], expected, rtol=0, atol=2e-5 * np.abs(rs).max())
+    assert masked[[0, 1, 2, 3, 5]].all() and not masked[4]
+
+
+def test_separable_blur_equals_two_dimensional():
+    """The 1-D passes of a rectangular mask (image edges) equal the 2-D erosion and
+    blur of :func:`mask_weight` to float32 rounding; other masks are left to it."""
+    rng = np.random.default_rng(8)
+    n, rad = 34, 4
+    for t in range(6):
+        v = np.zeros((n, n), dtype=bool)
+        y0, x0 = rng.integers(0, 12, 2)
+        y1, x1 = n - rng.integers(0, 12, 2)
+        v[y0:y1, x0:x1] = True
+        if t == 5:
+            v[:] = True
+        fy, fx = rng.uniform(-0.5, 0.5, 2)
+        expected = _c.mask_weight(v[None], np.array([fy]), np.array([fx]))[0]
+        wy = np.empty(2 * rad + 1, np.float32)
+        wx = np.empty(2 * rad + 1, np.float32)
+        _kernels._gauss_taps(fy, 0.75, rad, wy)
+        _kernels._gauss_taps(fx, 0.75, rad, wx)
+        out = np.full((n, n), np.nan, np.float32)
+        work = np.empty((n, n + 2 * rad), np.float32)
+        assert _kernels._separable_blur(v, 2, wy, wx, rad, out, work)
+        np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+    v[3, 3] = False  # not a rectangle
+    assert not _kernels._separable_blur(v, 2, wy, wx, rad, out, work)
+
+
+def test_zncc_rect_equals_zncc_surfaces():
+    """The ZNCC of edge windows (usable secondary pixels forming a rectangle; inputs
+    standardised by the compiled ``rect_standardise``) equals the general masked
+    formulation, and so does the usable fraction."""
+    ref, sec = _images(9)
+    w, s = 32, 8
+    p = w + 2 * s
+    tops = np.array([0, 20, 40, 10, 30], dtype=np.int64)
+    lefts = np.array([0, 30, 60, 70, 5], dtype=np.int64)
+    r = sliding_window_view(ref, (w, w))[tops + s, lefts + s].copy()
+    q = sliding_window_view(sec, (p, p))[tops, lefts].copy()
+    qv = np.ones(q.shape, dtype=bool)
+    qv[0, :6, :] = False
+    qv[1, :, 41:] = False
+    qv[2, 40:, :] = False
+    qv[2, :, :3] = False  # a corner
+    qv[3, :, :10] = False  # window 4: fully usable
+    q[~qv] = 1e4  # values outside the rectangle must not count
+    rv = np.ones(r.shape, dtype=bool)
+    zncc, frac = _c._zncc_rect(r, q, qv, w, s, 16)
+    expected, efrac = _c.zncc_surfaces(r, q, w, s, rv, qv, min_overlap=16)
+    np.testing.assert_allclose(frac, efrac, rtol=0, atol=1e-12)
+    assert np.array_equal(np.isnan(zncc), np.isnan(expected))
+    np.testing.assert_allclose(zncc, expected, rtol=0, atol=2e-5, equal_nan=True)
+    # a flat reference window gives NaN
+    r[2] = 7.0
+    assert np.isnan(_c._zncc_rect(r, q, qv, w, s, 16)[0][2]).all()
+
+
+def test_zncc_normalise_at_equals_gathered():
+    """Reading the local variances from the map equals normalising with the gathered
+    variances (bit for bit)."""
+    rng = np.random.default_rng(10)
+    k, n, w = 5, 17, 32
+    lvm = rng.uniform(0.0, 50.0, size=(60, 70))
+    lvm[10:14, 20:25] = 0.0  # flat secondary windows: NaN
+    lr = np.array([0, 10, 5, 40, 3], dtype=np.int64)
+    lc = np.array([0, 20, 50, 30, 8], dtype=np.int64)
+    num = rng.normal(size=(k, n, n)).astype(np.float32)
+    sd_q = rng.uniform(0.5, 2.0, k)
+    bad = np.array([False, False, True, False, False])
+    idx = np.arange(n)
+    lv = lvm[(lr[:, None] + idx)[:, :, None], (lc[:, None] + idx)[:, None, :]]
+    a = np.empty((k, n, n))
+    b = np.empty((k, n, n))
+    _kernels.zncc_normalise(num, lv, sd_q, bad, w, 1e-6, a)
+    _kernels.zncc_normalise_at(num, lvm, lr, lc, sd_q, bad, w, 1e-6, b)
+    np.testing.assert_array_equal(a, b)
+    assert np.isnan(b[2]).all() and np.isnan(b[1, :4, :5]).all()
+
+
+def test_peak_analysis_equals_numpy():
+    """The compiled decisions of the integer stage (peak, bracketing, peak-ratio and
+    ridge tests, score, parabolic start) equal the numpy functions, bit for bit."""
+    rng = np.random.default_rng(11)
+    k, n = 400, 17
+    yy, xx = np.mgrid[0:n, 0:n]
+    cy, cx = rng.uniform(-1, n, k), rng.uniform(-1, n, k)
+    sy, sx = rng.uniform(0.8, 6.0, k), rng.uniform(0.8, 6.0, k)
+    z = np.exp(
+        -0.5 * (((yy - cy[:, None, None]) / sy[:, None, None]) ** 2)
+        - 0.5 * (((xx - cx[:, None, None]) / sx[:, None, None]) ** 2)
+    )
+    z = z * rng.uniform(0.3, 1.0, (k, 1, 1)) + rng.normal(0, 0.05, (k, n, n))
+    z[rng.random((k, n, n)) < 0.03] = np.nan  # offsets not evaluated
+    z[5] = np.nan  # all
+    z[6] = -0.2  # no positive peak
+    z[7] = 0.0
+    z[7, 8, 8], z[7, 8, 3] = 1.0, 0.95  # a second peak: ambiguous
+    for max_ratio in (0.9, 1.0):
+        iy0, ix0, ok0 = _c.integer_peaks(z)
+        if max_ratio < 1.0:
+            ok0 &= ~_c.ambiguous_peaks(z, iy0, ix0, max_ratio)
+            ok0 &= ~_c.weak_curvature(z, iy0, ix0, ok0)
+        idx = np.flatnonzero(ok0)
+        iy, ix = np.empty(k, np.int64), np.empty(k, np.int64)
+        ok = np.empty(k, bool)
+        sc, fy, fx = np.empty(k), np.empty(k), np.empty(k)
+        _kernels.peak_analysis(
+            z, max_ratio, _c._PEAK_EXCLUSION, _c._MIN_CURVATURE, iy, ix, ok, sc, fy, fx
+        )
+        np.testing.assert_array_equal(iy, iy0)
+        np.testing.assert_array_equal(ix, ix0)
+        np.testing.assert_array_equal(ok, ok0)
+        np.testing.assert_array_equal(sc[idx], _c.peak_score(z[idx], iy0[idx], ix0[idx]))
+        ey, ex = _c._parabolic_init(z[idx], iy0[idx], ix0[idx])
+        np.testing.assert_array_equal(fy[idx], ey)
+        np.testing.assert_array_equal(fx[idx], ex)
+        assert np.isnan(sc[~ok]).all()
+        assert 50 < idx.size < k - 50 and not ok[[5, 6]].any()
+        assert ok[7] == (max_ratio == 1.0)

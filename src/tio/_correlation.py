@@ -24,17 +24,16 @@ with numpy over a batch of windows (no Python loop per window):
    no image re-sampling is needed, and the bias of a fixed taper (toward the taper
    position) disappears. A cosine roll-off of the cross-power spectrum toward
    Nyquist (:func:`spectral_weight`) removes the pixel-locking caused by aliased
-   high frequencies. Windows
-   whose pixels are all usable (and, near the image edges, whose matched block is)
-   take the compiled path (:mod:`tio._kernels`): the first estimate starts at the
-   parabolic sub-pixel position of the ZNCC peak, where the taper is centred; the
-   peak of the continuous inverse DFT (a trigonometric polynomial) is found by
-   Newton iterations; a next estimate is made only where the estimate moved by more
-   than ``_REFINE`` from the taper position. The other windows use the
-   matrix-multiply upsampled DFT of Guizar-Sicairos et al. (2008) and a parabola.
-   The cross-power spectrum is divided by the square root of its modulus
-   (:func:`whitening`). A ZNCC peak that is a flat ridge (straight edge) is rejected
-   (:func:`weak_curvature`): the peak wanders along it with the noise.
+   high frequencies. Every window takes compiled kernels (:mod:`tio._kernels`): the
+   first estimate starts at the parabolic sub-pixel position of the ZNCC peak, where
+   the taper is centred; the peak of the continuous inverse DFT (a trigonometric
+   polynomial) is found by Newton iterations; a next estimate is made only where the
+   estimate moved by more than ``_REFINE`` from the taper position. Windows with
+   unusable pixels near the match (image edges, masks) also weight both windows by
+   the smooth mask weight (:func:`_subpixel_weighted`). The cross-power spectrum is
+   divided by the square root of its modulus (:func:`whitening`). A ZNCC peak that
+   is a flat ridge (straight edge) is rejected (:func:`weak_curvature`): the peak
+   wanders along it with the noise.
 3. **Window deformation** (:func:`deform_refine`, ``deform`` passes): windows where the
    offset field changes by more than ``_MIN_STRAIN`` px within half a window are
    measured again on the secondary re-sampled (cubic convolution) at every pixel
@@ -1035,10 +1034,9 @@ def offset_field(
     rounded prior offset. ``workers`` is the number of threads that process the
     tiles. ``iterations`` is the number of sub-pixel estimates (the first with the
     same taper on both windows, the next ones with the secondary taper moved to the
-    previous estimate); ``upsample`` is the upsampling factor of the first estimate,
-    made over +-0.6 px around the coarse peak (later ones use ``3 * upsample`` over
-    +-0.2 px around the previous estimate); the grid maximum is refined by a
-    parabola, so these factors need not be large. ``deform`` is the number of
+    previous estimate); ``upsample`` only sizes the tiles (every sub-pixel peak is now
+    found by Newton iterations on the continuous correlation, not on an upsampled
+    grid). ``deform`` is the number of
     window-deformation passes (:func:`deform_refine`; 0 = off).
 
     Returns
@@ -1228,11 +1226,9 @@ def _tile(views, rows, cols, *, step, **opts):
     box = views["secimg"][rmin:rmax, cmin:cmax]
     lv = None
     if box.size <= 4 * ii.size * p0 * p0:
-        lvm = local_variance_map(box, w)
-        n = np.arange(2 * s + 1)
-        lr = (r0 - rmin)[:, None] + n
-        lc = (c0 - cmin)[:, None] + n
-        lv = lvm[lr[:, :, None], lc[:, None, :]]
+        # the map and each window's corner in it (read there by the compiled
+        # normalisation, no gathered copy)
+        lv = (local_variance_map(box, w), r0 - rmin, c0 - cmin)
     # Windows without any unusable pixel (reference window and secondary sub-image)
     # take the fast path here; the others are returned for :func:`_masked_tile`.
     k = ii.size
@@ -1248,7 +1244,8 @@ def _tile(views, rows, cols, *, step, **opts):
     if not clean.all():
         d = ~clean
         rest = (ii[d], jj[d])
-        ii, jj, r0, c0, lv = ii[clean], jj[clean], r0[clean], c0[clean], lv[clean]
+        ii, jj, r0, c0 = ii[clean], jj[clean], r0[clean], c0[clean]
+        lv = (lv[0], lv[1][clean], lv[2][clean])
         if ii.size == 0:
             return None, rest
     tex = None
@@ -1306,7 +1303,9 @@ def _zncc_clean(ref, sec, rtop, rleft, qtop, qleft, w, s, lv):
     ``w + 2 s``) at ``(qtop[k], qleft[k])``. They are gathered straight into the
     zero-padded FFT buffers, standardised and demeaned
     (:func:`tio._kernels.gather_windows`, no intermediate copies). ``lv`` is the local
-    variance of the (un-normalised) secondary windows at every offset. Only the
+    variance of the (un-normalised) secondary windows at every offset (K, 2s + 1,
+    2s + 1), or a tuple ``(map, rows, cols)``: a local-variance map and the corner of
+    window ``k``'s offsets in it. Only the
     ``2 s + 1`` rows of the correlation that are needed are transformed back. Returns
     the surfaces (float64), the standardised reference windows (a view of a buffer),
     their std and the demeaned secondary sub-images (float32).
@@ -1332,174 +1331,22 @@ def _zncc_clean(ref, sec, rtop, rleft, qtop, qleft, w, s, lv):
     # With a standardised reference and an un-normalised secondary:
     # zncc = num / sqrt(w^2 * local variance), the secondary's scale cancels.
     zncc = np.empty((k, n, n))
-    _kernels.zncc_normalise(num, lv, sd_q, flat_r | flat_q, w, _FLAT, zncc)
+    if isinstance(lv, tuple):  # (map, rows, cols): window k's at map[rows[k]:, cols[k]:]
+        lvm, lr, lc = lv
+        _kernels.zncc_normalise_at(
+            num,
+            lvm,
+            lr.astype(np.int64),
+            lc.astype(np.int64),
+            sd_q,
+            flat_r | flat_q,
+            w,
+            _FLAT,
+            zncc,
+        )
+    else:
+        _kernels.zncc_normalise(num, lv, sd_q, flat_r | flat_q, w, _FLAT, zncc)
     return zncc, rbuf[:, :w, :w], sd_r, qbuf[:, :p, :p]
-
-
-def _upsampled_peak(cross, cy, cx, half_width, upsample):
-    """Sub-pixel peak of the inverse DFT of half spectra around ``(cy, cx)``.
-
-    Matrix-multiply upsampled DFT (Guizar-Sicairos et al. 2008) on a grid
-    ``upsample`` times finer than a pixel over ``+-half_width`` px, then a parabola
-    through the neighbours of the grid maximum (see :func:`phase_correlation_shift`).
-    ``cross`` (K, L, L // 2 + 1) is modified.
-    """
-    k, size, hx = cross.shape
-    m = 2 * int(np.ceil(half_width * upsample)) + 1
-    grid = (np.arange(m) - (m - 1) / 2) / upsample
-    gy, gx = _dft_grids(size, m, upsample)
-    fy = sfft.fftfreq(size) * size
-    fx = sfft.rfftfreq(size) * size
-    cross *= np.exp((2j * np.pi / size) * cx[:, None] * fx[None, :]).astype(np.complex64)[
-        :, None, :
-    ]
-    t = np.matmul(cross, gx)  # (K, L, m); per-window products (BLAS stays single-threaded)
-    t *= np.exp((2j * np.pi / size) * cy[:, None] * fy[None, :]).astype(np.complex64)[:, :, None]
-    surf = np.matmul(gy, t).real.astype(np.float64)  # (K, m, m)
-    p = surf.reshape(k, -1).argmax(axis=1)
-    py, px = np.divmod(p, m)
-    kk = np.arange(k)
-    pyc, pxc = np.clip(py, 1, m - 2), np.clip(px, 1, m - 2)
-    sub_y = _parabolic(surf[kk, pyc - 1, px], surf[kk, pyc, px], surf[kk, pyc + 1, px])[0]
-    sub_x = _parabolic(surf[kk, py, pxc - 1], surf[kk, py, pxc], surf[kk, py, pxc + 1])[0]
-    sub_y = np.where((py > 0) & (py < m - 1), sub_y, 0.0)
-    sub_x = np.where((px > 0) & (px < m - 1), sub_x, 0.0)
-    return cy + grid[py] + sub_y / upsample, cx + grid[px] + sub_x / upsample
-
-
-@functools.lru_cache(maxsize=16)
-def _dft_grids(size, m, upsample):
-    """Shared matrices of the upsampled DFT (rows: fftfreq, columns: rfftfreq)."""
-    grid = (np.arange(m) - (m - 1) / 2) / upsample
-    fy = sfft.fftfreq(size) * size
-    fx = sfft.rfftfreq(size) * size
-    gy = np.exp((2j * np.pi / size) * grid[:, None] * fy[None, :]).astype(np.complex64)
-    gx = np.exp((2j * np.pi / size) * fx[:, None] * grid[None, :]).astype(np.complex64)
-    gy.flags.writeable = False
-    gx.flags.writeable = False
-    return gy, gx
-
-
-def _subpixel(rs, qd, iy, ix, rv=None, qv=None, *, w, s, iterations, upsample, init=None):
-    """Sub-pixel stage: iterated, tapered, upsampled phase correlation.
-
-    The estimator of :func:`phase_correlation_shift` (with :func:`reference_spectra`),
-    in float32 with separable tapers: a first estimate with the same taper on both
-    windows around the integer peak, then ``iterations - 1`` estimates with the taper
-    (and the weight of unusable pixels, :func:`mask_weight`) of the secondary moved
-    by the previous estimate. ``rs`` (K, w, w) reference windows (any per-window
-    scale and offset), ``qd`` (K, w + 2s, w + 2s) secondary sub-images, ``iy``/``ix``
-    integer peaks (indices in the ZNCC surface), ``rv``/``qv`` their usable pixels
-    (None: all usable). Returns the offsets ``ty``/``tx`` (relative to the centre of
-    the sub-images) and whether each is valid: the block (one pixel larger than the
-    window on every side) must stay in the sub-image, and the estimate within
-    0.75 px of the integer peak.
-    """
-    from tio import _kernels
-
-    k = rs.shape[0]
-    size = sfft.next_fast_len(w + 2)
-    tp = taper(np.arange(w), w).astype(np.float32)
-    tw = np.outer(tp, tp)
-    a = np.zeros((k, size, size), dtype=np.float32)
-    ra = a[:, 1 : w + 1, 1 : w + 1]
-    np.multiply(rs, tw, out=ra)
-    mean = ra.sum(axis=(1, 2)) / tw.sum()
-    ra -= mean[:, None, None] * tw
-    spec = sfft.rfft2(a)
-    np.conjugate(spec, out=spec)
-    del a, ra
-    sw = _spectral_weight32(size)
-    blocks = sliding_window_view(qd, (w + 2, w + 2), axis=(1, 2))
-    if qv is not None:
-        vblocks = sliding_window_view(qv, (w + 2, w + 2), axis=(1, 2))
-        rvp = np.pad(rv, ((0, 0), (1, 1), (1, 1)), constant_values=True)
-    x = np.arange(-1, w + 1, dtype=np.float64)
-    kk = np.arange(k)
-    buf = np.zeros((k, size, size), dtype=np.float32)
-    bb = buf[:, : w + 2, : w + 2]
-    py, px = iy.copy(), ix.copy()
-    fy = np.zeros(k)
-    fx = np.zeros(k)
-    if init is not None:
-        fy = np.clip(np.asarray(init[0], np.float64), -0.5, 0.5)
-        fx = np.clip(np.asarray(init[1], np.float64), -0.5, 0.5)
-    alive = np.ones(k, dtype=bool)
-    # the weighted reference spectra of the last estimate, kept for the windows whose
-    # block has not moved (their weight, unshifted, is the same)
-    kept, kept_by, kept_bx = np.zeros(k, dtype=bool), np.zeros(k, int), np.zeros(k, int)
-    sp_kept = None
-    for it in range(max(iterations, 1)):
-        alive &= (py >= 1) & (py <= 2 * s - 1) & (px >= 1) & (px <= 2 * s - 1)
-        by, bx = np.clip(py, 1, 2 * s - 1) - 1, np.clip(px, 1, 2 * s - 1) - 1
-        blk = blocks[kk, by, bx]
-        ty = taper(x[None, :] - fy[:, None], w).astype(np.float32)  # (K, w + 2)
-        tx = taper(x[None, :] - fx[:, None], w).astype(np.float32)
-        bm = np.matmul(blk, tx[:, :, None])[:, :, 0]
-        bm = np.einsum("ki,ki->k", bm, ty) / (ty.sum(axis=1) * tx.sum(axis=1))
-        # tapered, demeaned block written into the zero-padded FFT buffer
-        np.subtract(blk, bm[:, None, None], out=bb)
-        del blk
-        bb *= ty[:, :, None]
-        bb *= tx[:, None, :]
-        sp = spec
-        if qv is not None:
-            uv = rvp & vblocks[kk, by, bx]  # usable in both, in block coordinates
-            mk = np.flatnonzero(~uv.all(axis=(1, 2)))
-            if mk.size:
-                # Windows with unusable pixels: smooth weights that follow the shift
-                # (secondary) or stay (reference); the weighted means are redone.
-                uv = uv[mk]
-                mw = mask_weight(uv, fy[mk], fx[mk])
-                wgt = ty[mk, :, None] * tx[mk, None, :] * mw
-                bb[mk] = _weighted_demean(blocks[kk[mk], by[mk], bx[mk]], wgt)
-                sp = spec.copy()
-                same = kept[mk] & (kept_by[mk] == by[mk]) & (kept_bx[mk] == bx[mk])
-                if same.any():
-                    sp[mk[same]] = sp_kept[mk[same]]
-                new = ~same
-                if new.any():
-                    if it or init is not None:  # no shift yet: same weight for both
-                        z = np.zeros(int(new.sum()))
-                        mw = mask_weight(uv[new], z, z)
-                    else:
-                        mw = mw[new]
-                    wgt = tw * mw[:, 1:-1, 1:-1]
-                    a = np.zeros((mw.shape[0], size, size), dtype=np.float32)
-                    a[:, 1 : w + 1, 1 : w + 1] = _weighted_demean(rs[mk[new]], wgt)
-                    sp[mk[new]] = np.conjugate(sfft.rfft2(a))
-                kept[:] = False
-                kept[mk] = True
-                kept_by, kept_bx, sp_kept = by, bx, sp
-        cross = sfft.rfft2(buf)
-        # times the reference spectra, divided by |cross| ** 0.5, spectral weight
-        flat = np.empty(k, dtype=bool)
-        _kernels.whiten_cross(cross, np.ascontiguousarray(sp), sw, flat)
-        if it == 0 and init is not None:  # around the ZNCC estimate
-            ey, ex = _upsampled_peak(cross, fy, fx, 0.4, 15)
-        elif it == 0:  # around the coarse peak
-            c = sfft.irfft2(cross, s=(size, size)).reshape(k, -1).argmax(axis=1)
-            cy, cx = np.divmod(c, size)
-            cy = np.where(cy > size // 2, cy - size, cy).astype(np.float64)
-            cx = np.where(cx > size // 2, cx - size, cx).astype(np.float64)
-            ey, ex = _upsampled_peak(cross, cy, cx, 0.6, upsample)
-        else:  # around the previous estimate
-            ey, ex = _upsampled_peak(cross, fy, fx, 0.2, 3 * upsample)
-        ey[flat] = np.nan
-        ex[flat] = np.nan
-        alive &= np.isfinite(ey) & np.isfinite(ex)
-        ey = np.where(alive, ey, 0.0)
-        ex = np.where(alive, ex, 0.0)
-        ny_, nx_ = np.rint(ey).astype(int), np.rint(ex).astype(int)
-        py, px = py + ny_, px + nx_
-        fy, fx = ey - ny_, ex - nx_
-    ty = py - s + fy
-    tx = px - s + fx
-    # the sub-pixel estimate must agree with the integer ZNCC peak: when the two stages
-    # disagree by more than 0.75 px the window is rejected rather than returned with a
-    # confident wrong value (measured: removes the rare gross errors on Landsat-7 crops)
-    alive &= (np.abs(ty - (iy - s)) <= 0.75) & (np.abs(tx - (ix - s)) <= 0.75)
-    return ty, tx, alive
 
 
 def whitening(score, k):
@@ -1525,14 +1372,22 @@ def whitening(score, k):
 def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, score=None):
     """Sub-pixel stage of windows without unusable pixels (compiled kernels).
 
-    The estimator of :func:`_subpixel` (tapered, partially whitened phase
-    correlation, the taper of the secondary moved by the current estimate), with the
-    peak of the correlation located by Newton iterations on the continuous surface
-    (:func:`tio._kernels.newton_peaks`) instead of an upsampled grid and a parabola.
-    The first estimate starts at ``init`` (the parabolic sub-pixel position of the
-    ZNCC peak; zero if None), where the taper of the secondary is centred; each next
-    one moves the taper to the previous estimate. Same inputs and outputs as
-    :func:`_subpixel`. ``deform`` (optional) is a pair ``(gy, gx)`` of arrays
+    Tapered, partially whitened phase correlation (the estimator of
+    :func:`phase_correlation_shift`, the taper of the secondary moved by the current
+    estimate), with the peak of the correlation located by Newton iterations on the
+    continuous surface (:func:`tio._kernels.newton_peaks`) instead of an upsampled
+    grid and a parabola. The first estimate starts at ``init`` (the parabolic
+    sub-pixel position of the ZNCC peak; zero if None), where the taper of the
+    secondary is centred; each next one moves the taper to the previous estimate, up
+    to ``iterations`` estimates. ``rs`` (K, w, w) reference windows (any per-window
+    scale and offset), ``qd`` (K, w + 2s, w + 2s) secondary sub-images, ``iy``/``ix``
+    integer peaks (indices in the ZNCC surface), ``score`` the ZNCC peaks (for
+    :func:`whitening`). Returns the offsets ``ty``/``tx`` (relative to the centre of
+    the sub-images) and whether each is valid: the block (one pixel larger than the
+    window on every side) must stay in the sub-image, and the estimate within 0.75 px
+    of the integer peak (when the two stages disagree by more than that the window is
+    rejected rather than returned with a confident wrong value; measured: removes the
+    rare gross errors on Landsat-7 crops). ``deform`` (optional) is a pair ``(gy, gx)`` of arrays
     (K, w + 2, w + 2): the secondary block is then sampled at those offsets from its
     pixels (window deformation, :func:`tio._kernels.deformed_blocks`).
     """
@@ -1589,6 +1444,88 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, 
         fy[sel], fx[sel] = e_y - ny_, e_x - nx_
         # the next estimate only where the taper of the secondary was not yet centred
         # on the estimate
+        moved = np.maximum(np.abs(e_y - f0y), np.abs(e_x - f0x)) > _REFINE
+        todo = sel[moved & alive[sel]]
+    ty = py - s + fy
+    tx = px - s + fx
+    alive &= (np.abs(ty - (iy - s)) <= 0.75) & (np.abs(tx - (ix - s)) <= 0.75)
+    return ty, tx, alive
+
+
+def _subpixel_weighted(rs, qd, iy, ix, rv, qv, *, w, s, iterations, init=None, score=None):
+    """Sub-pixel stage of windows with unusable pixels near the match (compiled kernels).
+
+    The estimator of :func:`_subpixel_fast` (Newton peak of the partially whitened
+    phase correlation, first estimate at ``init``, the taper of the secondary moved by
+    the current estimate, whitening exponent from ``score``), with a weight of the
+    unusable pixels: where the block (``w + 2`` px square around
+    the matched window) or the reference window has unusable pixels, both are also
+    weighted by :func:`mask_weight` of the pixels usable in both (moved by the current
+    estimate for the secondary, unmoved for the reference) and demeaned with that
+    weight (:func:`tio._kernels.weighted_blocks_at`,
+    :func:`tio._kernels.weighted_reference_at`). A reference spectrum is transformed
+    again only when the block of its window has moved by a pixel. Same inputs and
+    outputs as :func:`_subpixel_fast`, plus ``rv``/``qv`` the usable pixels of the
+    reference windows and secondary sub-images.
+    """
+    from tio import _kernels
+
+    k = rs.shape[0]
+    size = sfft.next_fast_len(w + 2)
+    tw = _taper2d(w)
+    sw = _spectral_weight32(size)
+    r32 = np.ascontiguousarray(rs, dtype=np.float32)
+    q32 = np.ascontiguousarray(qd, dtype=np.float32)
+    rvb = np.ascontiguousarray(rv, dtype=bool)
+    qvb = np.ascontiguousarray(qv, dtype=bool)
+    roll = float(taper_roll(w))
+    py, px = iy.astype(np.int64), ix.astype(np.int64)
+    if init is None:
+        fy, fx = np.zeros(k), np.zeros(k)
+    else:
+        fy = np.clip(np.asarray(init[0], np.float64), -0.5, 0.5).copy()
+        fx = np.clip(np.asarray(init[1], np.float64), -0.5, 0.5).copy()
+    wh = whitening(score, k)
+    spec = np.empty((k, size, size // 2 + 1), dtype=np.complex64)
+    sby = np.full(k, -1, dtype=np.int64)  # block position of each reference spectrum
+    sbx = np.full(k, -1, dtype=np.int64)
+    buf = np.zeros((k, size, size), dtype=np.float32)
+    alive = np.ones(k, dtype=bool)
+    todo = np.arange(k)
+    for _ in range(max(iterations, 1)):
+        sel = todo
+        m = sel.size
+        if m == 0:
+            break
+        alive[sel] &= (py[sel] >= 1) & (py[sel] <= 2 * s - 1)
+        alive[sel] &= (px[sel] >= 1) & (px[sel] <= 2 * s - 1)
+        by, bx = np.clip(py[sel], 1, 2 * s - 1) - 1, np.clip(px[sel], 1, 2 * s - 1) - 1
+        new = (sby[sel] != by) | (sbx[sel] != bx)
+        if new.any():
+            ns = sel[new]
+            rb = np.empty((ns.size, size, size), dtype=np.float32)
+            masked = np.empty(ns.size, dtype=bool)
+            _kernels.weighted_reference_at(
+                r32, rvb, qvb, ns, by[new], bx[new], tw, 2, 0.75, rb, masked
+            )
+            sp = sfft.rfft2(rb)
+            np.conjugate(sp, out=sp)
+            spec[ns] = sp
+            sby[ns], sbx[ns] = by[new], bx[new]
+        b = buf[:m]
+        f0y, f0x = fy[sel], fx[sel]
+        _kernels.weighted_blocks_at(q32, rvb, qvb, sel, by, bx, f0y, f0x, w, roll, 2, 0.75, b)
+        fb = sfft.rfft2(b)
+        ey, ex = np.empty(m), np.empty(m)
+        conv = np.empty(m, dtype=bool)
+        _kernels.newton_peaks(fb, spec, sel, sw, wh[sel], f0y, f0x, 0.25, ey, ex, conv)
+        alive[sel] &= conv & np.isfinite(ey) & np.isfinite(ex)
+        e_y = np.where(alive[sel], ey, 0.0)
+        e_x = np.where(alive[sel], ex, 0.0)
+        ny_, nx_ = np.rint(e_y).astype(np.int64), np.rint(e_x).astype(np.int64)
+        py[sel] += ny_
+        px[sel] += nx_
+        fy[sel], fx[sel] = e_y - ny_, e_x - nx_
         moved = np.maximum(np.abs(e_y - f0y), np.abs(e_x - f0x)) > _REFINE
         todo = sel[moved & alive[sel]]
     ty = py - s + fy
@@ -1662,7 +1599,7 @@ def deform_refine(
 
     s2 = 3
     p0 = w + 2 * s2
-    chunk = 256  # windows per task (as the tiles): about 15 MB of working memory
+    chunk = 64  # windows per task: about 4 MB of working memory; small, so both threads get work
 
     def refine(ii, jj, fy, fx):
         k = ii.size
@@ -1758,20 +1695,26 @@ def _process_clean(
     with ``min_sd > 0`` means that the texture is measured on the reference windows.
     """
     k = corners[0].shape[0]
+    from tio import _kernels
+
     zncc, rs, sd_r, qd = _zncc_clean(ref, sec, *corners, w, s, lv)
-    iy, ix, ok = integer_peaks(zncc)
+    # integer_peaks, ambiguous_peaks, weak_curvature, peak_score and _parabolic_init in
+    # one compiled pass (same results)
+    iy, ix = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)
+    ok = np.empty(k, dtype=bool)
+    sc, fy0, fx0 = np.empty(k), np.empty(k), np.empty(k)
+    _kernels.peak_analysis(
+        zncc, float(max_peak_ratio), _PEAK_EXCLUSION, _MIN_CURVATURE, iy, ix, ok, sc, fy0, fx0
+    )
     if min_sd > 0:
         ok &= (sd_r if tex is None else window_std(tex)) >= min_sd
-    if max_peak_ratio < 1.0:
-        ok &= ~ambiguous_peaks(zncc, iy, ix, max_peak_ratio)
-        ok &= ~weak_curvature(zncc, iy, ix, ok)
     dy = np.full(k, np.nan)
     dx = np.full(k, np.nan)
     score = np.full(k, np.nan)
     idx = np.flatnonzero(ok)
     if idx.size == 0:
         return dy, dx, score
-    score[idx] = peak_score(zncc[idx], iy[idx], ix[idx])
+    score[idx] = sc[idx]
     every = idx.size == k  # then no copy of the windows
     ty, tx, alive = _subpixel_fast(
         rs if every else rs[idx],
@@ -1781,7 +1724,7 @@ def _process_clean(
         w=w,
         s=s,
         iterations=iterations,
-        init=_parabolic_init(zncc[idx], iy[idx], ix[idx]),
+        init=(fy0[idx], fx0[idx]),
         score=score[idx],
     )
     dy[idx] = np.where(alive, ty, np.nan)
@@ -1877,7 +1820,7 @@ def _process_block(
                 score=score[sel],
             )
         else:
-            ty, tx, alive = _subpixel(
+            ty, tx, alive = _subpixel_weighted(
                 _demean(r[sel])[0],
                 _demean(q[sel])[0],
                 iy[sel],
@@ -1887,7 +1830,8 @@ def _process_block(
                 w=w,
                 s=s,
                 iterations=iterations,
-                upsample=upsample,
+                init=_parabolic_init(zncc[sel], iy[sel], ix[sel]),
+                score=score[sel],
             )
         dy[sel] = np.where(alive, ty, np.nan)
         dx[sel] = np.where(alive, tx, np.nan)
@@ -1929,24 +1873,32 @@ def _zncc_rect(r, q, qv, w, s, min_overlap):
     y1 = p - np.argmax(rows[:, ::-1], axis=1)
     x0 = np.argmax(cols, axis=1)
     x1 = p - np.argmax(cols[:, ::-1], axis=1)
-    rs, flat_r, _ = _standardise(r)
-    # the secondary standardised over its usable pixels, zero elsewhere (float32)
-    v32 = qv.astype(np.float32)
-    q32 = np.asarray(q, np.float32)
-    nq = np.maximum(v32.sum(axis=(1, 2), dtype=np.float64), 1.0)
-    mean = np.einsum("kij,kij->k", q32, v32, dtype=np.float64) / nq
-    qs = q32 - mean.astype(np.float32)[:, None, None]
-    qs *= v32
-    sd = np.sqrt(np.einsum("kij,kij->k", qs, qs, dtype=np.float64) / nq)
-    flat_q = (sd <= _FLAT * np.abs(mean)) | (sd == 0)
-    qs *= np.where(flat_q, 0.0, 1.0 / np.where(flat_q, 1.0, sd)).astype(np.float32)[:, None, None]
-    # cross term: sum over the overlap of r * q (q is zero outside its rectangle)
-    fr = _rfft2_rows(rs, size)
-    np.conjugate(fr, out=fr)
-    fr *= sfft.rfft2(qs, s=(size, size))
-    srq = _irfft2_rows(fr, size, n)[:, :, :n].astype(np.float64)
     from tio import _kernels
 
+    # the reference standardised, the secondary standardised over its usable pixels and
+    # zero elsewhere (float32), straight into zero-padded FFT buffers (compiled)
+    rbuf = np.empty((k, size, size), dtype=np.float32)
+    qbuf = np.empty((k, size, size), dtype=np.float32)
+    flat_r, flat_q = np.empty(k, dtype=bool), np.empty(k, dtype=bool)
+    _kernels.rect_standardise(
+        np.ascontiguousarray(r, dtype=np.float32),
+        np.ascontiguousarray(q, dtype=np.float32),
+        y0.astype(np.int64),
+        y1.astype(np.int64),
+        x0.astype(np.int64),
+        x1.astype(np.int64),
+        _FLAT,
+        rbuf,
+        qbuf,
+        flat_r,
+        flat_q,
+    )
+    rs, qs = rbuf[:, :w, :w], qbuf[:, :p, :p]
+    # cross term: sum over the overlap of r * q (q is zero outside its rectangle)
+    fr = sfft.rfft2(rbuf)
+    np.conjugate(fr, out=fr)
+    fr *= sfft.rfft2(qbuf)
+    srq = _irfft2_rows(fr, size, n)[:, :, :n].astype(np.float64)
     zncc = np.empty((k, n, n))
     frac = np.empty((k, n, n))
     _kernels.rect_zncc(

@@ -14,7 +14,9 @@ chains of numpy operations whose temporaries made the sub-pixel stage memory-bou
   (no upsampled grid, no parabola through grid values: no pixel-locking of the
   peak finder), in a few iterations from a start within the main lobe;
 * :func:`mask_blur` - the eroded, blurred weight of the usable pixels moved by a
-  sub-pixel shift (the weighted path of the edge windows);
+  sub-pixel shift (:func:`_correlation.mask_weight`; the weighted kernels of the edge
+  windows compute it window by window, by 1-D passes where the usable pixels form a
+  rectangle);
 * :func:`local_variance` - local variances of a tile's secondary at every window
   position (integral images, no full-size temporaries);
 * :func:`separate_regions` - the flood fill of the peak-ratio test;
@@ -23,8 +25,10 @@ chains of numpy operations whose temporaries made the sub-pixel stage memory-bou
   copied from the images straight into zero-padded FFT buffers, and the ZNCC from
   the correlation and the local variances;
 * :func:`tapered_reference`, :func:`tapered_blocks_at` - the sub-pixel stage's
-  buffers without gathering copies; :func:`whiten_cross` - the cross-power spectra
-  of the weighted (edge-window) sub-pixel path;
+  buffers without gathering copies; :func:`weighted_reference_at`,
+  :func:`weighted_blocks_at` - the same with the mask weight of the edge windows;
+  :func:`rect_standardise`, :func:`rect_zncc` - the integer stage of the edge windows;
+  :func:`peak_analysis` - the integer stage's decisions on the ZNCC surfaces;
 * :func:`window_stds`, :func:`nan_median_filter` - the texture scale of an image and
   the median filter of an offset field.
 
@@ -61,14 +65,18 @@ def _demean_taper(v, ty, tx, out):
     """``out[i, j] = (v[i, j] - m) * ty[i] * tx[j]`` for ``i, j < len(ty)``, ``m`` the mean of
     ``v`` weighted by the taper ``ty`` x ``tx`` (0 if the taper is all zero)."""
     n = ty.shape[0]
-    sv = 0.0
+    # weighted sums per column first (independent accumulators: a vectorisable loop)
+    acc = np.zeros(n)
     for i in range(n):
         if ty[i] == 0.0:
             continue
-        row = 0.0
+        a = ty[i]
+        row = v[i]
         for j in range(n):
-            row += tx[j] * v[i, j]
-        sv += ty[i] * row
+            acc[j] += a * row[j]
+    sv = 0.0
+    for j in range(n):
+        sv += tx[j] * acc[j]
     swx = 0.0
     for j in range(n):
         swx += tx[j]
@@ -314,53 +322,252 @@ def mask_blur(valid, erode, wy, wx, rad, out):
     """
     k, n, _ = out.shape
     m = n + 2 * rad
-    nt = 2 * rad + 1
     col = np.empty((n, n), dtype=np.bool_)
     e = np.empty((n, n), dtype=np.bool_)
     rows = np.empty((n, m), dtype=np.float32)
     ep = np.empty((m, m), dtype=np.float32)
     for t in range(k):
-        # erosion: minimum over the rows, then over the columns (index clamped)
+        _mask_blur_one(valid[t], erode, wy[t], wx[t], rad, out[t], col, e, rows, ep, False)
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _mask_blur_one(valid, erode, wy, wx, rad, out, col, e, rows, ep, separable):
+    """:func:`mask_blur` of one window (``valid``, ``out`` (n, n); ``wy``/``wx`` its taps;
+    ``col``, ``e`` (n, n) bool, ``rows`` (n, n + 2 rad), ``ep`` (n + 2 rad) squared float32
+    work arrays). With ``separable``, a rectangle of usable pixels takes
+    :func:`_separable_blur` (1-D passes; equal up to float32 rounding)."""
+    n = out.shape[0]
+    m = n + 2 * rad
+    nt = 2 * rad + 1
+    if separable and _separable_blur(valid, erode, wy, wx, rad, out, rows):
+        return
+    # erosion: minimum over the rows, then over the columns (index clamped)
+    for y in range(n):
+        for x in range(n):
+            v = True
+            for d in range(-erode, erode + 1):
+                yy = min(max(y + d, 0), n - 1)
+                v = v and valid[yy, x]
+            col[y, x] = v
+    for y in range(n):
+        for x in range(n):
+            v = True
+            for d in range(-erode, erode + 1):
+                xx = min(max(x + d, 0), n - 1)
+                v = v and col[y, xx]
+            e[y, x] = v
+    # the eroded mask padded by ``rad`` (edge), as float32
+    for y in range(m):
+        ys = min(max(y - rad, 0), n - 1)
+        for x in range(m):
+            xs = min(max(x - rad, 0), n - 1)
+            ep[y, x] = 1.0 if e[ys, xs] else 0.0
+    for y in range(n):
+        for x in range(m):
+            rows[y, x] = 0.0
+    for i in range(nt):
+        c = wy[i]
         for y in range(n):
-            for x in range(n):
-                v = True
-                for d in range(-erode, erode + 1):
-                    yy = min(max(y + d, 0), n - 1)
-                    v = v and valid[t, yy, x]
-                col[y, x] = v
-        for y in range(n):
-            for x in range(n):
-                v = True
-                for d in range(-erode, erode + 1):
-                    xx = min(max(x + d, 0), n - 1)
-                    v = v and col[y, xx]
-                e[y, x] = v
-        # the eroded mask padded by ``rad`` (edge), as float32
-        for y in range(m):
-            ys = min(max(y - rad, 0), n - 1)
+            src = 2 * rad - i + y
             for x in range(m):
-                xs = min(max(x - rad, 0), n - 1)
-                ep[y, x] = 1.0 if e[ys, xs] else 0.0
-        for y in range(n):
-            for x in range(m):
-                rows[y, x] = 0.0
-        for i in range(nt):
-            c = wy[t, i]
-            for y in range(n):
-                src = 2 * rad - i + y
-                for x in range(m):
-                    rows[y, x] += c * ep[src, x]
+                rows[y, x] += c * ep[src, x]
+    for y in range(n):
+        for x in range(n):
+            out[y, x] = 0.0
+    for i in range(nt):
+        c = wx[i]
         for y in range(n):
             for x in range(n):
-                out[t, y, x] = 0.0
-        for i in range(nt):
-            c = wx[t, i]
-            for y in range(n):
-                for x in range(n):
-                    out[t, y, x] += c * rows[y, 2 * rad - i + x]
+                out[y, x] += c * rows[y, 2 * rad - i + x]
+    for y in range(n):
+        for x in range(n):
+            out[y, x] = min(max(out[y, x], np.float32(0.0)), np.float32(1.0))
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _separable_blur(valid, erode, wy, wx, rad, out, work):
+    """:func:`_mask_blur_one` of a mask that is a rectangle of usable pixels (the
+    product of a row mask and a column mask: windows at the image edges), by 1-D
+    erosions and blurs; returns False (nothing written) for any other mask. The
+    values are those of the 2-D computation up to the rounding of one float32 product.
+    ``work`` is a float32 array of at least 4 rows of ``n + 2 rad``."""
+    n = out.shape[0]
+    ra = work[0]
+    ca = work[1]
+    for i in range(n):
+        ra[i] = 0.0
+        ca[i] = 0.0
+    for i in range(n):
+        for j in range(n):
+            if valid[i, j]:
+                ra[i] = 1.0
+                ca[j] = 1.0
+    for i in range(n):
+        for j in range(n):
+            if valid[i, j] != (ra[i] > 0.0 and ca[j] > 0.0):
+                return False
+    by = work[2]
+    bx = work[3]
+    for a in range(2):
+        src = ra if a == 0 else ca
+        wt = wy if a == 0 else wx
+        dst = by if a == 0 else bx
+        # eroded (clamped index), padded by ``rad`` (edge), blurred
         for y in range(n):
-            for x in range(n):
-                out[t, y, x] = min(max(out[t, y, x], np.float32(0.0)), np.float32(1.0))
+            v = 1.0
+            for d in range(-erode, erode + 1):
+                v = min(v, src[min(max(y + d, 0), n - 1)])
+            dst[y + rad] = v
+        for y in range(n):
+            acc = np.float32(0.0)
+            for i in range(2 * rad + 1):
+                yy = 2 * rad - i + y
+                e = dst[min(max(yy, rad), rad + n - 1)]
+                acc += wt[i] * np.float32(e)
+            src[y] = acc  # the source is no longer needed
+    for y in range(n):
+        for x in range(n):
+            out[y, x] = min(max(ra[y] * ca[x], np.float32(0.0)), np.float32(1.0))
+    return True
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _gauss_taps(frac, sigma, rad, out):
+    """Gaussian taps of :func:`_correlation.mask_weight` (float32): tap ``i`` is the
+    normal density (standard deviation ``sigma``) at ``i - rad - frac``."""
+    norm = 1.0 / (sigma * math.sqrt(2.0 * math.pi))
+    for i in range(2 * rad + 1):
+        t = (np.float64(i - rad) - frac) / sigma
+        out[i] = np.float32(norm * math.exp(-0.5 * t * t))
+
+
+@njit(**_OPTS)
+def weighted_reference_at(rs, rv, qv, sel, by, bx, tw, erode, sigma, out, masked):
+    """Reference windows of the weighted (edge-window) sub-pixel path, into zero-padded
+    FFT buffers.
+
+    Window ``t`` is ``rs[sel[t]]`` (w, w) with usable pixels ``rv[sel[t]]``; its
+    secondary block is ``qv[sel[t], by[t]:by[t] + w + 2, bx[t]:bx[t] + w + 2]``. The
+    pixels usable in both (block coordinates, the reference padded with usable pixels)
+    give the weight :func:`_correlation.mask_weight` at zero shift (``erode``,
+    ``sigma``), times the taper ``tw`` (w, w); ``out[t, 1:w + 1, 1:w + 1]`` is the window
+    minus its weighted mean, times the weight (float64 sums; zeros elsewhere).
+    ``masked[t]`` says whether the block has unusable pixels; where it has none the
+    weight is the taper alone (as :func:`tapered_reference`).
+    """
+    k = sel.shape[0]
+    w = rs.shape[1]
+    n = w + 2
+    size = out.shape[1]
+    rad = int(math.ceil(4 * sigma)) + 1
+    m = n + 2 * rad
+    uv = np.empty((n, n), dtype=np.bool_)
+    mw = np.empty((n, n), dtype=np.float32)
+    col = np.empty((n, n), dtype=np.bool_)
+    e = np.empty((n, n), dtype=np.bool_)
+    rows = np.empty((n, m), dtype=np.float32)
+    ep = np.empty((m, m), dtype=np.float32)
+    taps = np.empty(2 * rad + 1, dtype=np.float32)
+    _gauss_taps(0.0, sigma, rad, taps)
+    wgt = np.empty((w, w))
+    for t in range(k):
+        q = sel[t]
+        anybad = False
+        for i in range(n):
+            for j in range(n):
+                u = qv[q, by[t] + i, bx[t] + j]
+                if 1 <= i <= w and 1 <= j <= w:
+                    u = u and rv[q, i - 1, j - 1]
+                uv[i, j] = u
+                if not u:
+                    anybad = True
+        masked[t] = anybad
+        o = out[t]
+        for i in range(size):
+            for j in range(size):
+                o[i, j] = 0.0
+        if anybad:
+            _mask_blur_one(uv, erode, taps, taps, rad, mw, col, e, rows, ep, True)
+            for i in range(w):
+                for j in range(w):
+                    wgt[i, j] = np.float64(tw[i, j]) * np.float64(mw[i + 1, j + 1])
+        else:
+            for i in range(w):
+                for j in range(w):
+                    wgt[i, j] = tw[i, j]
+        sw = 0.0
+        sv = 0.0
+        for i in range(w):
+            for j in range(w):
+                sw += wgt[i, j]
+                sv += np.float64(rs[q, i, j]) * wgt[i, j]
+        mean = sv / max(sw, 1e-12)
+        for i in range(w):
+            for j in range(w):
+                o[i + 1, j + 1] = (np.float64(rs[q, i, j]) - mean) * wgt[i, j]
+
+
+@njit(**_OPTS)
+def weighted_blocks_at(qd, rv, qv, sel, by, bx, fy, fx, w, roll, erode, sigma, out):
+    """Secondary blocks of the weighted (edge-window) sub-pixel path, into zero-padded
+    FFT buffers (their first ``w + 2`` rows and columns).
+
+    Block ``t`` is ``qd[sel[t], by[t]:by[t] + w + 2, bx[t]:bx[t] + w + 2]``; its weight is
+    the separable taper moved by ``(fy[t], fx[t])`` times, where the block has pixels
+    unusable in it or in the reference window ``rv[sel[t]]`` (see
+    :func:`weighted_reference_at`), :func:`_correlation.mask_weight` moved by the same
+    shift. ``out[t]`` is the block minus its weighted mean, times the weight (float64
+    sums); a block without unusable pixels is written as by :func:`tapered_blocks_at`.
+    """
+    k = sel.shape[0]
+    n = w + 2
+    rad = int(math.ceil(4 * sigma)) + 1
+    m = n + 2 * rad
+    uv = np.empty((n, n), dtype=np.bool_)
+    mw = np.empty((n, n), dtype=np.float32)
+    col = np.empty((n, n), dtype=np.bool_)
+    e = np.empty((n, n), dtype=np.bool_)
+    rows = np.empty((n, m), dtype=np.float32)
+    ep = np.empty((m, m), dtype=np.float32)
+    wy = np.empty(2 * rad + 1, dtype=np.float32)
+    wx = np.empty(2 * rad + 1, dtype=np.float32)
+    ty = np.empty(n)
+    tx = np.empty(n)
+    for t in range(k):
+        q = sel[t]
+        r0 = by[t]
+        c0 = bx[t]
+        for i in range(n):
+            ty[i] = _taper(i - 1.0 - fy[t], w, roll)
+            tx[i] = _taper(i - 1.0 - fx[t], w, roll)
+        anybad = False
+        for i in range(n):
+            for j in range(n):
+                u = qv[q, r0 + i, c0 + j]
+                if 1 <= i <= w and 1 <= j <= w:
+                    u = u and rv[q, i - 1, j - 1]
+                uv[i, j] = u
+                if not u:
+                    anybad = True
+        o = out[t]
+        if not anybad:
+            _demean_taper(qd[q, r0 : r0 + n, c0 : c0 + n], ty, tx, o)
+            continue
+        _gauss_taps(fy[t], sigma, rad, wy)
+        _gauss_taps(fx[t], sigma, rad, wx)
+        _mask_blur_one(uv, erode, wy, wx, rad, mw, col, e, rows, ep, True)
+        sw = 0.0
+        sv = 0.0
+        for i in range(n):
+            for j in range(n):
+                g = ty[i] * tx[j] * np.float64(mw[i, j])
+                sw += g
+                sv += np.float64(qd[q, r0 + i, c0 + j]) * g
+        mean = sv / max(sw, 1e-12)
+        for i in range(n):
+            for j in range(n):
+                g = ty[i] * tx[j] * np.float64(mw[i, j])
+                o[i, j] = (np.float64(qd[q, r0 + i, c0 + j]) - mean) * g
 
 
 @njit(**_OPTS)
@@ -399,6 +606,98 @@ def separate_regions(above, iy, ix, out):
                 if above[t, y, x]:
                     total += 1
         out[t] = total > reached
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _parabola(ym, y0, yp):
+    """Vertex offset (clipped to [-0.5, 0.5]; 0 if not concave) and height of the parabola
+    through (-1, ym), (0, y0), (1, yp): ``_correlation._parabolic`` for one point."""
+    den = ym - 2.0 * y0 + yp
+    d = 0.0
+    if den < 0:
+        d = 0.5 * (ym - yp) / den
+        if math.isnan(d):
+            d = 0.0
+        elif math.isinf(d):
+            d = 1.0 if d > 0 else -1.0
+    d = min(max(d, -0.5), 0.5)
+    return d, y0 - 0.25 * (ym - yp) * d
+
+
+@njit(**_OPTS)
+def peak_analysis(zncc, max_ratio, exclusion, min_ratio, iy, ix, ok, score, fy, fx):
+    """The integer stage's decisions on ZNCC surfaces, in one pass per window.
+
+    The same results as ``_correlation.integer_peaks`` (``iy``, ``ix``, ``ok``), then,
+    where ``ok``, ``ambiguous_peaks`` (with ``max_ratio`` < 1) and ``weak_curvature``
+    (``min_ratio``) turning ``ok`` False, and for the windows left ``peak_score``
+    (``score``) and ``_parabolic_init`` (``fy``, ``fx``); NaN score and zero fractions
+    elsewhere. ``zncc`` (K, n, n) float64 (NaN: not evaluated).
+    """
+    k, n, _ = zncc.shape
+    above = np.empty((1, n, n), dtype=np.bool_)
+    other = np.empty(1, dtype=np.bool_)
+    py = np.empty(1, dtype=np.int64)
+    px = np.empty(1, dtype=np.int64)
+    for t in range(k):
+        z = zncc[t]
+        best = -np.inf
+        by = 0
+        bx = 0
+        for a in range(n):
+            for b in range(n):
+                v = z[a, b]
+                if math.isfinite(v) and v > best:
+                    best = v
+                    by = a
+                    bx = b
+        iy[t] = by
+        ix[t] = bx
+        good = math.isfinite(best) and 0 < by < n - 1 and 0 < bx < n - 1
+        if good:
+            good = (
+                math.isfinite(z[by - 1, bx])
+                and math.isfinite(z[by + 1, bx])
+                and math.isfinite(z[by, bx - 1])
+                and math.isfinite(z[by, bx + 1])
+            )
+        if good and max_ratio < 1.0:
+            z1 = best
+            cut = max_ratio * z1
+            for a in range(n):
+                for b in range(n):
+                    v = z[a, b]
+                    near = abs(a - by) <= exclusion and abs(b - bx) <= exclusion
+                    above[0, a, b] = near or (math.isfinite(v) and v >= cut)
+            py[0] = by
+            px[0] = bx
+            separate_regions(above, py, px, other)
+            if other[0] or not z1 > 0:
+                good = False
+            if good:
+                z0 = z[by, bx]
+                hyy = z[by + 1, bx] + z[by - 1, bx] - 2 * z0
+                hxx = z[by, bx + 1] + z[by, bx - 1] - 2 * z0
+                hxy = 0.25 * (
+                    z[by + 1, bx + 1] - z[by + 1, bx - 1] - z[by - 1, bx + 1] + z[by - 1, bx - 1]
+                )
+                tr = -(hyy + hxx)
+                det = hyy * hxx - hxy * hxy
+                lam = 0.5 * tr - math.sqrt(max(0.25 * tr * tr - det, 0.0))
+                if not lam >= min_ratio * max(1.0 - z0, 1e-6):
+                    good = False
+        ok[t] = good
+        if good:
+            z0 = z[by, bx]
+            dy, hy = _parabola(z[by - 1, bx], z0, z[by + 1, bx])
+            dx, hx = _parabola(z[by, bx - 1], z0, z[by, bx + 1])
+            score[t] = min(max(z0 + (hy - z0) + (hx - z0), 0.0), 1.0)
+            fy[t] = dy
+            fx[t] = dx
+        else:
+            score[t] = np.nan
+            fy[t] = 0.0
+            fx[t] = 0.0
 
 
 @njit(**_OPTS)
@@ -494,6 +793,49 @@ def rect_zncc(srq, rs, qs, y0, y1, x0, x1, min_cnt, flat, out_z, out_frac):
                     continue
                 z = (srq[t, v, u] - sr * sq / cnt) / math.sqrt(var_r * var_q)
                 out_z[t, v, u] = min(max(z, -1.0), 1.0)
+
+
+@njit(**_OPTS)
+def rect_standardise(r, q, y0, y1, x0, x1, flat, out_r, out_q, flat_r, flat_q):
+    """Inputs of :func:`rect_zncc`, written into zero-padded FFT buffers.
+
+    ``r`` (K, w, w) reference windows, standardised (minus the mean, divided by the
+    std; float64 sums) into ``out_r[k, :w, :w]``; ``q`` (K, P, P) secondary sub-images,
+    standardised over the rectangle ``[y0, y1) x [x0, x1)`` of usable pixels and zero
+    outside it, into ``out_q[k, :P, :P]``; zeros elsewhere in both (K, L, L) float32
+    buffers. A flat window (std below ``flat`` times its mean absolute value, or zero)
+    is written as zeros and flagged in ``flat_r``/``flat_q``. Same values as the numpy
+    standardisation of ``_correlation._zncc_rect`` up to the order of the float sums.
+    """
+    k, w, _ = r.shape
+    size = out_r.shape[1]
+    for t in range(k):
+        flat_r[t] = _standardise_into(r[t], 0, 0, w, True, flat, out_r[t])[1]
+        o = out_q[t]
+        for i in range(size):
+            for j in range(size):
+                o[i, j] = 0.0
+        ya, yb, xa, xb = y0[t], y1[t], x0[t], x1[t]
+        cnt = max((yb - ya) * (xb - xa), 1)
+        sm = 0.0
+        for i in range(ya, yb):
+            for j in range(xa, xb):
+                sm += q[t, i, j]
+        mean = sm / cnt
+        m32 = np.float32(mean)
+        ss = 0.0
+        for i in range(ya, yb):
+            for j in range(xa, xb):
+                d = np.float32(q[t, i, j]) - m32
+                o[i, j] = d
+                ss += np.float64(d) * d
+        sd = math.sqrt(ss / cnt)
+        fl = sd <= flat * abs(mean) or sd == 0.0
+        flat_q[t] = fl
+        g = np.float32(0.0) if fl else np.float32(1.0 / sd)
+        for i in range(ya, yb):
+            for j in range(xa, xb):
+                o[i, j] *= g
 
 
 @njit(cache=True, fastmath=False, nogil=True)
@@ -625,25 +967,33 @@ def _standardise_into(img, top, left, h, scale, flat, out):
     Returns the std (float64) and whether the window is flat (std below ``flat`` times
     its mean absolute value, or zero): the conventions of ``_correlation._standardise``
     (``scale``) and ``_correlation._demean`` (not ``scale``)."""
-    size = out.shape[0]
-    s = 0.0
+    win = img[top : top + h, left : left + h]
+    # sums per column first (independent accumulators: a vectorisable loop), then over
+    # the columns
+    acc = np.zeros(h)
     for i in range(h):
+        row = win[i]
         for j in range(h):
-            s += img[top + i, left + j]
+            acc[j] += row[j]
+    s = 0.0
+    for j in range(h):
+        s += acc[j]
     n = h * h
     mean = s / n
     m32 = np.float32(mean)
-    ss = 0.0
+    acc[:] = 0.0
     for i in range(h):
+        row = win[i]
+        o = out[i]
         for j in range(h):
-            d = np.float32(img[top + i, left + j]) - m32
-            out[i, j] = d
-            ss += np.float64(d) * d
-        for j in range(h, size):
-            out[i, j] = 0.0
-    for i in range(h, size):
-        for j in range(size):
-            out[i, j] = 0.0
+            d = np.float32(row[j]) - m32
+            o[j] = d
+            acc[j] += np.float64(d) * d
+        o[h:] = 0.0
+    out[h:, :] = 0.0
+    ss = 0.0
+    for j in range(h):
+        ss += acc[j]
     sd = math.sqrt(ss / n)
     is_flat = sd <= flat * abs(mean) or sd == 0.0
     if scale:
@@ -701,24 +1051,53 @@ def zncc_normalise(num, lv, sd_q, bad, w, flat, out):
 
 
 @njit(**_OPTS)
+def zncc_normalise_at(num, lvm, lr, lc, sd_q, bad, w, flat, out):
+    """:func:`zncc_normalise` with the local variances read from a map: window ``k``'s
+    at offset ``(v, u)`` is ``lvm[lr[k] + v, lc[k] + u]`` (no gathered copy)."""
+    k, n, _ = out.shape
+    ww = np.float64(w * w)
+    for t in range(k):
+        lim = flat * ww * (sd_q[t] * sd_q[t])
+        r0 = lr[t]
+        c0 = lc[t]
+        for v in range(n):
+            for u in range(n):
+                lvv = lvm[r0 + v, c0 + u]
+                if bad[t] or not lvv > lim:
+                    out[t, v, u] = np.nan
+                else:
+                    z = np.float64(num[t, v, u]) / math.sqrt(ww * lvv)
+                    out[t, v, u] = min(max(z, -1.0), 1.0)
+
+
+@njit(**_OPTS)
 def window_stds(image, tops, lefts, w, out):
     """Standard deviation (float64, two passes) of the ``w x w`` windows of ``image`` whose
     top-left pixels are ``(tops[k], lefts[k])``, into ``out[k]`` (the fully usable case
     of ``_correlation.window_std``, without gathering the windows)."""
     n = w * w
+    acc = np.empty(w)
     for t in range(tops.shape[0]):
-        r0 = tops[t]
-        c0 = lefts[t]
+        win = image[tops[t] : tops[t] + w, lefts[t] : lefts[t] + w]
+        # sums per column first (independent accumulators: a vectorisable loop)
+        acc[:] = 0.0
+        for i in range(w):
+            row = win[i]
+            for j in range(w):
+                acc[j] += row[j]
         s = 0.0
-        for i in range(w):
-            for j in range(w):
-                s += image[r0 + i, c0 + j]
+        for j in range(w):
+            s += acc[j]
         mean = s / n
-        ss = 0.0
+        acc[:] = 0.0
         for i in range(w):
+            row = win[i]
             for j in range(w):
-                d = image[r0 + i, c0 + j] - mean
-                ss += d * d
+                d = row[j] - mean
+                acc[j] += d * d
+        ss = 0.0
+        for j in range(w):
+            ss += acc[j]
         out[t] = math.sqrt(ss / n)
 
 
@@ -747,45 +1126,3 @@ def nan_median_filter(f, h, out):
                 out[i, j] = s[c // 2]
             else:
                 out[i, j] = (s[c // 2 - 1] + s[c // 2]) / 2.0
-
-
-@njit(**_OPTS)
-def whiten_cross(cross, sp, weight, flat):
-    """Cross-power spectra of the weighted sub-pixel path, in place (float32 arithmetic
-    of the numpy sequence it replaces, element by element).
-
-    ``cross`` (K, L, H) complex64 half spectra of the secondary blocks, multiplied by
-    ``sp`` (K, L, H) (conjugate reference spectra), then divided by the square root of
-    their modulus (floored at 1e-24 times the largest squared modulus of the window)
-    and multiplied by ``weight`` (L, H) float32. ``flat`` (K,) bool: True where the
-    squared modulus nowhere exceeds that floor (a window without texture; an all-zero
-    spectrum is left as is, where numpy's division by zero gave NaN).
-    """
-    k, L, H = cross.shape
-    mag = np.empty((L, H), dtype=np.float32)
-    for t in range(k):
-        mmax = np.float32(0.0)
-        for a in range(L):
-            for b in range(H):
-                c = cross[t, a, b] * sp[t, a, b]
-                cross[t, a, b] = c
-                m = c.real * c.real + c.imag * c.imag
-                mag[a, b] = m
-                if m > mmax:
-                    mmax = m
-        if not mmax > 0.0:  # no texture: left as is (zeros), flagged
-            flat[t] = True
-            continue
-        tiny = np.float32(1e-24) * mmax
-        some = False
-        for a in range(L):
-            for b in range(H):
-                m = mag[a, b]
-                if m > tiny:
-                    some = True
-                else:
-                    m = tiny
-                if m > 0.0:  # (else the product is zero: left as is)
-                    g = weight[a, b] / np.float32(math.sqrt(np.float32(math.sqrt(m))))
-                    cross[t, a, b] = cross[t, a, b] * g
-        flat[t] = not some
