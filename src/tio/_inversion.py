@@ -832,11 +832,13 @@ def invert_block(
     results = {}
     ok_all = np.ones(todo.size, dtype=bool)
     smoothed = np.zeros((n, todo.size), dtype=bool)
+    joint = joint_outliers and reweight_iterations > 0
+    rejected = None  # with joint_outliers, the pairs rejected in EW
     for c, d, w0 in (("ew", ew, w0_ew), ("ns", ns, w0_ns)):
         res = _invert_component(
             net,
             take(d),
-            v,
+            v if rejected is None else v & ~rejected,
             take(w0),
             n_iter=reweight_iterations,
             scale=residual_scale,
@@ -845,15 +847,19 @@ def invert_block(
             lam=regularisation,
             lam_final=regularise_final,
         )
+        if rejected is not None:  # NS never used EW's outliers: count them, give residuals
+            _fill_residuals(net, res, take(d), rejected)
+            res["outlier"] |= rejected
+        elif joint:
+            rejected = res["outlier"]
         results[c] = res
-    if joint_outliers and reweight_iterations > 0:
+    if joint:  # EW without the pairs only NS rejected
         _reject_jointly(
             net,
             results,
             v,
-            take,
-            {"ew": ew, "ns": ns},
-            {"ew": w0_ew, "ns": w0_ns},
+            take(ew),
+            take(w0_ew),
             scale=residual_scale,
             gross=gross_outlier,
             gamma2=smoothing_gamma2,
@@ -904,48 +910,69 @@ def invert_block(
     return out
 
 
-def _reject_jointly(net, results, valid, take, data, w0, *, scale, gross, gamma2, lam, lam_final):
-    """Reject in both components the pairs rejected in either (in place).
+def _fill_residuals(net, res, d, where):
+    """Residuals of the pairs ``where`` (P, M) to the solution ``res["u"]`` (in place)."""
+    if USE_JIT and _jit is not None and res["r"].flags.c_contiguous:
+        _jit.fill_residuals(
+            res["r"],
+            np.ascontiguousarray(d, dtype=np.float64),
+            np.ascontiguousarray(res["u"]),
+            np.ascontiguousarray(where),
+            net.i1.astype(np.int64),
+            net.i2.astype(np.int64),
+        )
+        return
+    p, m = np.nonzero(where)
+    if p.size:
+        u = res["u"]
+        res["r"][p, m] = d[p, m] - (u[net.i2[p], m] - u[net.i1[p], m])
+
+
+def _reject_jointly(net, results, valid, d, w0, *, scale, gross, gamma2, lam, lam_final):
+    """Reject in EW the pairs that only NS rejected (in place).
 
     ``results`` holds the outputs of :func:`_invert_component` for ``"ew"``
-    and ``"ns"`` on the same pixels; ``valid`` (P, M') their valid pairs;
-    ``take`` selects those pixels from a block's ``data[c]`` and ``w0[c]``.
-    Where a component kept a pair that the other rejected, its final solution
-    is computed again without that pair, each remaining pair weighted as in
-    the last re-weighting pass (``w0 / (scale**2 + r**2)``, ``r`` its residual
-    to the first solution), without further passes: one solve of the pixels
-    concerned (regularised with ``lam`` only if ``lam_final``, like the
-    first). The residual of the rejected pair is then its residual to the
-    new solution, and it is counted as an outlier in both components.
+    and ``"ns"`` on the same pixels, NS inverted without the pairs EW
+    rejected (so NS's outliers include EW's); ``valid`` (P, M) their valid
+    pairs, ``d`` and ``w0`` the EW values and a priori weights. Where NS
+    rejected a pair EW kept, EW's final solution is computed again without
+    it, each remaining pair weighted as in the last re-weighting pass
+    (``w0 / (scale**2 + r**2)``, ``r`` its residual to the first solution),
+    without further passes: one solve of the pixels concerned (regularised
+    with ``lam`` only if ``lam_final``, like the first). The rejected pair
+    keeps a residual (to the new solution) and counts as an outlier.
     """
-    union = results["ew"]["outlier"] | results["ns"]["outlier"]
-    for c, res in results.items():
-        redo = np.flatnonzero((union & ~res["outlier"]).any(axis=0))
-        if redo.size == 0:
-            continue
-        d = take(data[c])[:, redo]
-        w = take(w0[c])
-        w = w if w.shape[1] == 1 else w[:, redo]
-        r0 = res["r"][:, redo]
-        w = w / (scale**2 + np.where(np.isfinite(r0), r0, 0.0) ** 2)
-        sub = _invert_component(
-            net,
-            d,
-            valid[:, redo] & ~union[:, redo],
-            w,
-            n_iter=0,
-            scale=scale,
-            gross=gross,
-            gamma2=gamma2,
-            lam=lam,
-            lam_final=lam_final,
-        )
-        u = sub["u"]
-        for k in ("u", "sigma", "smoothed"):
-            res[k][:, redo] = sub[k]
-        res["r"][:, redo] = np.where(valid[:, redo], d - (u[net.i2] - u[net.i1]), np.nan)
-        res["outlier"][:, redo] = union[:, redo]
-        res["ok"][redo] = sub["ok"]
+    ew, union = results["ew"], results["ns"]["outlier"]
+    extra = union & ~ew["outlier"]
+    redo = np.flatnonzero(extra.any(axis=0))
+    if redo.size == 0:
+        return
+    every = redo.size == valid.shape[1]
+    cols = slice(None) if every else redo
+
+    def sub(a):
+        return a if every or a.shape[1] == 1 else a[:, redo]
+
+    # NaN at the pairs that are not valid, which get zero weight anyway
+    w = sub(w0) / (scale**2 + sub(ew["r"]) ** 2)
+    dd = sub(d)
+    new = _invert_component(
+        net,
+        dd,
+        sub(valid) & ~sub(union),
+        w,
+        n_iter=0,
+        scale=scale,
+        gross=gross,
+        gamma2=gamma2,
+        lam=lam,
+        lam_final=lam_final,
+    )
+    _fill_residuals(net, new, dd, sub(valid) & sub(union))
+    for k in ("u", "sigma", "smoothed", "r"):
+        ew[k][:, cols] = new[k]
+    ew["outlier"][:, cols] = sub(union)
+    ew["ok"][cols] = new["ok"]
 
 
 def _residual_sums(net, r):

@@ -761,6 +761,18 @@ def invert_component(
 
 
 @njit(**_OPTS)
+def fill_residuals(r, d, u, where, i1, i2):
+    """``r[p, q] = d[p, q] - (u[i2[p], q] - u[i1[p], q])`` where ``where[p, q]`` (in place)."""
+    p_count, m = where.shape
+    for p in range(p_count):
+        a = i1[p]
+        c = i2[p]
+        for q in range(m):
+            if where[p, q]:
+                r[p, q] = d[p, q] - (u[c, q] - u[a, q])
+
+
+@njit(**_OPTS)
 def residual_sums(r, i1, i2, n):
     """See ``tio._inversion._residual_sums`` (``r`` NaN where a pair is not valid)."""
     p_count, m = r.shape
