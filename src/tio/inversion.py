@@ -99,11 +99,12 @@ def invert(
        their weight by 1000). Weights are normalised to a mean of 1 over the
        pairs used at each pixel. With ``joint_outliers`` (default) a pair
        rejected in one component is rejected in the other too: both come from
-       one correlation peak, so a wrong match is wrong in both (the second
-       component's final solution is computed again without it, each pair
-       weighted as in its last pass). On the stable ground of the 12 extra
+       one correlation peak, so a wrong match is wrong in both. NS is
+       inverted without the pairs EW rejected; where NS rejected pairs EW
+       kept, EW's final solution is computed again without them, each pair
+       weighted as in its last pass. On the stable ground of the 12 extra
        networks of ``benchmarks/bench_inversion.py`` this took the RMSE from
-       1.73 to 1.12 times the noise floor. (Searching outliers with equal weights and
+       1.73 to 1.11 times the noise floor. (Searching outliers with equal weights and
        using ``w0`` only in the final solution was tried: it avoids a gross
        error on a pair of large weight hiding, but lost more on fast motion,
        1.13 m against 1.02 m pooled in ``benchmarks/bench_inversion.py``.)
