@@ -765,7 +765,8 @@ def invert_block(
         Return the residual of every pair (``res_c``, (P, M)).
     joint_outliers : bool
         A pair rejected as a gross outlier in one component is rejected in
-        the other too (:func:`_reject_jointly`).
+        the other too: NS is inverted without the pairs EW rejected, then EW
+        is solved again where NS rejected more (:func:`_reject_jointly`).
 
     Returns
     -------
