@@ -81,19 +81,25 @@ def demo(seed: int) -> dict:
     return {"stable": r.rmse_stable, "landslide": r.rmse_landslide}
 
 
+def _common_windows(r, t):
+    """Windows of the reference ``r`` and secondary ``t`` on their common extent."""
+    from rasterio.windows import from_bounds
+
+    b, c = r.bounds, t.bounds
+    box = max(b.left, c.left), max(b.bottom, c.bottom), min(b.right, c.right), min(b.top, c.top)
+    wr = from_bounds(*box, r.transform).round_offsets().round_lengths()
+    wt = from_bounds(*box, t.transform).round_offsets().round_lengths()
+    return wr, wt
+
+
 def s2_pair(data: Path) -> dict:
     import rasterio
-    from rasterio.windows import from_bounds
     from scipy import ndimage
 
     from tio.correlation import correlate_arrays
 
     with rasterio.open(data / S2_REF) as r, rasterio.open(data / S2_TGT) as t:
-        b, c = r.bounds, t.bounds
-        box = max(b.left, c.left), max(b.bottom, c.bottom), min(b.right, c.right)
-        box += (min(b.top, c.top),)
-        wr = from_bounds(*box, r.transform).round_offsets().round_lengths()
-        wt = from_bounds(*box, t.transform).round_offsets().round_lengths()
+        wr, wt = _common_windows(r, t)
         ref = r.read(1, window=wr).astype(np.float32)
         sec = t.read(1, window=wt).astype(np.float32)
         pixel = r.res[0]
@@ -119,15 +125,11 @@ def s2_pair(data: Path) -> dict:
 def s2_global(data: Path) -> tuple[float, float]:
     """Global phase correlation of a 1024 x 1024 clear block (rule-independent)."""
     import rasterio
-    from rasterio.windows import Window, from_bounds
+    from rasterio.windows import Window
     from skimage.registration import phase_cross_correlation
 
     with rasterio.open(data / S2_REF) as r, rasterio.open(data / S2_TGT) as t:
-        b, c = r.bounds, t.bounds
-        box = max(b.left, c.left), max(b.bottom, c.bottom), min(b.right, c.right)
-        box += (min(b.top, c.top),)
-        wr = from_bounds(*box, r.transform).round_offsets().round_lengths()
-        wt = from_bounds(*box, t.transform).round_offsets().round_lengths()
+        wr, wt = _common_windows(r, t)
         # the clear block bench_correlation.py finds: row 1248, col 608 of the common extent
         ref = r.read(1, window=Window(wr.col_off + 608, wr.row_off + 1248, 1024, 1024))
         sec = t.read(1, window=Window(wt.col_off + 608, wt.row_off + 1248, 1024, 1024))

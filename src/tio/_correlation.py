@@ -1431,25 +1431,39 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, 
             gx = deform[1] if m == k else deform[1][sel]
             qq = q32 if m == k else q32[sel]
             _kernels.deformed_blocks(qq, by, bx, gy, gx, f0y, f0x, w, roll, b)
-        fb = sfft.rfft2(b)
-        ey, ex = np.empty(m), np.empty(m)
-        conv = np.empty(m, dtype=bool)
-        _kernels.newton_peaks(fb, spec, sel, sw, wh[sel], f0y, f0x, 0.25, ey, ex, conv)
-        alive[sel] &= conv & np.isfinite(ey) & np.isfinite(ex)
-        e_y = np.where(alive[sel], ey, 0.0)
-        e_x = np.where(alive[sel], ex, 0.0)
-        ny_, nx_ = np.rint(e_y).astype(np.int64), np.rint(e_x).astype(np.int64)
-        py[sel] += ny_
-        px[sel] += nx_
-        fy[sel], fx[sel] = e_y - ny_, e_x - nx_
-        # the next estimate only where the taper of the secondary was not yet centred
-        # on the estimate
-        moved = np.maximum(np.abs(e_y - f0y), np.abs(e_x - f0x)) > _REFINE
-        todo = sel[moved & alive[sel]]
+        todo = _newton_update(sfft.rfft2(b), spec, sel, sw, wh, f0y, f0x, alive, py, px, fy, fx)
     ty = py - s + fy
     tx = px - s + fx
     alive &= (np.abs(ty - (iy - s)) <= 0.75) & (np.abs(tx - (ix - s)) <= 0.75)
     return ty, tx, alive
+
+
+def _newton_update(fb, spec, sel, sw, wh, f0y, f0x, alive, py, px, fy, fx):
+    """One sub-pixel estimate of the windows ``sel`` (in place); the windows to redo.
+
+    ``fb`` are the spectra of their secondary blocks, tapered at the fractions
+    ``f0y``, ``f0x``; the Newton peak search (:func:`tio._kernels.newton_peaks`)
+    gives the new estimate, split into its integer part (added to ``py``, ``px``)
+    and fraction (``fy``, ``fx``). Windows without a converged peak lose
+    ``alive``. Returned: the windows whose estimate moved by more than
+    ``_REFINE`` from the taper position, where the taper of the secondary was
+    not yet centred on the estimate.
+    """
+    from tio import _kernels
+
+    m = sel.size
+    ey, ex = np.empty(m), np.empty(m)
+    conv = np.empty(m, dtype=bool)
+    _kernels.newton_peaks(fb, spec, sel, sw, wh[sel], f0y, f0x, 0.25, ey, ex, conv)
+    alive[sel] &= conv & np.isfinite(ey) & np.isfinite(ex)
+    e_y = np.where(alive[sel], ey, 0.0)
+    e_x = np.where(alive[sel], ex, 0.0)
+    ny_, nx_ = np.rint(e_y).astype(np.int64), np.rint(e_x).astype(np.int64)
+    py[sel] += ny_
+    px[sel] += nx_
+    fy[sel], fx[sel] = e_y - ny_, e_x - nx_
+    moved = np.maximum(np.abs(e_y - f0y), np.abs(e_x - f0x)) > _REFINE
+    return sel[moved & alive[sel]]
 
 
 def _subpixel_weighted(rs, qd, iy, ix, rv, qv, *, w, s, iterations, init=None, score=None):
@@ -1515,19 +1529,7 @@ def _subpixel_weighted(rs, qd, iy, ix, rv, qv, *, w, s, iterations, init=None, s
         b = buf[:m]
         f0y, f0x = fy[sel], fx[sel]
         _kernels.weighted_blocks_at(q32, rvb, qvb, sel, by, bx, f0y, f0x, w, roll, 2, 0.75, b)
-        fb = sfft.rfft2(b)
-        ey, ex = np.empty(m), np.empty(m)
-        conv = np.empty(m, dtype=bool)
-        _kernels.newton_peaks(fb, spec, sel, sw, wh[sel], f0y, f0x, 0.25, ey, ex, conv)
-        alive[sel] &= conv & np.isfinite(ey) & np.isfinite(ex)
-        e_y = np.where(alive[sel], ey, 0.0)
-        e_x = np.where(alive[sel], ex, 0.0)
-        ny_, nx_ = np.rint(e_y).astype(np.int64), np.rint(e_x).astype(np.int64)
-        py[sel] += ny_
-        px[sel] += nx_
-        fy[sel], fx[sel] = e_y - ny_, e_x - nx_
-        moved = np.maximum(np.abs(e_y - f0y), np.abs(e_x - f0x)) > _REFINE
-        todo = sel[moved & alive[sel]]
+        todo = _newton_update(sfft.rfft2(b), spec, sel, sw, wh, f0y, f0x, alive, py, px, fy, fx)
     ty = py - s + fy
     tx = px - s + fx
     alive &= (np.abs(ty - (iy - s)) <= 0.75) & (np.abs(tx - (ix - s)) <= 0.75)
