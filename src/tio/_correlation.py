@@ -1471,7 +1471,7 @@ def _subpixel_weighted(rs, qd, iy, ix, rv, qv, *, w, s, iterations, init=None, s
 
     The estimator of :func:`_subpixel_fast` (Newton peak of the partially whitened
     phase correlation, first estimate at ``init``, the taper of the secondary moved by
-    the current estimate, whitening exponent from ``score``), with a weight of the
+    the current estimate, whitening exponent from :func:`whitening`), with a weight of the
     unusable pixels: where the block (``w + 2`` px square around
     the matched window) or the reference window has unusable pixels, both are also
     weighted by :func:`mask_weight` of the pixels usable in both (moved by the current
