@@ -131,7 +131,7 @@ def test_deformed_blocks_zero_deformation_equals_tapered_blocks():
     roll = float(_c.taper_roll(w))
     a = np.zeros((k, n + 2, n + 2), np.float32)
     b = np.zeros_like(a)
-    _kernels.tapered_blocks(qd, by, bx, fy, fx, w, roll, a)
+    _kernels.tapered_blocks_at(qd, np.arange(k), by, bx, fy, fx, w, roll, a)
     z = np.zeros((k, n, n))
     _kernels.deformed_blocks(qd, by, bx, z, z, fy, fx, w, roll, b)
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
@@ -145,7 +145,7 @@ def test_deformed_blocks_integer_and_linear_deformation():
     roll = float(_c.taper_roll(w))
     a = np.zeros((k, n, n), np.float32)
     b = np.zeros_like(a)
-    _kernels.tapered_blocks(qd, by + 1, bx - 2, fy, fx, w, roll, a)
+    _kernels.tapered_blocks_at(qd, np.arange(k), by + 1, bx - 2, fy, fx, w, roll, a)
     _kernels.deformed_blocks(
         qd, by, bx, np.ones((k, n, n)), np.full((k, n, n), -2.0), fy, fx, w, roll, b
     )

@@ -74,7 +74,7 @@ def test_tapered_blocks_at_equals_gathered_blocks():
     a = np.zeros((4, size, size), np.float32)
     b = np.zeros_like(a)
     _kernels.tapered_blocks_at(qd, sel, by, bx, fy, fx, w, roll, a)
-    _kernels.tapered_blocks(qd[sel], by, bx, fy, fx, w, roll, b)
+    _kernels.tapered_blocks_at(qd[sel], np.arange(4), by, bx, fy, fx, w, roll, b)
     np.testing.assert_array_equal(a, b)
 
 
@@ -93,7 +93,8 @@ def test_newton_peaks_indexing_the_reference_spectra():
     spec = np.conj(np.fft.rfft2(rbuf)).astype(np.complex64)
     b = np.zeros((5, size, size), np.float32)
     z = np.zeros(5)
-    _kernels.tapered_blocks(qd, np.zeros(5, np.int64), np.zeros(5, np.int64), z, z, w, 5.33, b)
+    i0 = np.zeros(5, np.int64)
+    _kernels.tapered_blocks_at(qd, np.arange(5), i0, i0, z, z, w, 5.33, b)
     fb = np.fft.rfft2(b).astype(np.complex64)
     sw = _c._spectral_weight32(size)
     sel = np.array([4, 1, 3], dtype=np.int64)

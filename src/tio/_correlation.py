@@ -646,7 +646,7 @@ def taper(x, w, roll=None):
     """Continuous taper of a ``w``-pixel window: 0 at ``x = -1`` and ``x = w``, a cos^2
     roll-off over ``roll`` pixels from each end and 1 in between.
 
-    ``roll`` defaults to :func:`taper_roll`; ``roll = (w + 1) / 2`` gives :func:`hann`.
+    ``roll`` defaults to :func:`taper_roll`; ``roll = (w + 1) / 2`` gives a Hann taper.
     Like the Hann taper it can be evaluated at any real position, which lets it follow
     a sub-pixel shift of the content.
     """
@@ -678,18 +678,6 @@ def taper_roll(w):
     return max(1.0, w / 6.0)
 
 
-def hann(x, w):
-    """Continuous Hann taper of a ``w``-pixel window, zero at ``x = -1`` and ``x = w``.
-
-    At the integer positions ``0 ... w - 1`` it equals ``np.hanning(w + 2)[1:-1]``;
-    it can be evaluated at any real position, which lets the taper follow a
-    sub-pixel shift of the content.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    inside = (x > -1.0) & (x < w)
-    return np.where(inside, 0.5 - 0.5 * np.cos(2.0 * np.pi * (x + 1.0) / (w + 1.0)), 0.0)
-
-
 def _weighted_demean(a, weight):
     """``(a - weighted mean) * weight`` for each image of a batch."""
     sw = np.maximum(weight.sum(axis=(1, 2), keepdims=True), 1e-12)
@@ -705,8 +693,8 @@ def mask_weight(valid, frac_y, frac_x, erode=2, sigma=0.75):
     positions ``(y - frac_y, x - frac_x)`` (separable convolution with per-window
     shifted Gaussian taps). Multiplying a window by this weight (with shift 0) and
     the matching secondary block by the shifted weight keeps the two weighted signals
-    shifted copies of each other, like the moving taper of
-    :func:`phase_correlation_shift`, while giving unusable pixels a weight below
+    shifted copies of each other, like the moving taper of the sub-pixel estimator
+    (:func:`_subpixel_fast`), while giving unusable pixels a weight below
     0.5 % for ``|frac| <= 0.5``.
 
     Parameters
@@ -783,152 +771,6 @@ def spectral_weight(size):
     out = np.outer(gy, gx)
     out.flags.writeable = False
     return out
-
-
-def reference_spectra(ref, valid=None):
-    """Conjugate half spectra of the weighted reference windows, for
-    :func:`phase_correlation_shift`.
-
-    Parameters
-    ----------
-    ref : ndarray, shape (K, w, w)
-        Reference windows.
-    valid : ndarray of bool, shape (K, w + 2, w + 2), or None
-        Pixels usable in both images, in the coordinates of the secondary block
-        (see :func:`phase_correlation_shift`); None if all are usable.
-
-    Returns
-    -------
-    ndarray of complex64, shape (K, L, L // 2 + 1)
-        ``conj(rfft2(a))`` where ``a`` is the window times its weight (Hann taper,
-        times :func:`mask_weight` if ``valid`` is given), minus its weighted mean,
-        placed at ``[1:w + 1, 1:w + 1]`` of an ``L x L`` array,
-        ``L = next_fast_len(w + 2)``.
-    """
-    k, w, _ = ref.shape
-    size = sfft.next_fast_len(w + 2)
-    tp = taper(np.arange(w), w)
-    weight = np.broadcast_to(np.outer(tp, tp), (k, w, w))
-    if valid is not None:
-        z = np.zeros(k)
-        weight = weight * mask_weight(valid, z, z)[:, 1:-1, 1:-1]
-    a = np.zeros((k, w + 2, w + 2), dtype=np.float32)
-    a[:, 1:-1, 1:-1] = _weighted_demean(np.asarray(ref, np.float64), weight)
-    return np.conj(sfft.rfft2(a, s=(size, size)))
-
-
-def phase_correlation_shift(
-    ref_spectra,
-    sec,
-    frac_y,
-    frac_x,
-    valid=None,
-    *,
-    centre=None,
-    half_width=0.6,
-    upsample=10,
-):
-    """Sub-pixel shift between windows by tapered, upsampled phase correlation.
-
-    The reference window is multiplied by a Hann taper (:func:`reference_spectra`);
-    the secondary block (one pixel larger on every side) by the same taper moved by
-    the current estimate ``(frac_y, frac_x)`` of the shift, so that when the estimate
-    is right the two weighted signals are shifted copies (the bias of a fixed taper,
-    which pulls the estimate toward zero, disappears; iterate to converge). Unusable
-    pixels are handled the same way with a smooth, moving weight
-    (:func:`mask_weight`). The cross-power spectrum is partially whitened (divided
-    by the square root of its modulus: a compromise between phase correlation, sharp
-    but noisy, and plain correlation) and weighted by :func:`spectral_weight`; its
-    inverse DFT is evaluated around the peak on a grid ``upsample`` times finer than
-    a pixel by the matrix-multiply DFT of Guizar-Sicairos, Thurman & Fienup (2008,
-    Opt. Lett. 33:156), and the grid maximum is refined by a parabola through its
-    neighbours.
-
-    Parameters
-    ----------
-    ref_spectra : ndarray, shape (K, L, L // 2 + 1)
-        Output of :func:`reference_spectra` (with the same ``valid``).
-    sec : ndarray, shape (K, w + 2, w + 2)
-        Secondary blocks: ``sec[k, 1:-1, 1:-1]`` is the secondary window at the
-        current integer offset.
-    frac_y, frac_x : ndarray, shape (K,)
-        Current estimate of the sub-pixel shift (|value| <= 0.5), where the taper of
-        the secondary is centred. Zero for a first estimate.
-    valid : ndarray of bool, shape (K, w + 2, w + 2), or None
-        Pixels usable in both the secondary block and the reference window (padded
-        with True); None if all are usable.
-    centre : tuple of two ndarray (K,) or None
-        Centre of the upsampled search region; None uses the integer maximum of the
-        inverse FFT of the weighted cross-power spectrum.
-    half_width : float
-        Half-size (pixels) of the upsampled search region.
-    upsample : int
-        Upsampling factor.
-
-    Returns
-    -------
-    dy, dx : ndarray of float64, shape (K,)
-        Shift of the secondary window relative to the reference, in pixels
-        (``sec(r, c) ~ ref(r - dy, c - dx)``), measured from the integer offset.
-        NaN for a window without texture (zero cross-power spectrum).
-    """
-    k = sec.shape[0]
-    w = sec.shape[1] - 2
-    size = ref_spectra.shape[1]
-    x = np.arange(-1, w + 1, dtype=np.float64)
-    ty = taper(x[None, :] - np.asarray(frac_y, np.float64)[:, None], w)  # (K, w + 2)
-    tx = taper(x[None, :] - np.asarray(frac_x, np.float64)[:, None], w)
-    weight = ty[:, :, None] * tx[:, None, :]
-    if valid is not None:
-        weight *= mask_weight(valid, frac_y, frac_x)
-    b = _weighted_demean(np.asarray(sec, np.float64), weight)
-    cross = sfft.rfft2(b.astype(np.float32), s=(size, size))
-    cross *= ref_spectra
-    mag2 = cross.real**2 + cross.imag**2
-    tiny = 1e-24 * mag2.max(axis=(1, 2), keepdims=True)
-    flat = ~(mag2 > tiny).any(axis=(1, 2))
-    np.maximum(mag2, tiny, out=mag2)
-    np.sqrt(mag2, out=mag2)
-    np.sqrt(mag2, out=mag2)  # |cross| ** 0.5
-    np.divide(spectral_weight(size).astype(np.float32), mag2, out=mag2)
-    cross *= mag2
-    if centre is None:
-        c = sfft.irfft2(cross, s=(size, size)).reshape(k, -1).argmax(axis=1)
-        cy, cx = np.divmod(c, size)
-        cy = np.where(cy > size // 2, cy - size, cy).astype(np.float64)
-        cx = np.where(cx > size // 2, cx - size, cx).astype(np.float64)
-    else:
-        cy = np.broadcast_to(np.asarray(centre[0], np.float64), (k,)).copy()
-        cx = np.broadcast_to(np.asarray(centre[1], np.float64), (k,)).copy()
-    # Upsampled DFT: exp(2i pi (c + g) f / L) = exp(2i pi c f / L) * exp(2i pi g f / L);
-    # the per-window factor scales the spectrum, the grid factor is one shared matrix.
-    # The half spectrum suffices: the correlation is real (Hermitian spectrum).
-    m = 2 * int(np.ceil(half_width * upsample)) + 1
-    grid = (np.arange(m) - (m - 1) / 2) / upsample
-    fy = sfft.fftfreq(size) * size
-    fx = sfft.rfftfreq(size) * size
-    gy = np.exp((2j * np.pi / size) * grid[:, None] * fy[None, :]).astype(np.complex64)
-    gx = np.exp((2j * np.pi / size) * fx[:, None] * grid[None, :]).astype(np.complex64)
-    cross *= np.exp((2j * np.pi / size) * cy[:, None] * fy[None, :]).astype(np.complex64)[
-        :, :, None
-    ]
-    cross *= np.exp((2j * np.pi / size) * cx[:, None] * fx[None, :]).astype(np.complex64)[
-        :, None, :
-    ]
-    surf = np.matmul(np.matmul(gy, cross), gx).real.astype(np.float64)  # (K, m, m)
-    p = surf.reshape(k, -1).argmax(axis=1)
-    py, px = np.divmod(p, m)
-    kk = np.arange(k)
-    pyc, pxc = np.clip(py, 1, m - 2), np.clip(px, 1, m - 2)
-    sub_y = _parabolic(surf[kk, pyc - 1, px], surf[kk, pyc, px], surf[kk, pyc + 1, px])[0]
-    sub_x = _parabolic(surf[kk, py, pxc - 1], surf[kk, py, pxc], surf[kk, py, pxc + 1])[0]
-    sub_y = np.where((py > 0) & (py < m - 1), sub_y, 0.0)
-    sub_x = np.where((px > 0) & (px < m - 1), sub_x, 0.0)
-    dy = cy + grid[py] + sub_y / upsample
-    dx = cx + grid[px] + sub_x / upsample
-    dy[flat] = np.nan
-    dx[flat] = np.nan
-    return dy, dx
 
 
 def _parabolic_init(zncc, iy, ix):
@@ -1372,11 +1214,13 @@ def whitening(score, k):
 def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, score=None):
     """Sub-pixel stage of windows without unusable pixels (compiled kernels).
 
-    Tapered, partially whitened phase correlation (the estimator of
-    :func:`phase_correlation_shift`, the taper of the secondary moved by the current
-    estimate), with the peak of the correlation located by Newton iterations on the
-    continuous surface (:func:`tio._kernels.newton_peaks`) instead of an upsampled
-    grid and a parabola. The first estimate starts at ``init`` (the parabolic
+    Tapered, partially whitened phase correlation (the reference window times the
+    taper, the secondary block times the same taper moved by the current estimate, so
+    that the two weighted signals are shifted copies when the estimate is right; the
+    cross-power spectrum divided by a power of its modulus, :func:`whitening`, and
+    weighted by :func:`spectral_weight`), with the peak of the correlation located by
+    Newton iterations on the continuous surface (:func:`tio._kernels.newton_peaks`).
+    The first estimate starts at ``init`` (the parabolic
     sub-pixel position of the ZNCC peak; zero if None), where the taper of the
     secondary is centred; each next one moves the taper to the previous estimate, up
     to ``iterations`` estimates. ``rs`` (K, w, w) reference windows (any per-window

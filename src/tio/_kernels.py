@@ -4,7 +4,7 @@ Numba-compiled loops over a batch of windows (the GIL is released, so the tiles 
 windows processed by the correlator's thread pool run in parallel). They replace
 chains of numpy operations whose temporaries made the sub-pixel stage memory-bound:
 
-* :func:`tapered_blocks` - the secondary block of every window, at its own integer
+* :func:`tapered_blocks_at` - the secondary block of every window, at its own integer
   position, multiplied by the separable taper moved by the current sub-pixel
   estimate and demeaned (weighted mean), written into a zero-padded FFT buffer;
 * :func:`newton_peaks` - the whitened, weighted cross-power spectrum of every window
@@ -91,21 +91,15 @@ def _demean_taper(v, ty, tx, out):
 
 
 @njit(**_OPTS)
-def tapered_blocks(qd, by, bx, fy, fx, w, roll, out):
-    """Write the tapered, demeaned secondary blocks into ``out`` (zeroed beforehand).
-
-    ``qd`` (K, P, P) secondary sub-images; block ``k`` is
-    ``qd[k, by[k]:by[k] + w + 2, bx[k]:bx[k] + w + 2]``, its taper is
-    ``taper(i - 1 - fy[k]) * taper(j - 1 - fx[k])``; ``out`` (K, L, L) float32.
-    """
-    tapered_blocks_at(qd, np.arange(qd.shape[0]), by, bx, fy, fx, w, roll, out)
-
-
-@njit(**_OPTS)
 def tapered_blocks_at(qd, sel, by, bx, fy, fx, w, roll, out):
-    """:func:`tapered_blocks` for the sub-images ``qd[sel]`` (no copy of them): block
-    ``t`` is ``qd[sel[t], by[t]:by[t] + w + 2, bx[t]:bx[t] + w + 2]``, written into
-    ``out[t]`` (only its first ``w + 2`` rows and columns are written)."""
+    """Write the tapered, demeaned secondary blocks of the sub-images ``qd[sel]`` (no
+    copy of them) into ``out`` (zeroed beforehand).
+
+    ``qd`` (K, P, P) secondary sub-images; block ``t`` is
+    ``qd[sel[t], by[t]:by[t] + w + 2, bx[t]:bx[t] + w + 2]``, its taper is
+    ``taper(i - 1 - fy[t]) * taper(j - 1 - fx[t])``; it is written into ``out[t]``
+    (float32, only its first ``w + 2`` rows and columns).
+    """
     n = w + 2
     ty = np.empty(n)
     tx = np.empty(n)
@@ -852,13 +846,14 @@ def _keys(t):
 
 @njit(**_OPTS)
 def deformed_blocks(qd, by, bx, gy, gx, fy, fx, w, roll, out):
-    """:func:`tapered_blocks` with the secondary sampled on a deformed grid.
+    """:func:`tapered_blocks_at` (every sub-image, in order) with the secondary sampled
+    on a deformed grid.
 
     Block ``k`` pixel ``(i, j)`` is the secondary sub-image ``qd[k]`` at the real
     position ``(by[k] + i + gy[k, i, j], bx[k] + j + gx[k, i, j])``, interpolated by
     cubic convolution (Keys 1981; exact at integer positions, so a zero deformation
-    gives exactly :func:`tapered_blocks`); positions are clamped to the sub-image.
-    The taper and the weighted demeaning are those of :func:`tapered_blocks`.
+    gives exactly :func:`tapered_blocks_at`); positions are clamped to the sub-image.
+    The taper and the weighted demeaning are those of :func:`tapered_blocks_at`.
     """
     k = qd.shape[0]
     P = qd.shape[1]
