@@ -1263,9 +1263,7 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, 
         m = sel.size
         if m == 0:
             break
-        alive[sel] &= (py[sel] >= 1) & (py[sel] <= 2 * s - 1)
-        alive[sel] &= (px[sel] >= 1) & (px[sel] <= 2 * s - 1)
-        by, bx = np.clip(py[sel], 1, 2 * s - 1) - 1, np.clip(px[sel], 1, 2 * s - 1) - 1
+        by, bx = _block_origins(py, px, sel, s, alive)
         b = buf[:m]
         f0y, f0x = fy[sel], fx[sel]
         if deform is None:
@@ -1280,6 +1278,18 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, 
     tx = px - s + fx
     alive &= (np.abs(ty - (iy - s)) <= 0.75) & (np.abs(tx - (ix - s)) <= 0.75)
     return ty, tx, alive
+
+
+def _block_origins(py, px, sel, s, alive):
+    """Top-left corners of the secondary blocks of the windows ``sel`` in their sub-images.
+
+    A block is one pixel larger than the window on every side, at the integer offset
+    ``py``, ``px`` (indices in the ZNCC surface, ``0 .. 2 s``); a window whose block
+    would leave the sub-image loses ``alive`` (in place) and gets a clipped corner.
+    """
+    alive[sel] &= (py[sel] >= 1) & (py[sel] <= 2 * s - 1)
+    alive[sel] &= (px[sel] >= 1) & (px[sel] <= 2 * s - 1)
+    return np.clip(py[sel], 1, 2 * s - 1) - 1, np.clip(px[sel], 1, 2 * s - 1) - 1
 
 
 def _newton_update(fb, spec, sel, sw, wh, f0y, f0x, alive, py, px, fy, fx):
@@ -1355,9 +1365,7 @@ def _subpixel_weighted(rs, qd, iy, ix, rv, qv, *, w, s, iterations, init=None, s
         m = sel.size
         if m == 0:
             break
-        alive[sel] &= (py[sel] >= 1) & (py[sel] <= 2 * s - 1)
-        alive[sel] &= (px[sel] >= 1) & (px[sel] <= 2 * s - 1)
-        by, bx = np.clip(py[sel], 1, 2 * s - 1) - 1, np.clip(px[sel], 1, 2 * s - 1) - 1
+        by, bx = _block_origins(py, px, sel, s, alive)
         new = (sby[sel] != by) | (sbx[sel] != bx)
         if new.any():
             ns = sel[new]

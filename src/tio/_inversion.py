@@ -835,6 +835,13 @@ def invert_block(
     smoothed = np.zeros((n, todo.size), dtype=bool)
     joint = joint_outliers and reweight_iterations > 0
     rejected = None  # with joint_outliers, the pairs rejected in EW
+    opts = {
+        "scale": residual_scale,
+        "gross": gross_outlier,
+        "gamma2": smoothing_gamma2,
+        "lam": regularisation,
+        "lam_final": regularise_final,
+    }
     for c, d, w0 in (("ew", ew, w0_ew), ("ns", ns, w0_ns)):
         res = _invert_component(
             net,
@@ -842,11 +849,7 @@ def invert_block(
             v if rejected is None else v & ~rejected,
             take(w0),
             n_iter=reweight_iterations,
-            scale=residual_scale,
-            gross=gross_outlier,
-            gamma2=smoothing_gamma2,
-            lam=regularisation,
-            lam_final=regularise_final,
+            **opts,
         )
         if rejected is not None:  # NS never used EW's outliers: count them, give residuals
             _fill_residuals(net, res, take(d), rejected)
@@ -855,18 +858,7 @@ def invert_block(
             rejected = res["outlier"]
         results[c] = res
     if joint:  # EW without the pairs only NS rejected
-        _reject_jointly(
-            net,
-            results,
-            v,
-            take(ew),
-            take(w0_ew),
-            scale=residual_scale,
-            gross=gross_outlier,
-            gamma2=smoothing_gamma2,
-            lam=regularisation,
-            lam_final=regularise_final,
-        )
+        _reject_jointly(net, results, v, take(ew), take(w0_ew), **opts)
     for res in results.values():
         ok_all &= res["ok"]
         smoothed |= res["smoothed"]
