@@ -444,6 +444,21 @@ def run_methods(pair: Pair, ref, sec, methods) -> None:
         pair.secs[name] = dt
 
 
+def lobes_case(big, h: int, w: int):
+    """The secondary of the lobes case for the crop ``big`` (``h`` x ``w`` inside a margin)
+    and its truth: window averages (``ty``, ``tx``) and values at the window centres."""
+    ny, nx = grid_shape((h, w))
+    fld = lobes(h, w)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    fy, fx = fld(yy, xx)
+    del yy, xx
+    centres_r = (WINDOW - 1) / 2 + STEP * np.arange(ny)
+    centres_c = (WINDOW - 1) / 2 + STEP * np.arange(nx)
+    cy, cx = fld(centres_r[:, None], centres_c[None, :])
+    sec0 = warp_lobes(big, MARGIN, h, w, fld)
+    return sec0, Pair(window_means(fy, WINDOW, STEP), window_means(fx, WINDOW, STEP), cy, cx)
+
+
 def synthetic_cases(scene: Scene, data: Path, quick: bool, methods, rng):
     """Run every method on every synthetic pair of one scene.
 
@@ -466,15 +481,7 @@ def synthetic_cases(scene: Scene, data: Path, quick: bool, methods, rng):
         h, w = ref0.shape
         ny, nx = grid_shape((h, w))
         if case == "lobes":
-            fld = lobes(h, w)
-            yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-            fy, fx = fld(yy, xx)
-            centres_r = (WINDOW - 1) / 2 + STEP * np.arange(ny)
-            centres_c = (WINDOW - 1) / 2 + STEP * np.arange(nx)
-            cy, cx = fld(centres_r[:, None], centres_c[None, :])
-            sec0 = warp_lobes(big, MARGIN, h, w, fld)
-            proto = Pair(window_means(fy, WINDOW, STEP), window_means(fx, WINDOW, STEP), cy, cx)
-            templates = [(sec0, proto)]
+            templates = [lobes_case(big, h, w)]
         else:
             templates = []
             for dy, dx, f in shifts[case]:
@@ -503,16 +510,7 @@ def scene_cases(data: Path, quick: bool, methods, rng):
         big = read_crop(data / scene.path, *dims, MARGIN)
         ref0 = big[MARGIN:-MARGIN, MARGIN:-MARGIN]
         h, w = ref0.shape
-        ny, nx = grid_shape((h, w))
-        fld = lobes(h, w)
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-        fy, fx = fld(yy, xx)
-        del yy, xx
-        centres_r = (WINDOW - 1) / 2 + STEP * np.arange(ny)
-        centres_c = (WINDOW - 1) / 2 + STEP * np.arange(nx)
-        cy, cx = fld(centres_r[:, None], centres_c[None, :])
-        sec0 = warp_lobes(big, MARGIN, h, w, fld)
-        pair = Pair(window_means(fy, WINDOW, STEP), window_means(fx, WINDOW, STEP), cy, cx)
+        sec0, pair = lobes_case(big, h, w)
         ref, sec = degrade(ref0, sec0, SCENE_NOISE, robust_range(ref0), rng)
         # one call per method is short (a second or a few): the best of SCENE_REPEATS
         # calls of each method, so that a burst of load from other jobs does not decide
