@@ -1249,12 +1249,7 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, 
     sw = _spectral_weight32(size)
     q32 = qd if qd.dtype == np.float32 else qd.astype(np.float32)
     roll = float(taper_roll(w))
-    py, px = iy.astype(np.int64), ix.astype(np.int64)
-    if init is None:
-        fy, fx = np.zeros(k), np.zeros(k)
-    else:
-        fy = np.clip(np.asarray(init[0], np.float64), -0.5, 0.5).copy()
-        fx = np.clip(np.asarray(init[1], np.float64), -0.5, 0.5).copy()
+    py, px, fy, fx = _first_estimates(iy, ix, init, k)
     wh = whitening(score, k)
     alive = np.ones(k, dtype=bool)
     todo = np.arange(k)
@@ -1278,6 +1273,17 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, 
     tx = px - s + fx
     alive &= (np.abs(ty - (iy - s)) <= 0.75) & (np.abs(tx - (ix - s)) <= 0.75)
     return ty, tx, alive
+
+
+def _first_estimates(iy, ix, init, k):
+    """Integer offsets (int64 copies of ``iy``, ``ix``) and fractions (``init``
+    clipped to +-0.5, zero if None) of the first sub-pixel estimate of ``k`` windows."""
+    py, px = iy.astype(np.int64), ix.astype(np.int64)
+    if init is None:
+        return py, px, np.zeros(k), np.zeros(k)
+    fy = np.clip(np.asarray(init[0], np.float64), -0.5, 0.5).copy()
+    fx = np.clip(np.asarray(init[1], np.float64), -0.5, 0.5).copy()
+    return py, px, fy, fx
 
 
 def _block_origins(py, px, sel, s, alive):
@@ -1347,12 +1353,7 @@ def _subpixel_weighted(rs, qd, iy, ix, rv, qv, *, w, s, iterations, init=None, s
     rvb = np.ascontiguousarray(rv, dtype=bool)
     qvb = np.ascontiguousarray(qv, dtype=bool)
     roll = float(taper_roll(w))
-    py, px = iy.astype(np.int64), ix.astype(np.int64)
-    if init is None:
-        fy, fx = np.zeros(k), np.zeros(k)
-    else:
-        fy = np.clip(np.asarray(init[0], np.float64), -0.5, 0.5).copy()
-        fx = np.clip(np.asarray(init[1], np.float64), -0.5, 0.5).copy()
+    py, px, fy, fx = _first_estimates(iy, ix, init, k)
     wh = whitening(score, k)
     spec = np.empty((k, size, size // 2 + 1), dtype=np.complex64)
     sby = np.full(k, -1, dtype=np.int64)  # block position of each reference spectrum
