@@ -557,7 +557,9 @@ def _largest(labels):
     return sizes.argmax(axis=1)
 
 
-def _invert_component(net, d, valid, w0, *, n_iter, scale, gross, gamma2, lam=0.0, lam_final=False):
+def _invert_component(
+    net, d, valid, w0, *, n_iter, scale, gross, gamma2, lam=0.0, lam_final=False, half=0
+):
     """Robust weighted least squares of one component for a block of pixels.
 
     ``d``, ``valid``, ``w0`` are (P, M). Returns a dict of pixel-last arrays:
@@ -565,8 +567,15 @@ def _invert_component(net, d, valid, w0, *, n_iter, scale, gross, gamma2, lam=0.
     ``smoothed`` (N, M). Runs the compiled kernel of
     :mod:`tio._inversion_jit` when numba is installed (and :data:`USE_JIT`),
     else :func:`_invert_component_numpy`; both give the same results.
+
+    ``half > 0``: the columns are both components of ``half`` pixels, ``[EW |
+    NS]``, with the same ``valid`` in both halves, and a gross outlier in
+    either component is rejected in both (see :func:`_invert_joint`).
     """
     if not (USE_JIT and _jit is not None):
+        partner = None
+        if half:
+            partner = np.concatenate([np.arange(half, 2 * half), np.arange(half)])
         return _invert_component_numpy(
             net,
             d,
@@ -578,6 +587,7 @@ def _invert_component(net, d, valid, w0, *, n_iter, scale, gross, gamma2, lam=0.
             gamma2=gamma2,
             lam=lam,
             lam_final=lam_final,
+            partner=partner,
         )
     u, var, s0sq, r, outlier, smoothed, ok = _jit.invert_component(
         np.ascontiguousarray(d, dtype=np.float64),
@@ -599,10 +609,38 @@ def _invert_component(net, d, valid, w0, *, n_iter, scale, gross, gamma2, lam=0.
         TIE_WEIGHT,
         float(lam),
         bool(lam_final),
+        int(half),
     )
     with np.errstate(invalid="ignore"):
         sigma = np.sqrt(np.clip(var * s0sq[None, :], 0.0, None))
     return {"u": u, "sigma": sigma, "r": r, "outlier": outlier, "ok": ok, "smoothed": smoothed}
+
+
+def _invert_joint(net, ew, ns, valid, w0_ew, w0_ns, **kw):
+    """Both components of a block of pixels with joint gross-outlier rejection.
+
+    The re-weighting passes of EW and NS run side by side; in the last one, a
+    pair whose residual (deletion residual in regularised passes) exceeds the
+    gross-outlier threshold in either component gets zero weight in both, so
+    both final solutions are computed without it. ``ew``, ``ns``, ``valid``
+    (P, M); ``w0_ew``, ``w0_ns`` (P, M) or (P, 1). Returns the dicts of
+    :func:`_invert_component` of EW and NS.
+    """
+    m = valid.shape[1]
+    w0_ew, w0_ns = (w if w.ndim == 2 else w[:, None] for w in map(np.asarray, (w0_ew, w0_ns)))
+    if w0_ew.shape == w0_ns.shape and w0_ew.shape[1] == 1 and np.array_equal(w0_ew, w0_ns):
+        w0 = w0_ew
+    else:
+        w0 = np.concatenate([np.broadcast_to(w0_ew, ew.shape), np.broadcast_to(w0_ns, ns.shape)], 1)
+    res = _invert_component(
+        net,
+        np.concatenate([ew, ns], axis=1),
+        np.concatenate([valid, valid], axis=1),
+        w0,
+        half=m,
+        **kw,
+    )
+    return tuple({k: v[..., sl] for k, v in res.items()} for sl in (slice(0, m), slice(m, None)))
 
 
 def _deletion_residuals(net, L, wn, r, ok):
@@ -633,11 +671,14 @@ def _weights_2d(w0, shape):
 
 
 def _invert_component_numpy(
-    net, d, valid, w0, *, n_iter, scale, gross, gamma2, lam=0.0, lam_final=False
+    net, d, valid, w0, *, n_iter, scale, gross, gamma2, lam=0.0, lam_final=False, partner=None
 ):
     """Robust weighted least squares of one component for a block of pixels (numpy).
 
     ``d``, ``valid``, ``w0`` are (P, M). Returns a dict of pixel-last arrays.
+    ``partner`` (M,): column ``partner[j]`` holds the other component of the
+    pixel of column ``j`` (same valid pairs); a pair rejected as a gross
+    outlier in either is rejected in both.
 
     Temporal regularisation: ``lam * S^T S`` (``S`` the time-aware second
     difference of the cumulative displacement, :func:`smoothing_operator`)
@@ -674,8 +715,11 @@ def _invert_component_numpy(
             # gross outliers are rejected in the last pass only, from a solution
             # already re-weighted (rejecting on the first, plain solution can
             # drop good pairs that a large outlier pulled away)
-            outlier = valid & (np.abs(r) > gross) & (it == n_iter - 1)
-            w = w0 / (scale**2 + r**2)
+            ra = np.abs(r)
+            if partner is not None:  # both components of a pixel: the larger residual
+                ra = np.maximum(ra, ra[:, partner])
+            outlier = valid & (ra > gross) & (it == n_iter - 1)
+            w = w0 / (scale**2 + ra**2)
             w[outlier] = 0.0
     n_used = used.sum(axis=0)
     n_comp = np.ones(m, dtype=np.int64)
@@ -765,8 +809,7 @@ def invert_block(
         Return the residual of every pair (``res_c``, (P, M)).
     joint_outliers : bool
         A pair rejected as a gross outlier in one component is rejected in
-        the other too: NS is inverted without the pairs EW rejected, then EW
-        is solved again where NS rejected more (:func:`_reject_jointly`).
+        the other too (:func:`_invert_joint`).
 
     Returns
     -------
@@ -834,7 +877,6 @@ def invert_block(
     ok_all = np.ones(todo.size, dtype=bool)
     smoothed = np.zeros((n, todo.size), dtype=bool)
     joint = joint_outliers and reweight_iterations > 0
-    rejected = None  # with joint_outliers, the pairs rejected in EW
     opts = {
         "scale": residual_scale,
         "gross": gross_outlier,
@@ -842,23 +884,22 @@ def invert_block(
         "lam": regularisation,
         "lam_final": regularise_final,
     }
-    for c, d, w0 in (("ew", ew, w0_ew), ("ns", ns, w0_ns)):
-        res = _invert_component(
+    if joint:
+        results["ew"], results["ns"] = _invert_joint(
             net,
-            take(d),
-            v if rejected is None else v & ~rejected,
-            take(w0),
+            take(ew),
+            take(ns),
+            v,
+            take(w0_ew),
+            take(w0_ns),
             n_iter=reweight_iterations,
             **opts,
         )
-        if rejected is not None:  # NS never used EW's outliers: count them, give residuals
-            _fill_residuals(net, res, take(d), rejected)
-            res["outlier"] |= rejected
-        elif joint:
-            rejected = res["outlier"]
-        results[c] = res
-    if joint:  # EW without the pairs only NS rejected
-        _reject_jointly(net, results, v, take(ew), take(w0_ew), **opts)
+    else:
+        for c, d, w0 in (("ew", ew, w0_ew), ("ns", ns, w0_ns)):
+            results[c] = _invert_component(
+                net, take(d), v, take(w0), n_iter=reweight_iterations, **opts
+            )
     for res in results.values():
         ok_all &= res["ok"]
         smoothed |= res["smoothed"]
@@ -901,71 +942,6 @@ def invert_block(
         out[f"vel_{c}"][idx] = vel
         out[f"vel_sigma_{c}"][idx] = vel_sigma
     return out
-
-
-def _fill_residuals(net, res, d, where):
-    """Residuals of the pairs ``where`` (P, M) to the solution ``res["u"]`` (in place)."""
-    if USE_JIT and _jit is not None and res["r"].flags.c_contiguous:
-        _jit.fill_residuals(
-            res["r"],
-            np.ascontiguousarray(d, dtype=np.float64),
-            np.ascontiguousarray(res["u"]),
-            np.ascontiguousarray(where),
-            net.i1.astype(np.int64),
-            net.i2.astype(np.int64),
-        )
-        return
-    p, m = np.nonzero(where)
-    if p.size:
-        u = res["u"]
-        res["r"][p, m] = d[p, m] - (u[net.i2[p], m] - u[net.i1[p], m])
-
-
-def _reject_jointly(net, results, valid, d, w0, *, scale, gross, gamma2, lam, lam_final):
-    """Reject in EW the pairs that only NS rejected (in place).
-
-    ``results`` holds the outputs of :func:`_invert_component` for ``"ew"``
-    and ``"ns"`` on the same pixels, NS inverted without the pairs EW
-    rejected (so NS's outliers include EW's); ``valid`` (P, M) their valid
-    pairs, ``d`` and ``w0`` the EW values and a priori weights. Where NS
-    rejected a pair EW kept, EW's final solution is computed again without
-    it, each remaining pair weighted as in the last re-weighting pass
-    (``w0 / (scale**2 + r**2)``, ``r`` its residual to the first solution),
-    without further passes: one solve of the pixels concerned (regularised
-    with ``lam`` only if ``lam_final``, like the first). The rejected pair
-    keeps a residual (to the new solution) and counts as an outlier.
-    """
-    ew, union = results["ew"], results["ns"]["outlier"]
-    extra = union & ~ew["outlier"]
-    redo = np.flatnonzero(extra.any(axis=0))
-    if redo.size == 0:
-        return
-    every = redo.size == valid.shape[1]
-    cols = slice(None) if every else redo
-
-    def sub(a):
-        return a if every or a.shape[1] == 1 else a[:, redo]
-
-    # NaN at the pairs that are not valid, which get zero weight anyway
-    w = sub(w0) / (scale**2 + sub(ew["r"]) ** 2)
-    dd = sub(d)
-    new = _invert_component(
-        net,
-        dd,
-        sub(valid) & ~sub(union),
-        w,
-        n_iter=0,
-        scale=scale,
-        gross=gross,
-        gamma2=gamma2,
-        lam=lam,
-        lam_final=lam_final,
-    )
-    _fill_residuals(net, new, dd, sub(valid) & sub(union))
-    for k in ("u", "sigma", "smoothed", "r"):
-        ew[k][:, cols] = new[k]
-    ew["outlier"][:, cols] = sub(union)
-    ew["ok"][cols] = new["ok"]
 
 
 def _residual_sums(net, r):

@@ -175,6 +175,8 @@ def _invert_scalar(
     tie,
     lam,
     lam_final,
+    wprior,
+    stop,
 ):
     """Robust inversion of one component for every pixel of a block.
 
@@ -189,6 +191,15 @@ def _invert_scalar(
     outside the largest sub-network when ``gamma2 == 0``), ``s0sq`` (M),
     ``r`` (P, M) (NaN where not valid), ``outlier`` (P, M), ``smoothed``
     (N, M), ``ok`` (M).
+
+    ``wprior`` (P, M) or (P, 1): the a priori weights that set ``s0sq`` of a
+    pixel left without degrees of freedom (``1 / mean(wprior)`` over its used
+    pairs); pass ``w0`` itself, or the a priori weights when ``w0`` holds the
+    weights of a last re-weighting pass (``n_iter == 0``: final solve only).
+    With ``stop`` (and ``n_iter > 0``), each pixel stops in its last
+    re-weighting pass, before the gross-outlier decision: ``r`` then holds the
+    residuals that decision reads (deletion residuals in regularised passes),
+    ``ok`` whether the pixel got there, and nothing else is filled.
     """
     p_count, m = d.shape
     k = n - 1
@@ -201,6 +212,7 @@ def _invert_scalar(
     ok_out = np.zeros(m, dtype=np.bool_)
     T = _TILE
     wcol = w0.shape[1] != 1  # else one a priori weight per pair
+    pcol = wprior.shape[1] != 1
     tv = np.zeros((T, p_count), dtype=np.bool_)
     tdz = np.zeros((T, p_count))
     twz = np.zeros((T, p_count))
@@ -326,6 +338,7 @@ def _invert_scalar(
                     lev = reg and not disc
                     if lev:  # deletion residuals: band of the inverse
                         _inv_diag(A, b, k, Z, diag)
+                    halt = stop and it == n_iter - 1
                     for p in range(p_count):
                         if vm[p]:
                             rr = r[p]
@@ -336,15 +349,24 @@ def _invert_scalar(
                                 if a >= 0:
                                     q_ += Z[a, 0] - 2.0 * Z[a, c - a]
                                 rr /= max(1.0 - w[p] * norm * q_, MIN_FREEDOM)
-                            if abs(rr) > gross and it == n_iter - 1:
+                            if halt:
+                                r[p] = rr
+                            elif abs(rr) > gross and it == n_iter - 1:
                                 w[p] = 0.0
                                 flag[p] = True
                             else:
                                 w[p] = wz[p] / (scale * scale + rr * rr)
                                 flag[p] = False
+                        elif halt:
+                            r[p] = np.nan
+                    if halt:
+                        break
             if not ok:
                 for p in range(p_count):
                     r[p] = np.nan
+                continue
+            if stop and n_iter > 0:
+                ok_out[px] = True
                 continue
             # covariance (unit variance) and the sub-network structure
             largest = 0
@@ -398,7 +420,7 @@ def _invert_scalar(
             for p in range(p_count):
                 if w[p] > 0:
                     wrss += w[p] * norm * r[p] * r[p]
-                    sw0 += wz[p]
+                    sw0 += wprior[p, px] if pcol else wprior[p, 0]
                 if not vm[p]:
                     r[p] = np.nan
             dof = n_used - (n - n_comp)
@@ -520,15 +542,27 @@ def invert_component(
     tie,
     lam,
     lam_final,
+    half,
 ):
-    """Robust inversion of one component for every pixel of a block.
+    """Robust inversion of one component (or both) for every pixel of a block.
 
     Same arguments, results and arithmetic as :func:`_invert_scalar`, on
-    :data:`_VEC` pixels at once (each operation a loop over the pixels, which
-    the compiler vectorises): the pixels of a vector whose network a pass
-    leaves disconnected (singular normal matrix), or whose final regularised
-    solution ties sub-networks, are then done again one by one by
-    :func:`_invert_scalar`.
+    :data:`_VEC` columns at once (each operation a loop over the columns,
+    which the compiler vectorises).
+
+    ``half > 0``: joint outliers. The columns are ``[EW of pixels 0..half-1 |
+    NS of the same pixels]`` (``valid`` the same for both halves) and a vector
+    holds EW and NS of :data:`_VEC` / 2 pixels; in the last re-weighting pass
+    a pair whose decision residual exceeds ``gross`` in either component is
+    rejected in both.
+
+    Columns that a pass leaves disconnected (singular normal matrix), or whose
+    final regularised solution ties sub-networks, are done again by
+    :func:`_invert_scalar`: from the start if it happened in a re-weighting
+    pass (with ``half``, both components of the pixel: the re-weighting
+    passes one by one, the joint decision here, then the final solve), the
+    final solve only, with the weights of the vector's last pass, if it
+    happened there.
     """
     p_count, m = d.shape
     k = n - 1
@@ -540,6 +574,9 @@ def invert_component(
     sm_out = np.zeros((n, m), dtype=np.bool_)
     ok_out = np.zeros(m, dtype=np.bool_)
     T = _VEC
+    joint = half > 0
+    m_pix = half if joint else m
+    step = T // 2 if joint else T
     wcol = w0.shape[1] != 1
     dz = np.zeros((p_count, T))
     wz = np.zeros((p_count, T))
@@ -555,27 +592,42 @@ def invert_component(
     nu = np.zeros(T, dtype=np.int64)
     norm = np.zeros(T)
     fail = np.zeros(T, dtype=np.bool_)
+    fail_at = np.zeros(T, dtype=np.int64)
     t1 = np.zeros(T)
     t2 = np.zeros(T)
+    dec = np.zeros(T)
     wrss = np.zeros(T)
     sw0 = np.zeros(T)
-    redo = np.zeros(m, dtype=np.bool_)
+    col = np.zeros(T, dtype=np.int64)
+    partner = np.zeros(T, dtype=np.int64)
+    redo = np.zeros(m, dtype=np.bool_)  # again from the start
+    final = np.zeros(m, dtype=np.bool_)  # final solve again
     labels = np.zeros(n, dtype=np.int64)
     wpix = np.zeros(p_count)
     sc2 = scale * scale
-    for t0 in range(0, m, T):
-        nt = min(T, m - t0)
+    for s in range(0, m_pix, step):
+        h = min(step, m_pix - s)
+        nt = 2 * h if joint else h
+        for q in range(h):
+            col[q] = s + q
+            partner[q] = q
+            if joint:
+                col[h + q] = half + s + q
+                partner[q] = h + q
+                partner[h + q] = q
         for p in range(p_count):
             for q in range(nt):
-                v = valid[p, t0 + q]
+                g = col[q]
+                v = valid[p, g]
                 vm[p, q] = v
-                wv = w0[p, t0 + q] if wcol else w0[p, 0]
-                dz[p, q] = d[p, t0 + q] if v else 0.0
+                wv = w0[p, g] if wcol else w0[p, 0]
+                dz[p, q] = d[p, g] if v else 0.0
                 wz[p, q] = wv if v else 0.0
                 w[p, q] = wz[p, q]
                 flag[p, q] = False
         for q in range(nt):
             fail[q] = False
+            fail_at[q] = n_iter + 1
         for it in range(n_iter + 1):
             reg = lam > 0 and (it < n_iter or lam_final)
             if reg and it == n_iter:
@@ -631,6 +683,9 @@ def invert_component(
                         for q in range(nt):
                             A[j, o, q] += lr
             _chol_v(A, b, k, rtol, nt, fail, t1)
+            for q in range(nt):
+                if fail[q] and fail_at[q] > it:
+                    fail_at[q] = it
             _band_solve_v(A, b, k, rhs, x, nt)
             if it == n_iter:
                 for p in range(p_count):
@@ -655,31 +710,36 @@ def invert_component(
                     for q in range(nt):
                         rr = dz[p, q] - (x[c, q] - x[a, q])
                         r[p, q] = rr
-                        wv = w[p, q]
                         if reg:
-                            h = Z[c, 0, q]
-                            h += Z[a, 0, q] - 2.0 * Z[a, ca, q]
-                            dr = rr / max(1.0 - wv * norm[q] * h, MIN_FREEDOM)
-                            rr = dr if wv > 0 else rr
-                        out = abs(rr) > gross and last
-                        nw = 0.0 if out else wz[p, q] / (sc2 + rr * rr)
-                        v = vm[p, q]
-                        w[p, q] = nw if v else wv
-                        flag[p, q] = out if v else flag[p, q]
+                            h_ = Z[c, 0, q]
+                            h_ += Z[a, 0, q] - 2.0 * Z[a, ca, q]
+                            dr = rr / max(1.0 - w[p, q] * norm[q] * h_, MIN_FREEDOM)
+                            rr = dr if w[p, q] > 0 else rr
+                        dec[q] = rr
                 else:
                     for q in range(nt):
                         rr = dz[p, q] - (x[c, q] - 0.0)
                         r[p, q] = rr
-                        wv = w[p, q]
                         if reg:
-                            h = Z[c, 0, q]
-                            dr = rr / max(1.0 - wv * norm[q] * h, MIN_FREEDOM)
-                            rr = dr if wv > 0 else rr
-                        out = abs(rr) > gross and last
-                        nw = 0.0 if out else wz[p, q] / (sc2 + rr * rr)
+                            h_ = Z[c, 0, q]
+                            dr = rr / max(1.0 - w[p, q] * norm[q] * h_, MIN_FREEDOM)
+                            rr = dr if w[p, q] > 0 else rr
+                        dec[q] = rr
+                if last:
+                    for q in range(nt):
+                        rr = dec[q]
+                        ro = dec[partner[q]]
+                        out = abs(rr) > gross or abs(ro) > gross
+                        nw = 0.0 if out else wz[p, q] / (sc2 + max(rr * rr, ro * ro))
                         v = vm[p, q]
-                        w[p, q] = nw if v else wv
+                        w[p, q] = nw if v else w[p, q]
                         flag[p, q] = out if v else flag[p, q]
+                else:
+                    for q in range(nt):
+                        rr = dec[q]
+                        ro = dec[partner[q]]
+                        nw = wz[p, q] / (sc2 + max(rr * rr, ro * ro))
+                        w[p, q] = nw if vm[p, q] else w[p, q]
         # covariance (unit variance) of the final solution
         _inv_band_v(A, b, k, Z, nt, t1, t2)
         for q in range(nt):
@@ -691,85 +751,258 @@ def invert_component(
                 if wv > 0:
                     wrss[q] += wv * norm[q] * r[p, q] * r[p, q]
                     sw0[q] += wz[p, q]
-                r_out[p, t0 + q] = r[p, q] if vm[p, q] else np.nan
-                out_flag[p, t0 + q] = flag[p, q]
+                g = col[q]
+                r_out[p, g] = r[p, q] if vm[p, q] else np.nan
+                out_flag[p, g] = flag[p, q]
         for j in range(k):
             for q in range(nt):
-                u_out[j + 1, t0 + q] = x[j, q]
-                var_out[j + 1, t0 + q] = Z[j, 0, q]
+                g = col[q]
+                u_out[j + 1, g] = x[j, q]
+                var_out[j + 1, g] = Z[j, 0, q]
         for q in range(nt):
-            px = t0 + q
+            g = col[q]
             if fail[q]:
-                redo[px] = True
+                if fail_at[q] < n_iter:
+                    redo[g] = True
+                    if joint:
+                        redo[col[partner[q]]] = True
+                else:  # keep the weights of the last pass for the final solve
+                    final[g] = True
+                    for p in range(p_count):
+                        r_out[p, g] = w[p, q]
                 continue
-            u_out[0, px] = 0.0
-            var_out[0, px] = 0.0
+            u_out[0, g] = 0.0
+            var_out[0, g] = 0.0
             dof = nu[q] - (n - 1)
             if dof > 0:
-                s0_out[px] = wrss[q] / dof
+                s0_out[g] = wrss[q] / dof
             else:
                 mean_w0 = sw0[q] / max(nu[q], 1)
-                s0_out[px] = 1.0 / mean_w0 if mean_w0 > 0 else 1.0
-            ok_out[px] = True
+                s0_out[g] = 1.0 / mean_w0 if mean_w0 > 0 else 1.0
+            ok_out[g] = True
+    for g in range(m):
+        final[g] = final[g] and not redo[g]
     idx = np.flatnonzero(redo)
     if idx.size:
-        mr = idx.size
-        d2 = np.empty((p_count, mr))
-        v2 = np.empty((p_count, mr), dtype=np.bool_)
-        w2 = np.empty((p_count, mr if wcol else 1))
-        for p in range(p_count):
-            for i in range(mr):
-                d2[p, i] = d[p, idx[i]]
-                v2[p, i] = valid[p, idx[i]]
-                if wcol:
-                    w2[p, i] = w0[p, idx[i]]
-            if not wcol:
-                w2[p, 0] = w0[p, 0]
-        u2, var2, s02, r2, f2, sm2, ok2 = _invert_scalar(
-            d2,
-            v2,
-            w2,
-            i1,
-            i2,
-            n,
-            b,
-            R,
-            Rs,
-            n_iter,
-            scale,
-            gross,
-            gamma2,
-            rtol,
-            limit,
-            anchor,
-            tie,
-            lam,
-            lam_final,
-        )
-        for i in range(mr):
-            px = idx[i]
-            for j in range(n):
-                u_out[j, px] = u2[j, i]
-                var_out[j, px] = var2[j, i]
-                sm_out[j, px] = sm2[j, i]
+        d2, v2, w2 = _columns(d, valid, w0, idx)
+        if joint:  # pass by pass, both components side by side, then the final solve
+            wl = np.empty(d2.shape)
+            both = np.ones(idx.size, dtype=np.bool_)
             for p in range(p_count):
-                r_out[p, px] = r2[p, i]
-                out_flag[p, px] = f2[p, i]
-            s0_out[px] = s02[i]
-            ok_out[px] = ok2[i]
+                for i in range(idx.size):
+                    wl[p, i] = w2[p, i] if w2.shape[1] != 1 else w2[p, 0]
+            for it in range(n_iter):
+                rr = _invert_scalar(
+                    d2,
+                    v2,
+                    wl,
+                    i1,
+                    i2,
+                    n,
+                    b,
+                    R,
+                    Rs,
+                    1,
+                    scale,
+                    gross,
+                    gamma2,
+                    rtol,
+                    limit,
+                    anchor,
+                    tie,
+                    lam,
+                    lam_final,
+                    w2,
+                    True,
+                )
+                wl = _joint_weights(
+                    rr[3], rr[6], v2, w2, idx, half, gross, sc2, it == n_iter - 1, out_flag, both
+                )
+            _put_columns(
+                _invert_scalar(
+                    d2,
+                    v2,
+                    wl,
+                    i1,
+                    i2,
+                    n,
+                    b,
+                    R,
+                    Rs,
+                    0,
+                    scale,
+                    gross,
+                    gamma2,
+                    rtol,
+                    limit,
+                    anchor,
+                    tie,
+                    lam,
+                    lam_final,
+                    w2,
+                    False,
+                ),
+                idx,
+                u_out,
+                var_out,
+                s0_out,
+                r_out,
+                sm_out,
+                ok_out,
+                None,
+            )
+            for i in range(idx.size):
+                ok_out[idx[i]] = ok_out[idx[i]] and both[i]
+        else:
+            _put_columns(
+                _invert_scalar(
+                    d2,
+                    v2,
+                    w2,
+                    i1,
+                    i2,
+                    n,
+                    b,
+                    R,
+                    Rs,
+                    n_iter,
+                    scale,
+                    gross,
+                    gamma2,
+                    rtol,
+                    limit,
+                    anchor,
+                    tie,
+                    lam,
+                    lam_final,
+                    w2,
+                    False,
+                ),
+                idx,
+                u_out,
+                var_out,
+                s0_out,
+                r_out,
+                sm_out,
+                ok_out,
+                out_flag,
+            )
+    idx = np.flatnonzero(final)
+    if idx.size:
+        d2, v2, w2 = _columns(d, valid, w0, idx)
+        wl = np.empty((p_count, idx.size))
+        for p in range(p_count):
+            for i in range(idx.size):
+                wl[p, i] = r_out[p, idx[i]]
+        _put_columns(
+            _invert_scalar(
+                d2,
+                v2,
+                wl,
+                i1,
+                i2,
+                n,
+                b,
+                R,
+                Rs,
+                0,
+                scale,
+                gross,
+                gamma2,
+                rtol,
+                limit,
+                anchor,
+                tie,
+                lam,
+                lam_final,
+                w2,
+                False,
+            ),
+            idx,
+            u_out,
+            var_out,
+            s0_out,
+            r_out,
+            sm_out,
+            ok_out,
+            None,
+        )
     return u_out, var_out, s0_out, r_out, out_flag, sm_out, ok_out
 
 
 @njit(**_OPTS)
-def fill_residuals(r, d, u, where, i1, i2):
-    """``r[p, q] = d[p, q] - (u[i2[p], q] - u[i1[p], q])`` where ``where[p, q]`` (in place)."""
-    p_count, m = where.shape
+def _columns(d, valid, w0, idx):
+    """Columns ``idx`` of ``d``, ``valid`` and ``w0`` (``w0`` may be (P, 1))."""
+    p_count = d.shape[0]
+    mr = idx.size
+    wcol = w0.shape[1] != 1
+    d2 = np.empty((p_count, mr))
+    v2 = np.empty((p_count, mr), dtype=np.bool_)
+    w2 = np.empty((p_count, mr if wcol else 1))
     for p in range(p_count):
-        a = i1[p]
-        c = i2[p]
-        for q in range(m):
-            if where[p, q]:
-                r[p, q] = d[p, q] - (u[c, q] - u[a, q])
+        for i in range(mr):
+            d2[p, i] = d[p, idx[i]]
+            v2[p, i] = valid[p, idx[i]]
+            if wcol:
+                w2[p, i] = w0[p, idx[i]]
+        if not wcol:
+            w2[p, 0] = w0[p, 0]
+    return d2, v2, w2
+
+
+@njit(**_OPTS)
+def _put_columns(res, idx, u_out, var_out, s0_out, r_out, sm_out, ok_out, out_flag):
+    """Write the results ``res`` of :func:`_invert_scalar` to the columns ``idx``."""
+    u2, var2, s02, r2, f2, sm2, ok2 = res
+    n = u_out.shape[0]
+    p_count = r_out.shape[0]
+    for i in range(idx.size):
+        px = idx[i]
+        for j in range(n):
+            u_out[j, px] = u2[j, i]
+            var_out[j, px] = var2[j, i]
+            sm_out[j, px] = sm2[j, i]
+        for p in range(p_count):
+            r_out[p, px] = r2[p, i]
+            if out_flag is not None:
+                out_flag[p, px] = f2[p, i]
+        s0_out[px] = s02[i]
+        ok_out[px] = ok2[i]
+
+
+@njit(**_OPTS)
+def _joint_weights(rr, ok, valid, w0, idx, half, gross, sc2, last, out_flag, both):
+    """New weights of one re-weighting pass of both components, for the columns ``idx``.
+
+    ``rr`` (P, len(idx)) holds the residuals the weights read (deletion
+    residuals in regularised passes; :func:`_invert_scalar` with ``stop``),
+    ``ok`` whether each column got there; ``idx`` holds both components of
+    each pixel (columns ``g`` and ``g + half``). A pair's weight is
+    ``w0 / (scale**2 + max(r_ew**2, r_ns**2))``, and in the ``last`` pass 0
+    where either residual exceeds ``gross`` (then flagged in ``out_flag``).
+    Clears ``both`` (per column) where a component of the pixel did not get
+    there; every weight of such a pixel is 0.
+    """
+    p_count, mr = rr.shape
+    wcol = w0.shape[1] != 1
+    pos = np.full(out_flag.shape[1], -1, dtype=np.int64)
+    for i in range(mr):
+        pos[idx[i]] = i
+    wl = np.zeros((p_count, mr))
+    for i in range(mr):
+        g = idx[i]
+        j = pos[g + half if g < half else g - half]
+        both[i] = both[i] and ok[i] and ok[j]
+        for p in range(p_count):
+            v = valid[p, i] and both[i]
+            a = rr[p, i]
+            o = rr[p, j]
+            out = v and last and (abs(a) > gross or abs(o) > gross)
+            if last:
+                out_flag[p, g] = out
+            wv = w0[p, i] if wcol else w0[p, 0]
+            wl[p, i] = wv / (sc2 + max(a * a, o * o)) if v and not out else 0.0
+    return wl
 
 
 @njit(**_OPTS)
