@@ -345,8 +345,8 @@ class InversionConfig(_Section):
     gross_outlier: float = Field(
         5.0,
         gt=0,
-        description="Pairs whose residual exceeds this (metres) get zero weight in the next "
-        "re-weighting pass.",
+        description="Pairs whose residual exceeds this (metres) in the last re-weighting pass "
+        "get zero weight.",
     )
     reweight_iterations: int = Field(
         3, ge=0, le=20, description="Passes of iterative re-weighting after the first solution."
@@ -374,9 +374,10 @@ class InversionConfig(_Section):
     )
     joint_outliers: bool = Field(
         True,
-        description="A pair rejected as a gross outlier in one component (EW or NS) is "
-        "rejected in the other too: both come from one correlation peak, so a wrong match is "
-        "wrong in both. false: each component on its own, as NSBAS.",
+        description="Both components weight and reject each pair from the larger of its EW "
+        "and NS residuals, so a pair rejected as a gross outlier in one is rejected in the other "
+        "too: both come from one correlation peak, so a wrong match is wrong in both. false: each "
+        "component on its own, as NSBAS.",
     )
     min_valid_fraction: float = Field(
         0.3, gt=0, le=1, description="A pixel is inverted only with this share of pairs valid."

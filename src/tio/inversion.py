@@ -94,17 +94,19 @@ def invert(
        ``days / median(days)``), times the score if ``score_weighting``.
     3. Weighted least squares, then ``reweight_iterations`` passes with
        ``w = w0 / (residual_scale**2 + r**2)``, ``r`` the residuals of the
-       previous solution at every valid pair; pairs with
-       ``|r| > gross_outlier`` get zero weight in that pass (NSBAS divided
-       their weight by 1000). Weights are normalised to a mean of 1 over the
-       pairs used at each pixel. With ``joint_outliers`` (default) a pair
-       rejected in one component is rejected in the other too: both come from
-       one correlation peak, so a wrong match is wrong in both. NS is
-       inverted without the pairs EW rejected; where NS rejected pairs EW
-       kept, EW's final solution is computed again without them, each pair
-       weighted as in its last pass. On the stable ground of the 12 extra
-       networks of ``benchmarks/bench_inversion.py`` this took the RMSE from
-       1.73 to 1.11 times the noise floor. (Searching outliers with equal weights and
+       previous solution at every valid pair; in the last pass, pairs with
+       ``|r| > gross_outlier`` get zero weight (NSBAS divided their weight by
+       1000; rejecting on the first, plain solution can drop good pairs that
+       a large outlier pulled away). Weights are normalised to a mean of 1 over the
+       pairs used at each pixel. With ``joint_outliers`` (default) the two
+       components share their decisions, since both come from one
+       correlation peak and a wrong match is wrong in both: the re-weighting
+       passes of EW and NS run side by side, a pair's weight reads the
+       larger of its two residuals, ``w0 / (residual_scale**2 + max(r_ew**2,
+       r_ns**2))``, and a pair beyond ``gross_outlier`` in either component
+       is rejected in both. On the stable ground of the 12 extra networks of
+       ``benchmarks/bench_inversion.py`` this took the RMSE from 1.73 to
+       1.02 times the noise floor. (Searching outliers with equal weights and
        using ``w0`` only in the final solution was tried: it avoids a gross
        error on a pair of large weight hiding, but lost more on fast motion,
        1.13 m against 1.02 m pooled in ``benchmarks/bench_inversion.py``.)
@@ -155,7 +157,7 @@ def invert(
         ``s`` (metres) of the re-weighting ``1 / (s**2 + r**2)``: residuals
         well below ``s`` keep their weight, larger ones lose it.
     gross_outlier : float, default 5.0
-        Residual (metres) above which a pair gets zero weight in a
+        Residual (metres) above which a pair gets zero weight in the last
         re-weighting pass.
     reweight_iterations : int, default 3
         Number of re-weighting passes; 0 gives plain weighted least squares
@@ -167,8 +169,10 @@ def invert(
     regularisation_mode : {"outliers", "solve"}, default "outliers"
         Use the regularisation only to find outliers, or in the result too.
     joint_outliers : bool, default True
-        Reject a pair in both components where either rejects it (step 3);
-        False treats the components independently, as NSBAS did.
+        Weight and reject each pair from the larger of its EW and NS
+        residuals, so that a pair rejected in one component is rejected in the
+        other too (step 3); False treats the components independently, as
+        NSBAS did.
     smoothing_gamma2 : float, default 0.003
         Weight (squared) of the smoothing rows relative to data rows of unit
         weight, used only at pixels whose network is disconnected; it sets the

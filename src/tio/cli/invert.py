@@ -64,8 +64,8 @@ def _expand(paths):
 @click.option(
     "--joint-outliers/--separate-outliers",
     default=None,
-    help="Reject a pair in both components where EW or NS rejects it, or in each component "
-    "on its own (as NSBAS) [joint].",
+    help="Weight and reject each pair from the larger of its EW and NS residuals (a wrong "
+    "match is wrong in both), or each component on its own (as NSBAS) [joint].",
 )
 @click.option("--min-valid-fraction", type=float, help="Share of valid pairs needed [0.3].")
 @click.option(
