@@ -782,6 +782,8 @@ def invert_component(
             ok_out[g] = True
     for g in range(m):
         final[g] = final[g] and not redo[g]
+    outs = (u_out, var_out, s0_out, r_out, sm_out, ok_out)
+    const = (i1, i2, n, b, R, Rs, scale, gross, gamma2, rtol, limit, anchor, tie, lam, lam_final)
     idx = np.flatnonzero(redo)
     if idx.size:
         d2, v2, w2 = _columns(d, valid, w0, idx)
@@ -792,101 +794,15 @@ def invert_component(
                 for i in range(idx.size):
                     wl[p, i] = w2[p, i] if w2.shape[1] != 1 else w2[p, 0]
             for it in range(n_iter):
-                rr = _invert_scalar(
-                    d2,
-                    v2,
-                    wl,
-                    i1,
-                    i2,
-                    n,
-                    b,
-                    R,
-                    Rs,
-                    1,
-                    scale,
-                    gross,
-                    gamma2,
-                    rtol,
-                    limit,
-                    anchor,
-                    tie,
-                    lam,
-                    lam_final,
-                    w2,
-                    True,
-                )
+                rr = _scalar(d2, v2, wl, 1, w2, True, const)
                 wl = _joint_weights(
                     rr[3], rr[6], v2, w2, idx, half, gross, sc2, it == n_iter - 1, out_flag, both
                 )
-            _put_columns(
-                _invert_scalar(
-                    d2,
-                    v2,
-                    wl,
-                    i1,
-                    i2,
-                    n,
-                    b,
-                    R,
-                    Rs,
-                    0,
-                    scale,
-                    gross,
-                    gamma2,
-                    rtol,
-                    limit,
-                    anchor,
-                    tie,
-                    lam,
-                    lam_final,
-                    w2,
-                    False,
-                ),
-                idx,
-                u_out,
-                var_out,
-                s0_out,
-                r_out,
-                sm_out,
-                ok_out,
-                None,
-            )
+            _put_columns(_scalar(d2, v2, wl, 0, w2, False, const), idx, outs, None)
             for i in range(idx.size):
                 ok_out[idx[i]] = ok_out[idx[i]] and both[i]
         else:
-            _put_columns(
-                _invert_scalar(
-                    d2,
-                    v2,
-                    w2,
-                    i1,
-                    i2,
-                    n,
-                    b,
-                    R,
-                    Rs,
-                    n_iter,
-                    scale,
-                    gross,
-                    gamma2,
-                    rtol,
-                    limit,
-                    anchor,
-                    tie,
-                    lam,
-                    lam_final,
-                    w2,
-                    False,
-                ),
-                idx,
-                u_out,
-                var_out,
-                s0_out,
-                r_out,
-                sm_out,
-                ok_out,
-                out_flag,
-            )
+            _put_columns(_scalar(d2, v2, w2, n_iter, w2, False, const), idx, outs, out_flag)
     idx = np.flatnonzero(final)
     if idx.size:
         d2, v2, w2 = _columns(d, valid, w0, idx)
@@ -894,40 +810,37 @@ def invert_component(
         for p in range(p_count):
             for i in range(idx.size):
                 wl[p, i] = r_out[p, idx[i]]
-        _put_columns(
-            _invert_scalar(
-                d2,
-                v2,
-                wl,
-                i1,
-                i2,
-                n,
-                b,
-                R,
-                Rs,
-                0,
-                scale,
-                gross,
-                gamma2,
-                rtol,
-                limit,
-                anchor,
-                tie,
-                lam,
-                lam_final,
-                w2,
-                False,
-            ),
-            idx,
-            u_out,
-            var_out,
-            s0_out,
-            r_out,
-            sm_out,
-            ok_out,
-            None,
-        )
+        _put_columns(_scalar(d2, v2, wl, 0, w2, False, const), idx, outs, None)
     return u_out, var_out, s0_out, r_out, out_flag, sm_out, ok_out
+
+
+@njit(**_OPTS)
+def _scalar(d, valid, w0, n_iter, wprior, stop, const):
+    """:func:`_invert_scalar` with the arguments shared by every call of a block in ``const``."""
+    i1, i2, n, b, R, Rs, scale, gross, gamma2, rtol, limit, anchor, tie, lam, lam_final = const
+    return _invert_scalar(
+        d,
+        valid,
+        w0,
+        i1,
+        i2,
+        n,
+        b,
+        R,
+        Rs,
+        n_iter,
+        scale,
+        gross,
+        gamma2,
+        rtol,
+        limit,
+        anchor,
+        tie,
+        lam,
+        lam_final,
+        wprior,
+        stop,
+    )
 
 
 @njit(**_OPTS)
@@ -951,9 +864,14 @@ def _columns(d, valid, w0, idx):
 
 
 @njit(**_OPTS)
-def _put_columns(res, idx, u_out, var_out, s0_out, r_out, sm_out, ok_out, out_flag):
-    """Write the results ``res`` of :func:`_invert_scalar` to the columns ``idx``."""
+def _put_columns(res, idx, outs, out_flag):
+    """Write the results ``res`` of :func:`_invert_scalar` to the columns ``idx``.
+
+    ``outs`` = ``(u, var, s0sq, r, smoothed, ok)`` of the block; the outlier
+    flags too unless ``out_flag`` is None.
+    """
     u2, var2, s02, r2, f2, sm2, ok2 = res
+    u_out, var_out, s0_out, r_out, sm_out, ok_out = outs
     n = u_out.shape[0]
     p_count = r_out.shape[0]
     for i in range(idx.size):
