@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -699,3 +701,18 @@ def test_compiled_kernel_matches_numpy(monkeypatch, gamma2, regularisation):
         np.testing.assert_allclose(
             fast[name].values, ref[name].values, rtol=1e-5, atol=1e-6, err_msg=name
         )
+
+
+def test_nanmedian_rows_equals_numpy():
+    """The one-sort row median of the pair-noise estimate equals numpy.nanmedian."""
+    from tio.inversion import _nanmedian_rows
+
+    rng = np.random.default_rng(4)
+    for shape in [(40, 900), (7, 6), (5, 1)]:  # long rows: numpy's per-row loop
+        a = rng.standard_normal(shape)
+        a[rng.random(shape) < 0.4] = np.nan
+        a[0] = np.nan  # a pair without residual
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            want = np.nanmedian(a, axis=1)
+        np.testing.assert_array_equal(_nanmedian_rows(a), want)

@@ -558,7 +558,7 @@ def _largest(labels):
 
 
 def _invert_component(
-    net, d, valid, w0, *, n_iter, scale, gross, gamma2, lam=0.0, lam_final=False, half=0
+    net, d, valid, w0, *, n_iter, scale, gross, gamma2, lam=0.0, lam_final=False, other=None
 ):
     """Robust weighted least squares of one component for a block of pixels.
 
@@ -568,14 +568,18 @@ def _invert_component(
     :mod:`tio._inversion_jit` when numba is installed (and :data:`USE_JIT`),
     else :func:`_invert_component_numpy`; both give the same results.
 
-    ``half > 0``: the columns are both components of ``half`` pixels, ``[EW |
-    NS]``, with the same ``valid`` in both halves, and a gross outlier in
-    either component is rejected in both (see :func:`_invert_joint`).
+    ``other = (d_ns, w0_ns)``: ``d`` and ``w0`` are EW, and both components
+    are inverted with joint outliers (:func:`_invert_joint`); the results
+    then have ``2 M`` columns, ``[EW | NS]``.
     """
     if not (USE_JIT and _jit is not None):
         partner = None
-        if half:
-            partner = np.concatenate([np.arange(half, 2 * half), np.arange(half)])
+        if other is not None:  # both components side by side, [EW | NS]
+            p, m = d.shape
+            partner = np.concatenate([np.arange(m, 2 * m), np.arange(m)])
+            d = np.concatenate([d, other[0]], axis=1)
+            valid = np.concatenate([valid, valid], axis=1)
+            w0 = np.concatenate([np.broadcast_to(w, (p, m)) for w in (w0, other[1])], axis=1)
         return _invert_component_numpy(
             net,
             d,
@@ -589,10 +593,13 @@ def _invert_component(
             lam_final=lam_final,
             partner=partner,
         )
+    d2, w02 = (np.empty((d.shape[0], 0)), np.ones((d.shape[0], 1))) if other is None else other
     u, var, s0sq, r, outlier, smoothed, ok = _jit.invert_component(
         np.ascontiguousarray(d, dtype=np.float64),
+        np.ascontiguousarray(d2, dtype=np.float64),
         np.ascontiguousarray(valid, dtype=bool),
         _weights_2d(w0, d.shape),
+        _weights_2d(w02, d.shape),
         net.i1.astype(np.int64),
         net.i2.astype(np.int64),
         net.n_dates,
@@ -609,7 +616,7 @@ def _invert_component(
         TIE_WEIGHT,
         float(lam),
         bool(lam_final),
-        int(half),
+        other is not None,
     )
     with np.errstate(invalid="ignore"):
         sigma = np.sqrt(np.clip(var * s0sq[None, :], 0.0, None))
@@ -619,27 +626,16 @@ def _invert_component(
 def _invert_joint(net, ew, ns, valid, w0_ew, w0_ns, **kw):
     """Both components of a block of pixels with joint gross-outlier rejection.
 
-    The re-weighting passes of EW and NS run side by side; in the last one, a
-    pair whose residual (deletion residual in regularised passes) exceeds the
+    The re-weighting passes of EW and NS run side by side and a pair's new
+    weight reads the larger of its two residuals (deletion residuals in
+    regularised passes); in the last one, a pair whose residual exceeds the
     gross-outlier threshold in either component gets zero weight in both, so
     both final solutions are computed without it. ``ew``, ``ns``, ``valid``
     (P, M); ``w0_ew``, ``w0_ns`` (P, M) or (P, 1). Returns the dicts of
     :func:`_invert_component` of EW and NS.
     """
     m = valid.shape[1]
-    w0_ew, w0_ns = (w if w.ndim == 2 else w[:, None] for w in map(np.asarray, (w0_ew, w0_ns)))
-    if w0_ew.shape == w0_ns.shape and w0_ew.shape[1] == 1 and np.array_equal(w0_ew, w0_ns):
-        w0 = w0_ew
-    else:
-        w0 = np.concatenate([np.broadcast_to(w0_ew, ew.shape), np.broadcast_to(w0_ns, ns.shape)], 1)
-    res = _invert_component(
-        net,
-        np.concatenate([ew, ns], axis=1),
-        np.concatenate([valid, valid], axis=1),
-        w0,
-        half=m,
-        **kw,
-    )
+    res = _invert_component(net, ew, valid, w0_ew, other=(ns, w0_ns), **kw)
     return tuple({k: v[..., sl] for k, v in res.items()} for sl in (slice(0, m), slice(m, None)))
 
 

@@ -524,8 +524,10 @@ def _inv_band_v(L, b, k, Z, nt, s, sd):
 @njit(**_OPTS)
 def invert_component(
     d,
+    d2,
     valid,
     w0,
+    w02,
     i1,
     i2,
     n,
@@ -542,7 +544,7 @@ def invert_component(
     tie,
     lam,
     lam_final,
-    half,
+    joint,
 ):
     """Robust inversion of one component (or both) for every pixel of a block.
 
@@ -550,21 +552,24 @@ def invert_component(
     :data:`_VEC` columns at once (each operation a loop over the columns,
     which the compiler vectorises).
 
-    ``half > 0``: joint outliers. The columns are ``[EW of pixels 0..half-1 |
-    NS of the same pixels]`` (``valid`` the same for both halves) and a vector
-    holds EW and NS of :data:`_VEC` / 2 pixels; in the last re-weighting pass
-    a pair whose decision residual exceeds ``gross`` in either component is
-    rejected in both.
+    ``joint``: both components, ``d`` and ``w0`` EW, ``d2`` and ``w02`` NS
+    (else ``d2`` and ``w02`` are not read). The results then have ``2 M``
+    columns, ``[EW | NS]``; a vector holds EW and NS of :data:`_VEC` / 2
+    pixels, the re-weighting reads the larger of a pair's two residuals, and
+    in the last re-weighting pass a pair whose residual exceeds ``gross`` in
+    either component is rejected in both.
 
     Columns that a pass leaves disconnected (singular normal matrix), or whose
     final regularised solution ties sub-networks, are done again by
     :func:`_invert_scalar`: from the start if it happened in a re-weighting
-    pass (with ``half``, both components of the pixel: the re-weighting
+    pass (with ``joint``, both components of the pixel: the re-weighting
     passes one by one, the joint decision here, then the final solve), the
     final solve only, with the weights of the vector's last pass, if it
     happened there.
     """
-    p_count, m = d.shape
+    p_count, m_pix = d.shape
+    half = m_pix if joint else 0
+    m = 2 * m_pix if joint else m_pix
     k = n - 1
     u_out = np.zeros((n, m))
     var_out = np.zeros((n, m))
@@ -574,10 +579,9 @@ def invert_component(
     sm_out = np.zeros((n, m), dtype=np.bool_)
     ok_out = np.zeros(m, dtype=np.bool_)
     T = _VEC
-    joint = half > 0
-    m_pix = half if joint else m
     step = T // 2 if joint else T
     wcol = w0.shape[1] != 1
+    wcol2 = w02.shape[1] != 1
     dz = np.zeros((p_count, T))
     wz = np.zeros((p_count, T))
     vm = np.zeros((p_count, T), dtype=np.bool_)
@@ -618,10 +622,16 @@ def invert_component(
         for p in range(p_count):
             for q in range(nt):
                 g = col[q]
-                v = valid[p, g]
+                px = g - half if g >= m_pix else g
+                v = valid[p, px]
                 vm[p, q] = v
-                wv = w0[p, g] if wcol else w0[p, 0]
-                dz[p, q] = d[p, g] if v else 0.0
+                if g >= m_pix:  # NS of a pixel (joint)
+                    wv = w02[p, px] if wcol2 else w02[p, 0]
+                    dv = d2[p, px]
+                else:
+                    wv = w0[p, px] if wcol else w0[p, 0]
+                    dv = d[p, px]
+                dz[p, q] = dv if v else 0.0
                 wz[p, q] = wv if v else 0.0
                 w[p, q] = wz[p, q]
                 flag[p, q] = False
@@ -786,31 +796,28 @@ def invert_component(
     const = (i1, i2, n, b, R, Rs, scale, gross, gamma2, rtol, limit, anchor, tie, lam, lam_final)
     idx = np.flatnonzero(redo)
     if idx.size:
-        d2, v2, w2 = _columns(d, valid, w0, idx)
+        dc, vc, wc = _columns(d, d2, valid, w0, w02, idx, half)
         if joint:  # pass by pass, both components side by side, then the final solve
-            wl = np.empty(d2.shape)
+            wl = wc.copy()
             both = np.ones(idx.size, dtype=np.bool_)
-            for p in range(p_count):
-                for i in range(idx.size):
-                    wl[p, i] = w2[p, i] if w2.shape[1] != 1 else w2[p, 0]
             for it in range(n_iter):
-                rr = _scalar(d2, v2, wl, 1, w2, True, const)
+                rr = _scalar(dc, vc, wl, 1, wc, True, const)
                 wl = _joint_weights(
-                    rr[3], rr[6], v2, w2, idx, half, gross, sc2, it == n_iter - 1, out_flag, both
+                    rr[3], rr[6], vc, wc, idx, half, gross, sc2, it == n_iter - 1, out_flag, both
                 )
-            _put_columns(_scalar(d2, v2, wl, 0, w2, False, const), idx, outs, None)
+            _put_columns(_scalar(dc, vc, wl, 0, wc, False, const), idx, outs, None)
             for i in range(idx.size):
                 ok_out[idx[i]] = ok_out[idx[i]] and both[i]
         else:
-            _put_columns(_scalar(d2, v2, w2, n_iter, w2, False, const), idx, outs, out_flag)
+            _put_columns(_scalar(dc, vc, wc, n_iter, wc, False, const), idx, outs, out_flag)
     idx = np.flatnonzero(final)
     if idx.size:
-        d2, v2, w2 = _columns(d, valid, w0, idx)
+        dc, vc, wc = _columns(d, d2, valid, w0, w02, idx, half)
         wl = np.empty((p_count, idx.size))
         for p in range(p_count):
             for i in range(idx.size):
                 wl[p, i] = r_out[p, idx[i]]
-        _put_columns(_scalar(d2, v2, wl, 0, w2, False, const), idx, outs, None)
+        _put_columns(_scalar(dc, vc, wl, 0, wc, False, const), idx, outs, None)
     return u_out, var_out, s0_out, r_out, out_flag, sm_out, ok_out
 
 
@@ -844,23 +851,32 @@ def _scalar(d, valid, w0, n_iter, wprior, stop, const):
 
 
 @njit(**_OPTS)
-def _columns(d, valid, w0, idx):
-    """Columns ``idx`` of ``d``, ``valid`` and ``w0`` (``w0`` may be (P, 1))."""
+def _columns(d, d2, valid, w0, w02, idx, half):
+    """Data, valid pairs and a priori weights of the result columns ``idx``, (P, len(idx)) each.
+
+    Column ``g`` is the pixel ``g`` of ``d`` and ``w0``, or with ``half > 0``
+    (joint), for ``g >= half``, the pixel ``g - half`` of ``d2`` and ``w02``.
+    """
     p_count = d.shape[0]
     mr = idx.size
     wcol = w0.shape[1] != 1
-    d2 = np.empty((p_count, mr))
-    v2 = np.empty((p_count, mr), dtype=np.bool_)
-    w2 = np.empty((p_count, mr if wcol else 1))
-    for p in range(p_count):
-        for i in range(mr):
-            d2[p, i] = d[p, idx[i]]
-            v2[p, i] = valid[p, idx[i]]
-            if wcol:
-                w2[p, i] = w0[p, idx[i]]
-        if not wcol:
-            w2[p, 0] = w0[p, 0]
-    return d2, v2, w2
+    wcol2 = w02.shape[1] != 1
+    dc = np.empty((p_count, mr))
+    vc = np.empty((p_count, mr), dtype=np.bool_)
+    wc = np.empty((p_count, mr))
+    for i in range(mr):
+        g = idx[i]
+        second = half > 0 and g >= half
+        px = g - half if second else g
+        for p in range(p_count):
+            vc[p, i] = valid[p, px]
+            if second:
+                dc[p, i] = d2[p, px]
+                wc[p, i] = w02[p, px] if wcol2 else w02[p, 0]
+            else:
+                dc[p, i] = d[p, px]
+                wc[p, i] = w0[p, px] if wcol else w0[p, 0]
+    return dc, vc, wc
 
 
 @njit(**_OPTS)

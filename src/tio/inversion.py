@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -454,7 +453,8 @@ def invert(
                 for c, w in w0.items()
             }
         elif s is not None:
-            w0 = {c: w * np.where(valid, s, 0.0) for c, w in w0.items()}
+            sv = np.where(valid, s, 0.0)
+            w0 = {c: w * sv for c, w in w0.items()}
         out = _inv.invert_block(
             net,
             e,
@@ -583,10 +583,8 @@ def residual_pair_weights(pairs: xr.Dataset, *, rounds: int = _RESIDUAL_ROUNDS, 
         for c in _COMPONENTS:
             r = out[f"residual_{c}"].values.reshape(n_pairs, -1)
             n_res = np.isfinite(r).sum(axis=1)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # pairs without residual
-                centre = np.nanmedian(r, axis=1, keepdims=True)
-                sigma = 1.4826 * np.nanmedian(np.abs(r - centre), axis=1)
+            centre = _nanmedian_rows(r)
+            sigma = 1.4826 * _nanmedian_rows(np.abs(r - centre[:, None]))
             h = _inv.pair_leverage(i1, i2, dates.size, weights[c])
             var = sigma**2 / np.maximum(1.0 - h, 0.05)
             ok = (n_res >= 20) & np.isfinite(var) & (var > 0)
@@ -599,6 +597,20 @@ def residual_pair_weights(pairs: xr.Dataset, *, rounds: int = _RESIDUAL_ROUNDS, 
             new[c] = w / w.mean()
         weights = new
     return weights
+
+
+def _nanmedian_rows(a) -> np.ndarray:
+    """``numpy.nanmedian(a, axis=1)`` of a 2-D array, NaN for a row without finite values.
+
+    One sort of the whole array: ``nanmedian`` loops over the rows in Python
+    when they are long (more than 600 values).
+    """
+    s = np.sort(a, axis=1)  # NaN last
+    n = np.isfinite(a).sum(axis=1)
+    rows = np.arange(a.shape[0])
+    lo, hi = np.maximum((n - 1) // 2, 0), np.minimum(n // 2, a.shape[1] - 1)
+    med = (s[rows, lo] + s[rows, hi]) / 2
+    return np.where(n > 0, med, np.nan)
 
 
 def _default_workers() -> int:
