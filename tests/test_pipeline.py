@@ -274,3 +274,12 @@ def test_a_pair_that_cannot_be_correlated_is_left_out(scene, first_run, tmp_path
     assert bool(ts["smoothed"].isel(time=k).any())
     assert np.isfinite(ts["cumulative_ew"].isel(time=k + 1)).mean() > 0.8
     assert (out / "cumulative_ew.tif").is_file()
+    # run again: the failed pairs are not tried again (no task, no cluster), still left out
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tio"):
+        again = run(cfg2, progress=False)
+    assert {"correlate", "correct", "invert"} <= set(again.skipped)
+    assert {p.name for p in again.pairs} == names
+    assert all(f"pair {p.name} left out, as in the last run" in caplog.text for p in bad)
+    network = (out / "network.txt").read_text()
+    assert all(f"left out (correlation failed): {p.name}" in network for p in bad)

@@ -17,6 +17,9 @@ made it (a ``TIO_KEY`` tag in GeoTIFFs, ``.tio/state.json`` for the rest). A
 stage whose outputs exist with the same key is skipped, so a run started again
 after a crash, or with only late-stage parameters changed, redoes only what is
 needed. Outputs are written under temporary names and renamed when complete.
+A pair that could not be correlated (the reason is in the data, e.g. a date
+without a usable pixel) is recorded there too, with its key, and left out
+without a new try while its inputs and options stay the same.
 
 Correlation (one task per pair) and inversion (one task per band of rows) run
 as tasks of :mod:`tio.compute` (Dask, or this process), which read their inputs
@@ -282,14 +285,30 @@ def _run_stages(
     raw_dir = out / "pairs" / "raw"
     raw_keys = {}
     todo = []
+    # pairs that could not be correlated with the same inputs and options: the
+    # reason is deterministic (e.g. a date without a usable pixel), so not retried
+    known_failed = state.data.get("correlate_failed", {})
+    failed = {}
     for p in pairs:
         key = _hash("correlate", stack_key, corr_params, p.name)
         raw_keys[p.name] = key
         path = raw_dir / f"{p.name}.tif"
-        if not (path.exists() and read_tags(path).get("TIO_KEY") == key):
+        if key in known_failed:
+            failed[p.name] = known_failed[key]
+            log.warning(
+                "correlate: pair %s left out, as in the last run with the same inputs and "
+                "options (not tried again): %s",
+                p.name,
+                known_failed[key],
+            )
+        elif not (path.exists() and read_tags(path).get("TIO_KEY") == key):
             todo.append(p)
-    if len(todo) < len(pairs):
-        log.info("correlate: %d of %d pairs already done", len(pairs) - len(todo), len(pairs))
+    if len(todo) + len(failed) < len(pairs):
+        log.info(
+            "correlate: %d of %d pairs already done",
+            len(pairs) - len(todo) - len(failed),
+            len(pairs),
+        )
     if not todo:
         skipped.append("correlate")
     matched = []
@@ -315,7 +334,6 @@ def _run_stages(
                 on_done=lambda _: bar.update(),
                 name="correlate",
             )
-        failed = {}
         for p, valid in zip(todo, matched, strict=True):
             if isinstance(valid, str):
                 failed[p.name] = valid
@@ -329,17 +347,21 @@ def _run_stages(
             else:
                 log.debug("correlated %s: %.0f %% of windows matched", p.name, 100 * valid)
         matched = [v for v in matched if not isinstance(v, str)]
-        if failed:
-            pairs = [p for p in pairs if p.name not in failed]
-            if not pairs:
-                raise CorrelationError(
-                    f"no pair could be correlated ({len(failed)} tried); the first: "
-                    f"{next(iter(failed.values()))}"
-                )
-            report = describe_network(dates, pairs)
-            if not report.connected:
-                log.warning("without the pairs left out: %s", report.warning())
-            _write_network(out, report, failed)
+    failed_keys = {raw_keys[name]: why for name, why in failed.items()}
+    if failed_keys != known_failed:
+        state.data["correlate_failed"] = failed_keys
+        state.save()
+    if failed:
+        pairs = [p for p in pairs if p.name not in failed]
+        if not pairs:
+            raise CorrelationError(
+                f"no pair could be correlated ({len(failed)} tried); the first: "
+                f"{next(iter(failed.values()))}"
+            )
+        report = describe_network(dates, pairs)
+        if not report.connected:
+            log.warning("without the pairs left out: %s", report.warning())
+        _write_network(out, report, failed)
     if matched:
         log.info(
             "correlate: %d pairs correlated, %.0f %% of windows matched on average",
