@@ -1094,7 +1094,16 @@ def _tile(views, rows, cols, *, step, **opts):
     if opts["min_sd"] > 0 and not views["tex_is_ref"]:
         tex = views["tex"][ii, jj]
     corners = (ii * step, jj * step, r0, c0)
-    dy, dx, score = _process_clean(views["refimg"], views["secimg"], corners, lv, tex, **opts)
+    # one prior offset for every clean window of the tile: the integer stage on blocks
+    # shared by neighbouring windows (_zncc_shared), when the step allows it
+    shared = None
+    b = _shared_block(w, step)
+    if b and (r0 - ii * step == r0[0] - ii[0] * step).all():
+        if (c0 - jj * step == c0[0] - jj[0] * step).all():
+            shared = (b, step, box)
+    dy, dx, score = _process_clean(
+        views["refimg"], views["secimg"], corners, lv, tex, shared=shared, **opts
+    )
     return (ii, jj, dy, dx, score), rest
 
 
@@ -1196,6 +1205,86 @@ def _zncc_clean(ref, sec, rtop, rleft, qtop, qleft, w, s, lv):
     else:
         _kernels.zncc_normalise(num, lv, sd_q, flat_r | flat_q, w, _FLAT, zncc)
     return zncc, rbuf[:, :w, :w], sd_r, qbuf[:, :p, :p]
+
+
+def _shared_block(w, step):
+    """Block side of the shared-block integer stage (:func:`_zncc_shared`) for windows
+    of ``w`` px at ``step`` px: ``w / 2`` when ``step`` divides it (then every block of a
+    window is a block of the lattice at ``step``, shared with the neighbouring windows),
+    else 0 (the stage does not apply)."""
+    if w % 2 or step >= w or (w // 2) % step:
+        return 0
+    return w // 2
+
+
+def _zncc_shared(ref, sec, rtop, rleft, qtop, qleft, w, s, lv, b, step, box):
+    """:func:`_zncc_clean` with the correlations computed on blocks shared by the windows.
+
+    Each reference window is cut into ``(w / b)^2`` blocks of ``b x b`` px (``b`` from
+    :func:`_shared_block`); with a step that divides ``b`` and one prior offset for all
+    the windows (``qtop - rtop`` and ``qleft - rleft`` constant: the caller checks it),
+    these blocks and the secondary regions they are correlated with (``b + 2 s`` px
+    square) lie on a lattice at ``step`` px shared by neighbouring windows. Every
+    lattice point's block (minus its mean) and region (minus its mean) are transformed
+    once (FFT side ``b + 2 s`` rounded up to a fast size: 32 instead of 48 for 32-px
+    windows and a search of 8 px), their cross-power spectra are summed over the blocks
+    of each window (:func:`tio._kernels.lattice_sums`) and transformed back once per
+    window; the sum of the per-block means' deviations from the window mean times the
+    box sums of the secondary (:func:`tio._kernels.block_mean_correction`) turns it
+    into the correlation of the demeaned window, divided by its std: the numerator of
+    :func:`_zncc_clean`, equal up to float32 rounding. The reference windows are at
+    multiples of ``step`` (the grid step); ``box`` is the secondary box of the tile in
+    which ``lv`` (a tuple ``(map, rows, cols)``) is indexed. Same outputs
+    as :func:`_zncc_clean` (the windows themselves are gathered for the sub-pixel
+    stage by :func:`tio._kernels.gather_windows`, which also gives the stds and
+    flatness).
+    """
+    from tio import _kernels
+
+    n = 2 * s + 1
+    p = w + 2 * s
+    k = rtop.shape[0]
+    rs = np.empty((k, w, w), dtype=np.float32)
+    qd = np.empty((k, p, p), dtype=np.float32)
+    sd_r, sd_q = np.empty(k), np.empty(k)
+    flat_r, flat_q = np.empty(k, dtype=bool), np.empty(k, dtype=bool)
+    _kernels.gather_windows(
+        ref, sec, rtop, rleft, qtop, qleft, w, p, _FLAT, rs, qd, sd_r, flat_r, sd_q, flat_q
+    )
+    top, left = int(rtop.min()), int(rleft.min())
+    m = b // step
+    nb = w // b
+    iu = ((rtop - top) // step).astype(np.int64)
+    iv = ((rleft - left) // step).astype(np.int64)
+    nu, nv = int(iu.max()) + (nb - 1) * m + 1, int(iv.max()) + (nb - 1) * m + 1
+    pb = b + 2 * s
+    size = sfft.next_fast_len(pb, real=True)
+    blocks = np.empty((nu * nv, b, b), dtype=np.float32)
+    regions = np.empty((nu * nv, pb, pb), dtype=np.float32)
+    mean_r = np.empty(nu * nv)
+    qdy, qdx = int(qtop[0] - rtop[0]), int(qleft[0] - rleft[0])
+    _kernels.lattice_blocks(
+        ref, sec, top, left, qdy, qdx, step, nu, nv, b, pb, blocks, regions, mean_r
+    )
+    spec = _rfft2_rows(blocks, size)
+    np.conjugate(spec, out=spec)
+    spec *= sfft.rfft2(regions, s=(size, size))
+    fw = np.empty((k, size, size // 2 + 1), dtype=spec.dtype)
+    _kernels.lattice_sums(spec, iu, iv, nv, m, nb, fw)
+    del spec
+    num = _irfft2_rows(fw, size, n)[:, :, :n]
+    del fw
+    lvm, lr, lc = lv
+    lr, lc = lr.astype(np.int64), lc.astype(np.int64)
+    bsum = np.empty((box.shape[0] - b + 1, box.shape[1] - b + 1))
+    _kernels.box_sum_map(box, float(np.mean(box, dtype=np.float64)), b, bsum)
+    corr = np.empty((k, n, n))
+    _kernels.block_mean_correction(
+        num, bsum, mean_r, iu, iv, nv, m, nb, b, lr, lc, sd_r, flat_r, corr
+    )
+    zncc = np.empty((k, n, n))
+    _kernels.zncc_normalise_at(corr, lvm, lr, lc, sd_q, flat_r | flat_q, w, _FLAT, zncc)
+    return zncc, rs, sd_r, qd
 
 
 def whitening(score, k):
@@ -1548,6 +1637,7 @@ def _process_clean(
     max_peak_ratio,
     iterations,
     upsample,
+    shared=None,
 ):
     """:func:`_process_block` for windows without unusable pixels.
 
@@ -1555,11 +1645,16 @@ def _process_clean(
     ``corners`` the top-left pixels ``(rtop, rleft, qtop, qleft)`` of the reference
     windows and of the secondary sub-images (see :func:`_zncc_clean`). ``tex`` None
     with ``min_sd > 0`` means that the texture is measured on the reference windows.
+    ``shared`` ``(b, step, box)``: the integer stage runs on shared blocks
+    (:func:`_zncc_shared`), else (None) window by window (:func:`_zncc_clean`).
     """
     k = corners[0].shape[0]
     from tio import _kernels
 
-    zncc, rs, sd_r, qd = _zncc_clean(ref, sec, *corners, w, s, lv)
+    if shared is None:
+        zncc, rs, sd_r, qd = _zncc_clean(ref, sec, *corners, w, s, lv)
+    else:
+        zncc, rs, sd_r, qd = _zncc_shared(ref, sec, *corners, w, s, lv, *shared)
     # integer_peaks, ambiguous_peaks, weak_curvature, peak_score and _parabolic_init in
     # one compiled pass (same results)
     iy, ix = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)

@@ -1121,3 +1121,126 @@ def nan_median_filter(f, h, out):
                 out[i, j] = s[c // 2]
             else:
                 out[i, j] = (s[c // 2 - 1] + s[c // 2]) / 2.0
+
+
+@njit(**_OPTS)
+def lattice_blocks(ref, sec, top, left, qdy, qdx, step, nu, nv, b, p, out_r, out_q, mean_r):
+    """Demeaned reference blocks and secondary regions on a lattice (shared-block
+    integer stage, ``_correlation._zncc_shared``).
+
+    Lattice point ``t = iu * nv + iv`` (``iu < nu``, ``iv < nv``) has its reference block
+    ``ref[y:y + b, x:x + b]`` at ``y = top + iu * step``, ``x = left + iv * step``, and its
+    secondary region ``sec[y + qdy:y + qdy + p, x + qdx:x + qdx + p]``. ``out_r`` (T, b, b)
+    float32: the block minus its mean; ``mean_r`` (T,) float64 that mean; ``out_q``
+    (T, p, p) float32: the region minus its mean (means summed in float64, differences in
+    float32, as in :func:`gather_windows`). The caller keeps every block and region inside
+    the images.
+    """
+    nb = np.float64(b * b)
+    npx = np.float64(p * p)
+    for iu in range(nu):
+        for iv in range(nv):
+            t = iu * nv + iv
+            y = top + iu * step
+            x = left + iv * step
+            s = 0.0
+            for i in range(b):
+                for j in range(b):
+                    s += ref[y + i, x + j]
+            m = s / nb
+            mean_r[t] = m
+            m32 = np.float32(m)
+            for i in range(b):
+                for j in range(b):
+                    out_r[t, i, j] = np.float32(ref[y + i, x + j]) - m32
+            y += qdy
+            x += qdx
+            s = 0.0
+            for i in range(p):
+                for j in range(p):
+                    s += sec[y + i, x + j]
+            m32 = np.float32(s / npx)
+            for i in range(p):
+                for j in range(p):
+                    out_q[t, i, j] = np.float32(sec[y + i, x + j]) - m32
+
+
+@njit(**_OPTS)
+def lattice_sums(spec, iu, iv, nv, m, nb, out):
+    """``out[k] = sum over a, c < nb of spec[(iu[k] + a m) * nv + iv[k] + c m]``: the
+    cross-power spectrum of window ``k`` from those of its ``nb x nb`` blocks (the
+    lattice of :func:`lattice_blocks`, blocks ``m`` lattice steps apart)."""
+    k = iu.shape[0]
+    _, L, H = spec.shape
+    for t in range(k):
+        o = out[t]
+        for a in range(L):
+            for c in range(H):
+                o[a, c] = 0.0
+        for ba in range(nb):
+            for bc in range(nb):
+                src = spec[(iu[t] + ba * m) * nv + iv[t] + bc * m]
+                for a in range(L):
+                    for c in range(H):
+                        o[a, c] += src[a, c]
+
+
+@njit(**_OPTS)
+def box_sum_map(image, mean, b, out):
+    """Sums of ``image - mean`` over every ``b x b`` box (integral image in float64);
+    ``out`` (H - b + 1, W - b + 1), element ``[y, x]`` for the box at ``image[y, x]``."""
+    h, wd = image.shape
+    c1 = np.zeros((h + 1, wd + 1))
+    for i in range(h):
+        for j in range(wd):
+            c1[i + 1, j + 1] = c1[i, j + 1] + (np.float64(image[i, j]) - mean)
+    for i in range(1, h + 1):
+        for j in range(1, wd):
+            c1[i, j + 1] += c1[i, j]
+    for i in range(h - b + 1):
+        for j in range(wd - b + 1):
+            out[i, j] = c1[i + b, j + b] - c1[i, j + b] - c1[i + b, j] + c1[i, j]
+
+
+@njit(**_OPTS)
+def block_mean_correction(num, bsum, mean_r, iu, iv, nv, m, nb, b, lr, lc, sd_r, flat_r, out):
+    """Correlation of the standardised reference windows from the sum over their blocks
+    of the correlations of the per-block demeaned blocks (``num``, (K, n, n)).
+
+    ``out[k, y, x] = (num[k, y, x] + sum_blocks (mean_blk - mean_win) * B_blk(y, x)) /
+    sd_r[k]`` (0 where ``flat_r[k]``), with ``mean_blk`` from ``mean_r`` (indexed as in
+    :func:`lattice_sums`), ``mean_win`` their average and ``B_blk(y, x)`` the sum of the
+    secondary over the block moved by the offset ``(y, x)``:
+    ``bsum[lr[k] + a b + y, lc[k] + c b + x]`` for block ``(a, c)`` (:func:`box_sum_map`).
+    """
+    k, n, _ = num.shape
+    cm = np.empty(nb * nb)
+    for t in range(k):
+        o = out[t]
+        if flat_r[t]:
+            for y in range(n):
+                for x in range(n):
+                    o[y, x] = 0.0
+            continue
+        mw = 0.0
+        for ba in range(nb):
+            for bc in range(nb):
+                v = mean_r[(iu[t] + ba * m) * nv + iv[t] + bc * m]
+                cm[ba * nb + bc] = v
+                mw += v
+        mw /= nb * nb
+        g = 1.0 / sd_r[t]
+        for y in range(n):
+            for x in range(n):
+                o[y, x] = np.float64(num[t, y, x])
+        for ba in range(nb):
+            for bc in range(nb):
+                d = cm[ba * nb + bc] - mw
+                r0 = lr[t] + ba * b
+                c0 = lc[t] + bc * b
+                for y in range(n):
+                    for x in range(n):
+                        o[y, x] += d * bsum[r0 + y, c0 + x]
+        for y in range(n):
+            for x in range(n):
+                o[y, x] *= g
