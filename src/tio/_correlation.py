@@ -1735,17 +1735,23 @@ def _process_block(
             zncc[d], frac[d] = zncc_surfaces(
                 r[d], q[d], w, s, rv[d], qv[d], min_overlap=min_overlap
             )
-    iy, ix, ok = integer_peaks(zncc)
+    # integer_peaks; ambiguous (another, distinct offset matches almost as well:
+    # repetitive texture, ambiguous_peaks) and ridge-like (weak_curvature) peaks;
+    # peak_score and _parabolic_init: one compiled pass (same results)
+    from tio import _kernels
+
+    iy, ix = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)
+    ok = np.empty(k, dtype=bool)
+    sc, fy0, fx0 = np.empty(k), np.empty(k), np.empty(k)
+    _kernels.peak_analysis(
+        zncc, float(max_peak_ratio), _PEAK_EXCLUSION, _MIN_CURVATURE, iy, ix, ok, sc, fy0, fx0
+    )
     # The matched secondary window must be usable enough. Offsets are not excluded
     # beforehand: a true match that is too masked must give NaN, not a false match.
     ok &= 1.0 - frac[np.arange(k), iy, ix] <= max_bad + 1e-9
     # Weak texture: the match would be decided by noise.
     if tex is not None:
         ok &= window_std(tex, None if rv.all() else rv) >= min_sd
-    # Ambiguous: another, distinct offset matches almost as well (repetitive texture).
-    if max_peak_ratio < 1.0:
-        ok &= ~ambiguous_peaks(zncc, iy, ix, max_peak_ratio)
-        ok &= ~weak_curvature(zncc, iy, ix, ok)
 
     dy = np.full(k, np.nan)
     dx = np.full(k, np.nan)
@@ -1753,7 +1759,7 @@ def _process_block(
     idx = np.flatnonzero(ok)
     if idx.size == 0:
         return dy, dx, score
-    score[idx] = peak_score(zncc[idx], iy[idx], ix[idx])
+    score[idx] = sc[idx]
 
     # ---- sub-pixel stage on the windows with a valid integer peak. Windows whose
     # reference window and secondary block (one pixel larger than the window, plus one
@@ -1773,7 +1779,7 @@ def _process_block(
                 w=w,
                 s=s,
                 iterations=iterations,
-                init=_parabolic_init(zncc[sel], iy[sel], ix[sel]),
+                init=(fy0[sel], fx0[sel]),
                 score=score[sel],
             )
         else:
@@ -1787,7 +1793,7 @@ def _process_block(
                 w=w,
                 s=s,
                 iterations=iterations,
-                init=_parabolic_init(zncc[sel], iy[sel], ix[sel]),
+                init=(fy0[sel], fx0[sel]),
                 score=score[sel],
             )
         dy[sel] = np.where(alive, ty, np.nan)
