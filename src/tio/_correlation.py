@@ -1259,16 +1259,16 @@ def _zncc_shared(ref, sec, rtop, rleft, qtop, qleft, w, s, lv, b, step, box):
     nu, nv = int(iu.max()) + (nb - 1) * m + 1, int(iv.max()) + (nb - 1) * m + 1
     pb = b + 2 * s
     size = sfft.next_fast_len(pb, real=True)
-    blocks = np.empty((nu * nv, b, b), dtype=np.float32)
-    regions = np.empty((nu * nv, pb, pb), dtype=np.float32)
+    blocks = np.empty((nu * nv, size, size), dtype=np.float32)
+    regions = np.empty((nu * nv, size, size), dtype=np.float32)
     mean_r = np.empty(nu * nv)
     qdy, qdx = int(qtop[0] - rtop[0]), int(qleft[0] - rleft[0])
     _kernels.lattice_blocks(
         ref, sec, top, left, qdy, qdx, step, nu, nv, b, pb, blocks, regions, mean_r
     )
-    spec = _rfft2_rows(blocks, size)
+    spec = sfft.rfft2(blocks)
     np.conjugate(spec, out=spec)
-    spec *= sfft.rfft2(regions, s=(size, size))
+    spec *= sfft.rfft2(regions)
     fw = np.empty((k, size, size // 2 + 1), dtype=spec.dtype)
     _kernels.lattice_sums(spec, iu, iv, nv, m, nb, fw)
     del spec

@@ -1124,45 +1124,51 @@ def nan_median_filter(f, h, out):
 
 
 @njit(**_OPTS)
+def _demean_into(img, y, x, h, out):
+    """``img[y:y + h, x:x + h]`` minus its mean into ``out[:h, :h]`` (float32; the mean
+    summed in float64 per column first, a vectorisable loop), zeros elsewhere in
+    ``out``. Returns the mean."""
+    acc = np.zeros(h)
+    for i in range(h):
+        row = img[y + i, x : x + h]
+        for j in range(h):
+            acc[j] += row[j]
+    sm = 0.0
+    for j in range(h):
+        sm += acc[j]
+    mean = sm / (h * h)
+    m32 = np.float32(mean)
+    for i in range(h):
+        row = img[y + i, x : x + h]
+        o = out[i]
+        for j in range(h):
+            o[j] = np.float32(row[j]) - m32
+        o[h:] = 0.0
+    out[h:, :] = 0.0
+    return mean
+
+
+@njit(**_OPTS)
 def lattice_blocks(ref, sec, top, left, qdy, qdx, step, nu, nv, b, p, out_r, out_q, mean_r):
-    """Demeaned reference blocks and secondary regions on a lattice (shared-block
-    integer stage, ``_correlation._zncc_shared``).
+    """Demeaned reference blocks and secondary regions on a lattice, in zero-padded FFT
+    buffers (shared-block integer stage, ``_correlation._zncc_shared``).
 
     Lattice point ``t = iu * nv + iv`` (``iu < nu``, ``iv < nv``) has its reference block
     ``ref[y:y + b, x:x + b]`` at ``y = top + iu * step``, ``x = left + iv * step``, and its
-    secondary region ``sec[y + qdy:y + qdy + p, x + qdx:x + qdx + p]``. ``out_r`` (T, b, b)
-    float32: the block minus its mean; ``mean_r`` (T,) float64 that mean; ``out_q``
-    (T, p, p) float32: the region minus its mean (means summed in float64, differences in
-    float32, as in :func:`gather_windows`). The caller keeps every block and region inside
-    the images.
+    secondary region ``sec[y + qdy:y + qdy + p, x + qdx:x + qdx + p]``. ``out_r`` (T, L, L)
+    float32: the block minus its mean in its top-left ``b x b`` corner, zeros elsewhere;
+    ``mean_r`` (T,) float64 that mean; ``out_q`` (T, L, L) float32: the region minus its
+    mean in its top-left ``p x p`` corner, zeros elsewhere (means summed in float64,
+    differences in float32, as in :func:`gather_windows`). The caller keeps every block
+    and region inside the images.
     """
-    nb = np.float64(b * b)
-    npx = np.float64(p * p)
     for iu in range(nu):
         for iv in range(nv):
             t = iu * nv + iv
             y = top + iu * step
             x = left + iv * step
-            s = 0.0
-            for i in range(b):
-                for j in range(b):
-                    s += ref[y + i, x + j]
-            m = s / nb
-            mean_r[t] = m
-            m32 = np.float32(m)
-            for i in range(b):
-                for j in range(b):
-                    out_r[t, i, j] = np.float32(ref[y + i, x + j]) - m32
-            y += qdy
-            x += qdx
-            s = 0.0
-            for i in range(p):
-                for j in range(p):
-                    s += sec[y + i, x + j]
-            m32 = np.float32(s / npx)
-            for i in range(p):
-                for j in range(p):
-                    out_q[t, i, j] = np.float32(sec[y + i, x + j]) - m32
+            mean_r[t] = _demean_into(ref, y, x, b, out_r[t])
+            _demean_into(sec, y + qdy, x + qdx, p, out_q[t])
 
 
 @njit(**_OPTS)
