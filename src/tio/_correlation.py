@@ -1235,9 +1235,10 @@ def _zncc_shared(ref, sec, rtop, rleft, qtop, qleft, w, s, lv, b, step, box):
     :func:`_zncc_clean`, equal up to float32 rounding. The reference windows are at
     multiples of ``step`` (the grid step); ``box`` is the secondary box of the tile in
     which ``lv`` (a tuple ``(map, rows, cols)``) is indexed. Same outputs
-    as :func:`_zncc_clean` (the windows themselves are gathered for the sub-pixel
-    stage by :func:`tio._kernels.gather_windows`, which also gives the stds and
-    flatness).
+    as :func:`_zncc_clean`, except that the secondary sub-images are not gathered
+    (None is returned in their place: the sub-pixel stage reads them from ``sec``);
+    the standardised reference windows, the stds and the flatness are those of
+    :func:`tio._kernels.gather_windows` (:func:`tio._kernels.gather_references`).
     """
     from tio import _kernels
 
@@ -1245,11 +1246,10 @@ def _zncc_shared(ref, sec, rtop, rleft, qtop, qleft, w, s, lv, b, step, box):
     p = w + 2 * s
     k = rtop.shape[0]
     rs = np.empty((k, w, w), dtype=np.float32)
-    qd = np.empty((k, p, p), dtype=np.float32)
     sd_r, sd_q = np.empty(k), np.empty(k)
     flat_r, flat_q = np.empty(k, dtype=bool), np.empty(k, dtype=bool)
-    _kernels.gather_windows(
-        ref, sec, rtop, rleft, qtop, qleft, w, p, _FLAT, rs, qd, sd_r, flat_r, sd_q, flat_q
+    _kernels.gather_references(
+        ref, sec, rtop, rleft, qtop, qleft, w, p, _FLAT, rs, sd_r, flat_r, sd_q, flat_q
     )
     top, left = int(rtop.min()), int(rleft.min())
     m = b // step
@@ -1284,7 +1284,7 @@ def _zncc_shared(ref, sec, rtop, rleft, qtop, qleft, w, s, lv, b, step, box):
     )
     zncc = np.empty((k, n, n))
     _kernels.zncc_normalise_at(corr, lvm, lr, lc, sd_q, flat_r | flat_q, w, _FLAT, zncc)
-    return zncc, rs, sd_r, qd
+    return zncc, rs, sd_r, None
 
 
 def whitening(score, k):
@@ -1307,7 +1307,9 @@ def whitening(score, k):
     return np.full(k, _WHITEN)
 
 
-def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, score=None):
+def _subpixel_fast(
+    rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, score=None, qorigin=None
+):
     """Sub-pixel stage of windows without unusable pixels (compiled kernels).
 
     Tapered, partially whitened phase correlation (the reference window times the
@@ -1329,7 +1331,11 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, 
     rejected rather than returned with a confident wrong value; measured: removes the
     rare gross errors on Landsat-7 crops). ``deform`` (optional) is a pair ``(gy, gx)`` of arrays
     (K, w + 2, w + 2): the secondary block is then sampled at those offsets from its
-    pixels (window deformation, :func:`tio._kernels.deformed_blocks`).
+    pixels (window deformation, :func:`tio._kernels.deformed_blocks`). ``qorigin``
+    (optional, not with ``deform``) is a pair ``(rows, cols)`` of int arrays (K,):
+    ``qd`` is then the secondary image (H, W, float32), in which the sub-image of window
+    ``k`` has its top-left pixel at ``(rows[k], cols[k])`` (no gathered copies; the
+    blocks are demeaned with their taper weight either way).
     """
     from tio import _kernels
 
@@ -1344,6 +1350,9 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, 
     np.conjugate(spec, out=spec)
     sw = _spectral_weight32(size)
     q32 = qd if qd.dtype == np.float32 else qd.astype(np.float32)
+    if qorigin is not None:
+        q32 = q32[None]
+        qoy, qox = (np.asarray(o, dtype=np.int64) for o in qorigin)
     roll = float(taper_roll(w))
     py, px, fy, fx = _first_estimates(iy, ix, init, k)
     wh = whitening(score, k)
@@ -1357,7 +1366,10 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, 
         by, bx = _block_origins(py, px, sel, s, alive)
         b = buf[:m]
         f0y, f0x = fy[sel], fx[sel]
-        if deform is None:
+        if qorigin is not None:
+            z = np.zeros(m, dtype=np.int64)
+            _kernels.tapered_blocks_at(q32, z, by + qoy[sel], bx + qox[sel], f0y, f0x, w, roll, b)
+        elif deform is None:
             _kernels.tapered_blocks_at(q32, sel, by, bx, f0y, f0x, w, roll, b)
         else:
             gy = deform[0] if m == k else deform[0][sel]
@@ -1673,9 +1685,14 @@ def _process_clean(
         return dy, dx, score
     score[idx] = sc[idx]
     every = idx.size == k  # then no copy of the windows
+    qorigin = None
+    if qd is None:  # the sub-images are read from the secondary image
+        qd, qorigin = sec, (corners[2][idx], corners[3][idx])
+    elif not every:
+        qd = qd[idx]
     ty, tx, alive = _subpixel_fast(
         rs if every else rs[idx],
-        qd if every else qd[idx],
+        qd,
         iy[idx],
         ix[idx],
         w=w,
@@ -1683,6 +1700,7 @@ def _process_clean(
         iterations=iterations,
         init=(fy0[idx], fx0[idx]),
         score=score[idx],
+        qorigin=qorigin,
     )
     dy[idx] = np.where(alive, ty, np.nan)
     dx[idx] = np.where(alive, tx, np.nan)

@@ -1000,6 +1000,46 @@ def _standardise_into(img, top, left, h, scale, flat, out):
 
 
 @njit(**_OPTS)
+def _moments(img, top, left, h, flat):
+    """Std and flatness of ``img[top:top + h, left:left + h]``, computed as
+    :func:`_standardise_into` does (same values), without writing the window."""
+    acc = np.zeros(h)
+    for i in range(h):
+        row = img[top + i, left : left + h]
+        for j in range(h):
+            acc[j] += row[j]
+    s = 0.0
+    for j in range(h):
+        s += acc[j]
+    n = h * h
+    mean = s / n
+    m32 = np.float32(mean)
+    acc[:] = 0.0
+    for i in range(h):
+        row = img[top + i, left : left + h]
+        for j in range(h):
+            d = np.float32(row[j]) - m32
+            acc[j] += np.float64(d) * d
+    ss = 0.0
+    for j in range(h):
+        ss += acc[j]
+    sd = math.sqrt(ss / n)
+    return sd, sd <= flat * abs(mean) or sd == 0.0
+
+
+@njit(**_OPTS)
+def gather_references(
+    ref, sec, rtop, rleft, qtop, qleft, w, p, flat, out_r, sd_r, flat_r, sd_q, flat_q
+):
+    """:func:`gather_windows` without the copies of the secondary sub-images: the
+    standardised reference windows in ``out_r`` (K, L, L) and the stds and flatness of
+    both (same values); the sub-images are read from ``sec`` where needed."""
+    for t in range(rtop.shape[0]):
+        sd_r[t], flat_r[t] = _standardise_into(ref, rtop[t], rleft[t], w, True, flat, out_r[t])
+        sd_q[t], flat_q[t] = _moments(sec, qtop[t], qleft[t], p, flat)
+
+
+@njit(**_OPTS)
 def gather_windows(
     ref, sec, rtop, rleft, qtop, qleft, w, p, flat, out_r, out_q, sd_r, flat_r, sd_q, flat_q
 ):
