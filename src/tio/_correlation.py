@@ -1905,15 +1905,18 @@ def _blocks_usable(rv, qv, iy, ix, w):
     k, p, _ = qv.shape
     if k == 0:
         return np.zeros(0, dtype=bool)
+    from tio import _kernels
+
     ok = rv.all(axis=(1, 2)) & (iy >= 2) & (ix >= 2) & (iy + w + 2 <= p) & (ix + w + 2 <= p)
-    # integral image of the unusable pixels of the secondary sub-images
-    c = np.zeros((k, p + 1, p + 1), dtype=np.int32)
-    np.cumsum(np.cumsum(~qv, axis=1, dtype=np.int32), axis=2, out=c[:, 1:, 1:])
-    kk = np.arange(k)
     y0, x0 = np.clip(iy - 2, 0, p), np.clip(ix - 2, 0, p)
     y1, x1 = np.clip(iy + w + 2, 0, p), np.clip(ix + w + 2, 0, p)
-    bad = c[kk, y1, x1] - c[kk, y0, x1] - c[kk, y1, x0] + c[kk, y0, x0]
-    return ok & (bad == 0)
+    usable = np.empty(k, dtype=bool)
+    _kernels.boxes_usable(
+        np.ascontiguousarray(qv, dtype=bool),
+        *(a.astype(np.int64) for a in (y0, y1, x0, x1)),
+        usable,
+    )
+    return ok & usable
 
 
 # --------------------------------------------------------------------------------------

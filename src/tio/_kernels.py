@@ -1290,3 +1290,18 @@ def block_mean_correction(num, bsum, mean_r, iu, iv, nv, m, nb, b, lr, lc, sd_r,
         for y in range(n):
             for x in range(n):
                 o[y, x] *= g
+
+
+@njit(**_OPTS)
+def boxes_usable(valid, y0, y1, x0, x1, out):
+    """``out[k] = valid[k, y0[k]:y1[k], x0[k]:x1[k]].all()`` (True for an empty box)."""
+    for t in range(valid.shape[0]):
+        good = True
+        for i in range(y0[t], y1[t]):
+            for j in range(x0[t], x1[t]):
+                if not valid[t, i, j]:
+                    good = False
+                    break
+            if not good:
+                break
+        out[t] = good
