@@ -87,6 +87,7 @@ References
 from __future__ import annotations
 
 import functools
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -942,8 +943,11 @@ def offset_field(
 
     m = 2 * int(np.ceil(0.6 * upsample)) + 1
     per_chunk = max(1, min(_MAX_BATCH, _BATCH_BYTES // _bytes_per_window(w, s, m)))
-    bj = min(nx, per_chunk)
-    bi = max(1, min(ny, per_chunk // bj))
+    # near-square tiles: the shared blocks of the integer stage (_zncc_shared) and the
+    # tile's secondary box overlap the neighbouring tiles by a margin along each side
+    # (17 x 17 lattice points for 16 x 16 windows at step 16, 5 x 64 for 4 x 63)
+    bi = max(1, min(ny, math.isqrt(per_chunk)))
+    bj = max(1, min(nx, per_chunk // bi))
     opts = dict(
         w=w,
         s=s,
