@@ -180,6 +180,8 @@ def newton_peaks(fb, fa, sel, weight, whiten, sy, sx, max_step, out_y, out_x, ok
     s2i = np.empty(L)
     ecr = np.empty(H)
     eci = np.empty(H)
+    eyr = np.empty(L // 2 + 1)
+    eyi = np.empty(L // 2 + 1)
     for t in range(k):
         ft = sel[t]
         mmax = 0.0
@@ -225,9 +227,23 @@ def newton_peaks(fb, fa, sel, weight, whiten, sy, sx, max_step, out_y, out_x, ok
         x = sx[t]
         conv = False
         for _it in range(12):
-            for b in range(H):
-                ecr[b] = math.cos(tau * b * x)
-                eci[b] = math.sin(tau * b * x)
+            # e^{i tau b x} for b = 0 .. H - 1 by complex rotation, and e^{i tau f y} for
+            # the row frequencies f = 0 .. L / 2 (the negative ones are their conjugates):
+            # two cos/sin pairs per iteration instead of H + L (same values to 1e-16)
+            c1 = math.cos(tau * x)
+            s1 = math.sin(tau * x)
+            ecr[0] = 1.0
+            eci[0] = 0.0
+            for b in range(1, H):
+                ecr[b] = ecr[b - 1] * c1 - eci[b - 1] * s1
+                eci[b] = ecr[b - 1] * s1 + eci[b - 1] * c1
+            c1 = math.cos(tau * y)
+            s1 = math.sin(tau * y)
+            eyr[0] = 1.0
+            eyi[0] = 0.0
+            for f in range(1, L // 2 + 1):
+                eyr[f] = eyr[f - 1] * c1 - eyi[f - 1] * s1
+                eyi[f] = eyr[f - 1] * s1 + eyi[f - 1] * c1
             # inner sums over the columns: sum_b X[a, b] e^{i tau f_b x} * (1, f_b, f_b^2),
             # for all rows at once (a vectorisable loop over the rows; for each row the
             # sum runs over b in increasing order)
@@ -259,9 +275,12 @@ def newton_peaks(fb, fa, sel, weight, whiten, sy, sx, max_step, out_y, out_x, ok
             hxy = 0.0
             for a in range(L):
                 fa_ = a if a <= L // 2 else a - L
-                ph = tau * fa_ * y
-                cr = math.cos(ph)
-                ci = math.sin(ph)
+                if fa_ >= 0:
+                    cr = eyr[fa_]
+                    ci = eyi[fa_]
+                else:
+                    cr = eyr[-fa_]
+                    ci = -eyi[-fa_]
                 # Re(e * S) and Im(e * S)
                 re0 = cr * s0r[a] - ci * s0i[a]
                 im0 = cr * s0i[a] + ci * s0r[a]
