@@ -90,6 +90,39 @@ def _demean_taper(v, ty, tx, out):
             out[i, j] = (v[i, j] - mean) * ty[i] * tx[j]
 
 
+@njit(cache=True, fastmath=False, nogil=True)
+def _demean_taper_at(q, k, r0, c0, ty, tx, out):
+    """:func:`_demean_taper` of ``v = q[k, r0:r0 + n, c0:c0 + n]`` (``n = len(ty)``), read
+    row by row from ``q`` (K, P, P): each row a contiguous slice, so that the loops
+    vectorise (a 2-D slice of ``q`` has strides unknown to the compiler). Same values."""
+    n = ty.shape[0]
+    acc = np.zeros(n)
+    for i in range(n):
+        if ty[i] == 0.0:
+            continue
+        a = ty[i]
+        row = q[k, r0 + i, c0 : c0 + n]
+        for j in range(n):
+            acc[j] += a * row[j]
+    sv = 0.0
+    for j in range(n):
+        sv += tx[j] * acc[j]
+    swx = 0.0
+    for j in range(n):
+        swx += tx[j]
+    swy = 0.0
+    for i in range(n):
+        swy += ty[i]
+    sw = swx * swy
+    mean = sv / sw if sw > 0 else 0.0
+    for i in range(n):
+        row = q[k, r0 + i, c0 : c0 + n]
+        o = out[i]
+        tyi = ty[i]
+        for j in range(n):
+            o[j] = (row[j] - mean) * tyi * tx[j]
+
+
 @njit(**_OPTS)
 def tapered_blocks_at(qd, sel, by, bx, fy, fx, w, roll, out):
     """Write the tapered, demeaned secondary blocks of the sub-images ``qd[sel]`` (no
@@ -109,7 +142,7 @@ def tapered_blocks_at(qd, sel, by, bx, fy, fx, w, roll, out):
             tx[i] = _taper(i - 1.0 - fx[t], w, roll)
         r0 = by[t]
         c0 = bx[t]
-        _demean_taper(qd[sel[t], r0 : r0 + n, c0 : c0 + n], ty, tx, out[t])
+        _demean_taper_at(qd, sel[t], r0, c0, ty, tx, out[t])
 
 
 @njit(**_OPTS)
@@ -564,7 +597,7 @@ def weighted_blocks_at(qd, rv, qv, sel, by, bx, fy, fx, w, roll, erode, sigma, o
                     anybad = True
         o = out[t]
         if not anybad:
-            _demean_taper(qd[q, r0 : r0 + n, c0 : c0 + n], ty, tx, o)
+            _demean_taper_at(qd, q, r0, c0, ty, tx, o)
             continue
         _gauss_taps(fy[t], sigma, rad, wy)
         _gauss_taps(fx[t], sigma, rad, wx)
@@ -981,12 +1014,11 @@ def _standardise_into(img, top, left, h, scale, flat, out):
     Returns the std (float64) and whether the window is flat (std below ``flat`` times
     its mean absolute value, or zero): the conventions of ``_correlation._standardise``
     (``scale``) and ``_correlation._demean`` (not ``scale``)."""
-    win = img[top : top + h, left : left + h]
     # sums per column first (independent accumulators: a vectorisable loop), then over
-    # the columns
+    # the columns; rows read as contiguous slices of ``img`` (vectorisable)
     acc = np.zeros(h)
     for i in range(h):
-        row = win[i]
+        row = img[top + i, left : left + h]
         for j in range(h):
             acc[j] += row[j]
     s = 0.0
@@ -997,7 +1029,7 @@ def _standardise_into(img, top, left, h, scale, flat, out):
     m32 = np.float32(mean)
     acc[:] = 0.0
     for i in range(h):
-        row = win[i]
+        row = img[top + i, left : left + h]
         o = out[i]
         for j in range(h):
             d = np.float32(row[j]) - m32
@@ -1132,11 +1164,10 @@ def window_stds(image, tops, lefts, w, out):
     n = w * w
     acc = np.empty(w)
     for t in range(tops.shape[0]):
-        win = image[tops[t] : tops[t] + w, lefts[t] : lefts[t] + w]
         # sums per column first (independent accumulators: a vectorisable loop)
         acc[:] = 0.0
         for i in range(w):
-            row = win[i]
+            row = image[tops[t] + i, lefts[t] : lefts[t] + w]
             for j in range(w):
                 acc[j] += row[j]
         s = 0.0
@@ -1145,7 +1176,7 @@ def window_stds(image, tops, lefts, w, out):
         mean = s / n
         acc[:] = 0.0
         for i in range(w):
-            row = win[i]
+            row = image[tops[t] + i, lefts[t] : lefts[t] + w]
             for j in range(w):
                 d = row[j] - mean
                 acc[j] += d * d
