@@ -945,9 +945,13 @@ def offset_field(
     per_chunk = max(1, min(_MAX_BATCH, _BATCH_BYTES // _bytes_per_window(w, s, m)))
     # near-square tiles: the shared blocks of the integer stage (_zncc_shared) and the
     # tile's secondary box overlap the neighbouring tiles by a margin along each side
-    # (17 x 17 lattice points for 16 x 16 windows at step 16, 5 x 64 for 4 x 63)
+    # (17 x 17 lattice points for 16 x 16 windows at step 16, 5 x 64 for 4 x 63), and
+    # tiles of equal sizes, so that the threads finish together (the tiles of a
+    # 15 x 63 grid: 15 x 16 windows, not 15 x 17 and a last one of 15 x 12)
     bi = max(1, min(ny, math.isqrt(per_chunk)))
+    bi = -(-ny // -(-ny // bi))
     bj = max(1, min(nx, per_chunk // bi))
+    bj = -(-nx // -(-nx // bj))
     opts = dict(
         w=w,
         s=s,
