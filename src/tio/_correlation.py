@@ -1777,7 +1777,19 @@ def _process_block(
     ok &= 1.0 - frac[np.arange(k), iy, ix] <= max_bad + 1e-9
     # Weak texture: the match would be decided by noise.
     if tex is not None:
-        ok &= window_std(tex, None if rv.all() else rv) >= min_sd
+        if rv.all():  # compiled (the windows stacked as one image)
+            w_ = tex.shape[1]
+            sd = np.empty(k)
+            _kernels.window_stds(
+                np.ascontiguousarray(tex).reshape(k * w_, w_),
+                np.arange(k, dtype=np.int64) * w_,
+                np.zeros(k, dtype=np.int64),
+                w_,
+                sd,
+            )
+            ok &= sd >= min_sd
+        else:
+            ok &= window_std(tex, rv) >= min_sd
 
     dy = np.full(k, np.nan)
     dx = np.full(k, np.nan)
