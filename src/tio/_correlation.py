@@ -1147,6 +1147,16 @@ def _spectral_weight32(size):
     return out
 
 
+def _demeaned(a):
+    """``a`` minus its mean for each image of a batch (float32; the first output of
+    :func:`_demean`, without the std)."""
+    n = a.shape[1] * a.shape[2]
+    mean = a.sum(axis=(1, 2), dtype=np.float64) / n
+    out = a.astype(np.float32)
+    out -= mean.astype(np.float32)[:, None, None]
+    return out
+
+
 def _demean(a):
     """``a`` minus its mean for each image of a batch (float32), flatness and std.
 
@@ -1593,8 +1603,8 @@ def deform_refine(
         b = b[rvw.all(axis=(1, 2)) & qvw.all(axis=(1, 2))]
         if b.size == 0:
             return None
-        rs = _demean(sliding_window_view(ref, (w, w))[ii[b] * step, jj[b] * step])[0]
-        qd = _demean(sliding_window_view(sec, (p0, p0))[top[b], left[b]])[0]
+        rs = _demeaned(sliding_window_view(ref, (w, w))[ii[b] * step, jj[b] * step])
+        qd = _demeaned(sliding_window_view(sec, (p0, p0))[top[b], left[b]])
         cy = np.full(b.size, s2, dtype=np.int64)
         ty, tx, alive = _subpixel_fast(
             rs,
@@ -1754,7 +1764,9 @@ def _process_block(
         # windows whose only unusable pixels form the outside of a rectangle of the
         # secondary sub-image (near the image edges) take a cheaper exact formulation
         rect = ~clean & _rectangular(rv, qv)
-        if rect.any():
+        if rect.all():  # no copies of the windows (the usual batch of edge windows)
+            zncc, frac = _zncc_rect(r, q, qv, w, s, min_overlap)
+        elif rect.any():
             zncc[rect], frac[rect] = _zncc_rect(r[rect], q[rect], qv[rect], w, s, min_overlap)
         d = ~clean & ~rect
         if d.any():
@@ -1810,8 +1822,8 @@ def _process_block(
             continue
         if fast:
             ty, tx, alive = _subpixel_fast(
-                _demean(r[sel])[0],
-                _demean(q[sel])[0],
+                _demeaned(r[sel]),
+                _demeaned(q[sel]),
                 iy[sel],
                 ix[sel],
                 w=w,
@@ -1822,8 +1834,8 @@ def _process_block(
             )
         else:
             ty, tx, alive = _subpixel_weighted(
-                _demean(r[sel])[0],
-                _demean(q[sel])[0],
+                _demeaned(r[sel]),
+                _demeaned(q[sel]),
                 iy[sel],
                 ix[sel],
                 rv[sel],
