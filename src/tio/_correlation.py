@@ -1907,8 +1907,9 @@ def _zncc_rect(r, q, qv, w, s, min_overlap):
         flat_q,
     )
     rs, qs = rbuf[:, :w, :w], qbuf[:, :p, :p]
-    # cross term: sum over the overlap of r * q (q is zero outside its rectangle)
-    fr = sfft.rfft2(rbuf)
+    # cross term: sum over the overlap of r * q (q is zero outside its rectangle); the
+    # row transforms of the reference only over its w non-zero rows
+    fr = _rfft2_rows(rbuf[:, :w, :], size)
     np.conjugate(fr, out=fr)
     fr *= sfft.rfft2(qbuf)
     srq = _irfft2_rows(fr, size, n)[:, :, :n].astype(np.float64)
