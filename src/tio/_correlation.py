@@ -1296,12 +1296,28 @@ def _zncc_shared(ref, sec, rtop, rleft, qtop, qleft, w, s, lv, b, step, box):
     lr, lc = lr.astype(np.int64), lc.astype(np.int64)
     bsum = np.empty((box.shape[0] - b + 1, box.shape[1] - b + 1))
     _kernels.box_sum_map(box, float(np.mean(box, dtype=np.float64)), b, bsum)
-    corr = np.empty((k, n, n))
-    _kernels.block_mean_correction(
-        num, bsum, mean_r, iu, iv, nv, m, nb, b, lr, lc, sd_r, flat_r, corr
-    )
     zncc = np.empty((k, n, n))
-    _kernels.zncc_normalise_at(corr, lvm, lr, lc, sd_q, flat_r | flat_q, w, _FLAT, zncc)
+    _kernels.block_mean_correction(
+        num,
+        bsum,
+        mean_r,
+        iu,
+        iv,
+        nv,
+        m,
+        nb,
+        b,
+        lr,
+        lc,
+        sd_r,
+        flat_r,
+        lvm,
+        sd_q,
+        flat_r | flat_q,
+        w,
+        _FLAT,
+        zncc,
+    )
     return zncc, rs, sd_r, None
 
 

@@ -1299,47 +1299,66 @@ def box_sum_map(image, mean, b, out):
 
 
 @njit(**_OPTS)
-def block_mean_correction(num, bsum, mean_r, iu, iv, nv, m, nb, b, lr, lc, sd_r, flat_r, out):
-    """Correlation of the standardised reference windows from the sum over their blocks
+def block_mean_correction(
+    num, bsum, mean_r, iu, iv, nv, m, nb, b, lr, lc, sd_r, flat_r, lvm, sd_q, bad, w, flat, out
+):
+    """ZNCC surfaces of the standardised reference windows from the sum over their blocks
     of the correlations of the per-block demeaned blocks (``num``, (K, n, n)).
 
-    ``out[k, y, x] = (num[k, y, x] + sum_blocks (mean_blk - mean_win) * B_blk(y, x)) /
-    sd_r[k]`` (0 where ``flat_r[k]``), with ``mean_blk`` from ``mean_r`` (indexed as in
-    :func:`lattice_sums`), ``mean_win`` their average and ``B_blk(y, x)`` the sum of the
-    secondary over the block moved by the offset ``(y, x)``:
-    ``bsum[lr[k] + a b + y, lc[k] + c b + x]`` for block ``(a, c)`` (:func:`box_sum_map`).
+    The correlation of window ``k`` with its secondary sub-image is ``(num[k, y, x] +
+    sum_blocks (mean_blk - mean_win) * B_blk(y, x)) / sd_r[k]`` (0 where ``flat_r[k]``),
+    with ``mean_blk`` from ``mean_r`` (indexed as in :func:`lattice_sums`), ``mean_win``
+    their average and ``B_blk(y, x)`` the sum of the secondary over the block moved by the
+    offset ``(y, x)``: ``bsum[lr[k] + a b + y, lc[k] + c b + x]`` for block ``(a, c)``
+    (:func:`box_sum_map`). It is then normalised as :func:`zncc_normalise_at` does
+    (same arguments ``lvm``, ``lr``, ``lc``, ``sd_q``, ``bad``, ``w``, ``flat``; same
+    values) into ``out`` (K, n, n) float64.
     """
     k, n, _ = num.shape
     cm = np.empty(nb * nb)
+    o = np.empty((n, n))
+    ww = np.float64(w * w)
     for t in range(k):
-        o = out[t]
         if flat_r[t]:
             for y in range(n):
                 for x in range(n):
                     o[y, x] = 0.0
-            continue
-        mw = 0.0
-        for ba in range(nb):
-            for bc in range(nb):
-                v = mean_r[(iu[t] + ba * m) * nv + iv[t] + bc * m]
-                cm[ba * nb + bc] = v
-                mw += v
-        mw /= nb * nb
-        g = 1.0 / sd_r[t]
-        for y in range(n):
-            for x in range(n):
-                o[y, x] = np.float64(num[t, y, x])
-        for ba in range(nb):
-            for bc in range(nb):
-                d = cm[ba * nb + bc] - mw
-                r0 = lr[t] + ba * b
-                c0 = lc[t] + bc * b
-                for y in range(n):
-                    for x in range(n):
-                        o[y, x] += d * bsum[r0 + y, c0 + x]
-        for y in range(n):
-            for x in range(n):
-                o[y, x] *= g
+        else:
+            mw = 0.0
+            for ba in range(nb):
+                for bc in range(nb):
+                    v = mean_r[(iu[t] + ba * m) * nv + iv[t] + bc * m]
+                    cm[ba * nb + bc] = v
+                    mw += v
+            mw /= nb * nb
+            g = 1.0 / sd_r[t]
+            for y in range(n):
+                for x in range(n):
+                    o[y, x] = np.float64(num[t, y, x])
+            for ba in range(nb):
+                for bc in range(nb):
+                    d = cm[ba * nb + bc] - mw
+                    r0 = lr[t] + ba * b
+                    c0 = lc[t] + bc * b
+                    for y in range(n):
+                        for x in range(n):
+                            o[y, x] += d * bsum[r0 + y, c0 + x]
+            for y in range(n):
+                for x in range(n):
+                    o[y, x] *= g
+        # normalisation (zncc_normalise_at)
+        lim = flat * ww * (sd_q[t] * sd_q[t])
+        r0 = lr[t]
+        c0 = lc[t]
+        ot = out[t]
+        for v in range(n):
+            for u in range(n):
+                lvv = lvm[r0 + v, c0 + u]
+                if bad[t] or not lvv > lim:
+                    ot[v, u] = np.nan
+                else:
+                    z = o[v, u] / math.sqrt(ww * lvv)
+                    ot[v, u] = min(max(z, -1.0), 1.0)
 
 
 @njit(**_OPTS)
