@@ -9,7 +9,10 @@ with numpy over a batch of windows (no Python loop per window):
    pixels of its *prior* offset (zero unless given), computed in the Fourier domain
    (Lewis 1995): the numerator is an FFT correlation of the window with the
    secondary sub-image of side ``window + 2 * search``, the local energies come
-   from integral images. Windows that contain unusable pixels use the masked
+   from integral images. When the step divides half the window, the windows
+   without unusable pixels are correlated block by block, on blocks shared by
+   neighbouring windows (:func:`_zncc_shared`: 32 x 32 transforms instead of
+   48 x 48 for 32-px windows and a search of 8 px). Windows that contain unusable pixels use the masked
    formulation of Padfield (2012), in which unusable pixels have zero weight. The
    integer offset is the ZNCC maximum; a maximum on the border of the search range
    is rejected, and so is a window whose texture is too weak (standard deviation
@@ -51,10 +54,11 @@ are the prior of the next finer one.
 
 Windows are processed in rectangular tiles whose working memory is bounded by
 ``_BATCH_BYTES``; the tiles are independent and may run in a thread pool (numpy and
-scipy.fft release the GIL). Windows without any unusable pixel take a fast path
-(windows copied from the images straight into zero-padded FFT buffers by a compiled
-kernel, local energies from integral images, float32 sub-pixel stage with separable
-tapers, no per-window copies); windows whose secondary sub-image reaches outside the image or
+scipy.fft release the GIL; glibc is told to keep freed memory, :func:`_tune_malloc`).
+Windows without any unusable pixel take a fast path
+(reference windows and shared blocks copied from the images straight into FFT buffers
+by compiled kernels, local energies from integral images, float32 sub-pixel stage with
+separable tapers reading the secondary image in place, no per-window copies); windows whose secondary sub-image reaches outside the image or
 contains unusable pixels are gathered into batches of their own for the masked
 formulation. The tiling and batching do not depend on the number of threads, so the
 results do not either (bit for bit).
