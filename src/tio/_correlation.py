@@ -12,9 +12,9 @@ with numpy over a batch of windows (no Python loop per window):
    from integral images. When the step divides half the window, the windows
    without unusable pixels are correlated block by block, on blocks shared by
    neighbouring windows (:func:`_zncc_shared`: 32 x 32 transforms instead of
-   48 x 48 for 32-px windows and a search of 8 px). Windows that contain unusable pixels use the masked
-   formulation of Padfield (2012), in which unusable pixels have zero weight. The
-   integer offset is the ZNCC maximum; a maximum on the border of the search range
+   48 x 48 for 32-px windows and a search of 8 px). Windows that contain unusable
+   pixels use the masked formulation of Padfield (2012), in which unusable pixels
+   have zero weight. The integer offset is the ZNCC maximum; a maximum on the border of the search range
    is rejected, and so is a window whose texture is too weak (standard deviation
    below a fraction of the typical window's) or whose ZNCC surface has a second
    local maximum nearly as high as the first (peak-ratio test, Hu & Mordohai 2012):
@@ -58,7 +58,8 @@ scipy.fft release the GIL; glibc is told to keep freed memory, :func:`_tune_mall
 Windows without any unusable pixel take a fast path
 (reference windows and shared blocks copied from the images straight into FFT buffers
 by compiled kernels, local energies from integral images, float32 sub-pixel stage with
-separable tapers reading the secondary image in place, no per-window copies); windows whose secondary sub-image reaches outside the image or
+separable tapers reading the secondary image in place, no per-window copies);
+windows whose secondary sub-image reaches outside the image or
 contains unusable pixels are gathered into batches of their own for the masked
 formulation. The tiling and batching do not depend on the number of threads, so the
 results do not either (bit for bit).
