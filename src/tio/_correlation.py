@@ -14,8 +14,8 @@ with numpy over a batch of windows (no Python loop per window):
    neighbouring windows (:func:`_zncc_shared`: 32 x 32 transforms instead of
    48 x 48 for 32-px windows and a search of 8 px). Windows that contain unusable
    pixels use the masked formulation of Padfield (2012), in which unusable pixels
-   have zero weight. The integer offset is the ZNCC maximum; a maximum on the border of the search range
-   is rejected, and so is a window whose texture is too weak (standard deviation
+   have zero weight. The integer offset is the ZNCC maximum; a maximum on the border
+   of the search range is rejected, and so is a window whose texture is too weak (standard deviation
    below a fraction of the typical window's) or whose ZNCC surface has a second
    local maximum nearly as high as the first (peak-ratio test, Hu & Mordohai 2012):
    repetitive or flat texture must give NaN, not a confident wrong offset.
