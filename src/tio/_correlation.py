@@ -667,6 +667,15 @@ def taper(x, w, roll=None):
 def taper_roll(w):
     """Roll-off (pixels) of the sub-pixel taper of a ``w``-pixel window: ``w / 6``.
 
+    Measured again with the square-root whitening of every window (:func:`whitening`) on
+    the 90 small-crop pairs of ``benchmarks/bench_correlation.py`` (other noise draws;
+    RMSE per axis, uniform shifts 1 % noise / lobes 3 % noise, Landsat-8 / Landsat-7 /
+    Sentinel-2): w/6 0.0115 / 0.0146 / 0.0192 and 0.043 / 0.045 / 0.061 px; w/4 0.0128 /
+    0.0181 / 0.0203 and 0.048 / 0.051 / 0.076 (worse everywhere); w/7 0.0112 / 0.0139 /
+    0.0197 and 0.042 / 0.044 / 0.059 (better lobes, but the Sentinel-2 uniform case
+    nearer its 0.02 px target and its largest mean error 0.0051 against 0.0039 px); w/8
+    0.0111 / 0.0137 / 0.0204 (over 0.02 px on Sentinel-2). Earlier measurements:
+
     With a whitening that followed the ZNCC peak (see :func:`whitening`) and window
     deformation, measured on all fractional shifts 0, 0.3, 0.6, 0.9 and the lobes of
     ``benchmarks/bench_correlation.py`` (RMSE per axis, Landsat-8 / Landsat-7 /
