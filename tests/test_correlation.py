@@ -926,3 +926,75 @@ def test_local_variance_map_equals_numpy():
         s1 = box(c1)
         expected = np.maximum(box(c2) - s1 * s1 / (w * w), 0.0)
         np.testing.assert_array_equal(_c.local_variance_map(a, w), expected)
+
+
+def test_shared_block_integer_stage_matches_window_by_window():
+    """The integer stage on shared blocks (_zncc_shared) gives the ZNCC surfaces (up to
+    float32 rounding), the standardised reference windows and the stds of the
+    window-by-window one (_zncc_clean)."""
+    from tio import _correlation as C
+
+    rng = np.random.default_rng(3)
+    from scipy import ndimage
+
+    ref = (1000.0 + 50.0 * ndimage.gaussian_filter(rng.normal(size=(160, 176)), 1.2)).astype(
+        np.float32
+    )
+    ref[40:80, 40:80] = 1000.0  # a flat area: flat windows must give NaN in both
+    w, s = 32, 8
+    pad = s
+    sec = np.pad(np.roll(ref, (2, -3), axis=(0, 1)) * 1.1 + 7.0, pad, mode="edge")
+    for step in (16, 8):
+        b = C._shared_block(w, step)
+        assert b == 16
+        ii, jj = np.meshgrid(np.arange(1, 7), np.arange(1, 8), indexing="ij")
+        ii, jj = ii.ravel(), jj.ravel()
+        rtop, rleft = ii * step, jj * step
+        qtop, qleft = rtop, rleft  # padded coordinates, zero prior
+        p0 = w + 2 * s
+        rmin, cmin = qtop.min(), qleft.min()
+        box = sec[rmin : qtop.max() + p0, cmin : qleft.max() + p0]
+        lv = (C.local_variance_map(box, w), qtop - rmin, qleft - cmin)
+        z1, rs1, sd1, qd1 = C._zncc_clean(ref, sec, rtop, rleft, qtop, qleft, w, s, lv)
+        z2, rs2, sd2, qd2 = C._zncc_shared(
+            ref, sec, rtop, rleft, qtop, qleft, w, s, lv, b, step, box
+        )
+        np.testing.assert_array_equal(np.isnan(z1), np.isnan(z2))
+        assert np.isnan(z1).any()
+        np.testing.assert_allclose(z2, z1, atol=1e-4, equal_nan=True)
+        np.testing.assert_array_equal(rs1, rs2)
+        assert qd2 is None  # the sub-pixel stage reads the sub-images from the image
+        np.testing.assert_array_equal(sd1, sd2)
+    assert C._shared_block(32, 12) == 0 and C._shared_block(32, 32) == 0
+
+
+def test_subpixel_fast_reads_sub_images_from_the_image():
+    """_subpixel_fast with ``qorigin`` (sub-images read from the secondary image) gives
+    the offsets of the gathered sub-images, up to float32 rounding."""
+    from scipy import ndimage
+
+    from tio import _correlation as C
+
+    rng = np.random.default_rng(5)
+    img = (500.0 + 40.0 * ndimage.gaussian_filter(rng.normal(size=(140, 140)), 1.3)).astype(
+        np.float32
+    )
+    w, s = 32, 8
+    sec = ndimage.shift(img, (0.3, -0.6), order=3, mode="nearest").astype(np.float32)
+    tops = np.array([10, 30, 50, 70], dtype=np.int64)
+    lefts = np.array([20, 40, 60, 25], dtype=np.int64)
+    rs = np.stack(
+        [img[t + s : t + s + w, c + s : c + s + w] for t, c in zip(tops, lefts, strict=True)]
+    )
+    qd = np.stack(
+        [sec[t : t + w + 2 * s, c : c + w + 2 * s] for t, c in zip(tops, lefts, strict=True)]
+    )
+    iy = np.full(4, s, dtype=np.int64)
+    opts = dict(w=w, s=s, iterations=3, init=(np.full(4, 0.2), np.full(4, -0.4)))
+    a = C._subpixel_fast(C._demean(rs)[0], C._demean(qd)[0], iy, iy.copy(), **opts)
+    b = C._subpixel_fast(C._demean(rs)[0], sec, iy, iy.copy(), qorigin=(tops, lefts), **opts)
+    assert a[2].all() and b[2].all()
+    np.testing.assert_allclose(b[0], a[0], atol=1e-5)
+    np.testing.assert_allclose(b[1], a[1], atol=1e-5)
+    np.testing.assert_allclose(a[0], 0.3, atol=0.05)
+    np.testing.assert_allclose(a[1], -0.6, atol=0.05)

@@ -9,10 +9,13 @@ with numpy over a batch of windows (no Python loop per window):
    pixels of its *prior* offset (zero unless given), computed in the Fourier domain
    (Lewis 1995): the numerator is an FFT correlation of the window with the
    secondary sub-image of side ``window + 2 * search``, the local energies come
-   from integral images. Windows that contain unusable pixels use the masked
-   formulation of Padfield (2012), in which unusable pixels have zero weight. The
-   integer offset is the ZNCC maximum; a maximum on the border of the search range
-   is rejected, and so is a window whose texture is too weak (standard deviation
+   from integral images. When the step divides half the window, the windows
+   without unusable pixels are correlated block by block, on blocks shared by
+   neighbouring windows (:func:`_zncc_shared`: 32 x 32 transforms instead of
+   48 x 48 for 32-px windows and a search of 8 px). Windows that contain unusable
+   pixels use the masked formulation of Padfield (2012), in which unusable pixels
+   have zero weight. The integer offset is the ZNCC maximum; a maximum on the border
+   of the search range is rejected, and so is a window whose texture is too weak (standard deviation
    below a fraction of the typical window's) or whose ZNCC surface has a second
    local maximum nearly as high as the first (peak-ratio test, Hu & Mordohai 2012):
    repetitive or flat texture must give NaN, not a confident wrong offset.
@@ -51,10 +54,12 @@ are the prior of the next finer one.
 
 Windows are processed in rectangular tiles whose working memory is bounded by
 ``_BATCH_BYTES``; the tiles are independent and may run in a thread pool (numpy and
-scipy.fft release the GIL). Windows without any unusable pixel take a fast path
-(windows copied from the images straight into zero-padded FFT buffers by a compiled
-kernel, local energies from integral images, float32 sub-pixel stage with separable
-tapers, no per-window copies); windows whose secondary sub-image reaches outside the image or
+scipy.fft release the GIL; glibc is told to keep freed memory, :func:`_tune_malloc`).
+Windows without any unusable pixel take a fast path
+(reference windows and shared blocks copied from the images straight into FFT buffers
+by compiled kernels, local energies from integral images, float32 sub-pixel stage with
+separable tapers reading the secondary image in place, no per-window copies);
+windows whose secondary sub-image reaches outside the image or
 contains unusable pixels are gathered into batches of their own for the masked
 formulation. The tiling and batching do not depend on the number of threads, so the
 results do not either (bit for bit).
@@ -87,6 +92,7 @@ References
 from __future__ import annotations
 
 import functools
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -661,6 +667,15 @@ def taper(x, w, roll=None):
 def taper_roll(w):
     """Roll-off (pixels) of the sub-pixel taper of a ``w``-pixel window: ``w / 6``.
 
+    Measured again with the square-root whitening of every window (:func:`whitening`) on
+    the 90 small-crop pairs of ``benchmarks/bench_correlation.py`` (other noise draws;
+    RMSE per axis, uniform shifts 1 % noise / lobes 3 % noise, Landsat-8 / Landsat-7 /
+    Sentinel-2): w/6 0.0115 / 0.0146 / 0.0192 and 0.043 / 0.045 / 0.061 px; w/4 0.0128 /
+    0.0181 / 0.0203 and 0.048 / 0.051 / 0.076 (worse everywhere); w/7 0.0112 / 0.0139 /
+    0.0197 and 0.042 / 0.044 / 0.059 (better lobes, but the Sentinel-2 uniform case
+    nearer its 0.02 px target and its largest mean error 0.0051 against 0.0039 px); w/8
+    0.0111 / 0.0137 / 0.0204 (over 0.02 px on Sentinel-2). Earlier measurements:
+
     With a whitening that followed the ZNCC peak (see :func:`whitening`) and window
     deformation, measured on all fractional shifts 0, 0.3, 0.6, 0.9 and the lobes of
     ``benchmarks/bench_correlation.py`` (RMSE per axis, Landsat-8 / Landsat-7 /
@@ -838,7 +853,7 @@ def _bytes_per_window(window, search, upsample_points):
     """
     p = sfft.next_fast_len(window + 2 * search, real=True)
     integer = 110 * p * p
-    q = sfft.next_fast_len(window + 2)
+    q = _subpixel_size(window)
     subpix = 40 * q * q + 8 * upsample_points * (q + upsample_points)
     return integer + subpix
 
@@ -846,6 +861,39 @@ def _bytes_per_window(window, search, upsample_points):
 def grid_shape(shape, window, step):
     """Shape ``(ny, nx)`` of the output grid of an image of shape ``shape``."""
     return ((shape[0] - window) // step + 1, (shape[1] - window) // step + 1)
+
+
+@functools.lru_cache(maxsize=1)
+def _tune_malloc():
+    """Keep freed memory in the process (glibc only; once per process): allocations below
+    64 MB from the heap, not from fresh ``mmap`` pages, and up to 256 MB of free memory
+    kept instead of being returned to the system (``mallopt`` ``M_MMAP_THRESHOLD``,
+    ``M_TRIM_THRESHOLD``, ``M_TOP_PAD``).
+
+    Each batch of windows allocates temporary arrays of a few MB (FFT buffers and
+    spectra, many of them by numpy and scipy); by default glibc maps them afresh and
+    unmaps them when freed, and the page faults and unmappings of the worker threads
+    serialise on the process's memory map. Measured (bench_correlation's 90 small-crop
+    pairs, two threads): 12-35 % less wall time (the same pairs in two processes do
+    not slow each other, in two threads each task took 1.6 times as long). The memory
+    kept is reused by the next batches; peak memory is unchanged within the benchmark's
+    measurement. Set the environment variable ``TIO_MALLOC_TUNING=0`` to leave the
+    allocator alone. Failure (another C library) is silent: nothing is changed.
+    """
+    import os
+    import sys
+
+    if os.environ.get("TIO_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
+    mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+    mallopt(-2, 64 << 20)  # M_TOP_PAD
 
 
 def offset_field(
@@ -893,6 +941,7 @@ def offset_field(
         or sub-pixel refinement moving the integer offset onto the border of the
         search range or the estimate more than 0.75 px from the integer peak.
     """
+    _tune_malloc()
     w, s = int(window), int(search)
     ny, nx = grid_shape(reference.shape, w, step)
     ref, ref_valid, texture = prepare_image(reference, reference_mask, prefilter, w, wallis_size)
@@ -942,8 +991,15 @@ def offset_field(
 
     m = 2 * int(np.ceil(0.6 * upsample)) + 1
     per_chunk = max(1, min(_MAX_BATCH, _BATCH_BYTES // _bytes_per_window(w, s, m)))
-    bj = min(nx, per_chunk)
-    bi = max(1, min(ny, per_chunk // bj))
+    # near-square tiles: the shared blocks of the integer stage (_zncc_shared) and the
+    # tile's secondary box overlap the neighbouring tiles by a margin along each side
+    # (17 x 17 lattice points for 16 x 16 windows at step 16, 5 x 64 for 4 x 63), and
+    # tiles of equal sizes, so that the threads finish together (the tiles of a
+    # 15 x 63 grid: 15 x 16 windows, not 15 x 17 and a last one of 15 x 12)
+    bi = max(1, min(ny, math.isqrt(per_chunk)))
+    bi = -(-ny // -(-ny // bi))
+    bj = max(1, min(nx, per_chunk // bi))
+    bj = -(-nx // -(-nx // bj))
     opts = dict(
         w=w,
         s=s,
@@ -1094,7 +1150,16 @@ def _tile(views, rows, cols, *, step, **opts):
     if opts["min_sd"] > 0 and not views["tex_is_ref"]:
         tex = views["tex"][ii, jj]
     corners = (ii * step, jj * step, r0, c0)
-    dy, dx, score = _process_clean(views["refimg"], views["secimg"], corners, lv, tex, **opts)
+    # one prior offset for every clean window of the tile: the integer stage on blocks
+    # shared by neighbouring windows (_zncc_shared), when the step allows it
+    shared = None
+    b = _shared_block(w, step)
+    if b and (r0 - ii * step == r0[0] - ii[0] * step).all():
+        if (c0 - jj * step == c0[0] - jj[0] * step).all():
+            shared = (b, step, box)
+    dy, dx, score = _process_clean(
+        views["refimg"], views["secimg"], corners, lv, tex, shared=shared, **opts
+    )
     return (ii, jj, dy, dx, score), rest
 
 
@@ -1116,10 +1181,27 @@ def _masked_tile(views, ii, jj, *, step, **opts):
     return ii, jj, dy, dx, score
 
 
+def _subpixel_size(w):
+    """Side of the FFTs of the sub-pixel stage for ``w``-px windows: the block (``w + 2``
+    px) zero-padded to the next size whose real FFT is fast (36 for ``w = 32``; the
+    complex fast size 35 = 5 x 7 costs 1.8 times as much for the real transform)."""
+    return sfft.next_fast_len(w + 2, real=True)
+
+
 @functools.lru_cache(maxsize=16)
 def _spectral_weight32(size):
     out = spectral_weight(size).astype(np.float32)
     out.flags.writeable = False
+    return out
+
+
+def _demeaned(a):
+    """``a`` minus its mean for each image of a batch (float32; the first output of
+    :func:`_demean`, without the std)."""
+    n = a.shape[1] * a.shape[2]
+    mean = a.sum(axis=(1, 2), dtype=np.float64) / n
+    out = a.astype(np.float32)
+    out -= mean.astype(np.float32)[:, None, None]
     return out
 
 
@@ -1191,6 +1273,102 @@ def _zncc_clean(ref, sec, rtop, rleft, qtop, qleft, w, s, lv):
     return zncc, rbuf[:, :w, :w], sd_r, qbuf[:, :p, :p]
 
 
+def _shared_block(w, step):
+    """Block side of the shared-block integer stage (:func:`_zncc_shared`) for windows
+    of ``w`` px at ``step`` px: ``w / 2`` when ``step`` divides it (then every block of a
+    window is a block of the lattice at ``step``, shared with the neighbouring windows),
+    else 0 (the stage does not apply)."""
+    if w % 2 or step >= w or (w // 2) % step:
+        return 0
+    return w // 2
+
+
+def _zncc_shared(ref, sec, rtop, rleft, qtop, qleft, w, s, lv, b, step, box):
+    """:func:`_zncc_clean` with the correlations computed on blocks shared by the windows.
+
+    Each reference window is cut into ``(w / b)^2`` blocks of ``b x b`` px (``b`` from
+    :func:`_shared_block`); with a step that divides ``b`` and one prior offset for all
+    the windows (``qtop - rtop`` and ``qleft - rleft`` constant: the caller checks it),
+    these blocks and the secondary regions they are correlated with (``b + 2 s`` px
+    square) lie on a lattice at ``step`` px shared by neighbouring windows. Every
+    lattice point's block (minus its mean) and region (minus its mean) are transformed
+    once (FFT side ``b + 2 s`` rounded up to a fast size: 32 instead of 48 for 32-px
+    windows and a search of 8 px), their cross-power spectra are summed over the blocks
+    of each window (:func:`tio._kernels.lattice_sums`) and transformed back once per
+    window; the sum of the per-block means' deviations from the window mean times the
+    box sums of the secondary (:func:`tio._kernels.block_mean_correction`) turns it
+    into the correlation of the demeaned window, divided by its std: the numerator of
+    :func:`_zncc_clean`, equal up to float32 rounding. The reference windows are at
+    multiples of ``step`` (the grid step); ``box`` is the secondary box of the tile in
+    which ``lv`` (a tuple ``(map, rows, cols)``) is indexed. Same outputs
+    as :func:`_zncc_clean`, except that the secondary sub-images are not gathered
+    (None is returned in their place: the sub-pixel stage reads them from ``sec``);
+    the standardised reference windows, the stds and the flatness are those of
+    :func:`tio._kernels.gather_windows` (:func:`tio._kernels.gather_references`).
+    """
+    from tio import _kernels
+
+    n = 2 * s + 1
+    p = w + 2 * s
+    k = rtop.shape[0]
+    rs = np.empty((k, w, w), dtype=np.float32)
+    sd_r, sd_q = np.empty(k), np.empty(k)
+    flat_r, flat_q = np.empty(k, dtype=bool), np.empty(k, dtype=bool)
+    _kernels.gather_references(
+        ref, sec, rtop, rleft, qtop, qleft, w, p, _FLAT, rs, sd_r, flat_r, sd_q, flat_q
+    )
+    top, left = int(rtop.min()), int(rleft.min())
+    m = b // step
+    nb = w // b
+    iu = ((rtop - top) // step).astype(np.int64)
+    iv = ((rleft - left) // step).astype(np.int64)
+    nu, nv = int(iu.max()) + (nb - 1) * m + 1, int(iv.max()) + (nb - 1) * m + 1
+    pb = b + 2 * s
+    size = sfft.next_fast_len(pb, real=True)
+    blocks = np.empty((nu * nv, size, size), dtype=np.float32)
+    regions = np.empty((nu * nv, size, size), dtype=np.float32)
+    mean_r = np.empty(nu * nv)
+    qdy, qdx = int(qtop[0] - rtop[0]), int(qleft[0] - rleft[0])
+    _kernels.lattice_blocks(
+        ref, sec, top, left, qdy, qdx, step, nu, nv, b, pb, blocks, regions, mean_r
+    )
+    spec = sfft.rfft2(blocks)
+    np.conjugate(spec, out=spec)
+    spec *= sfft.rfft2(regions)
+    fw = np.empty((k, size, size // 2 + 1), dtype=spec.dtype)
+    _kernels.lattice_sums(spec, iu, iv, nv, m, nb, fw)
+    del spec
+    num = _irfft2_rows(fw, size, n)[:, :, :n]
+    del fw
+    lvm, lr, lc = lv
+    lr, lc = lr.astype(np.int64), lc.astype(np.int64)
+    bsum = np.empty((box.shape[0] - b + 1, box.shape[1] - b + 1))
+    _kernels.box_sum_map(box, float(np.mean(box, dtype=np.float64)), b, bsum)
+    zncc = np.empty((k, n, n))
+    _kernels.block_mean_correction(
+        num,
+        bsum,
+        mean_r,
+        iu,
+        iv,
+        nv,
+        m,
+        nb,
+        b,
+        lr,
+        lc,
+        sd_r,
+        flat_r,
+        lvm,
+        sd_q,
+        flat_r | flat_q,
+        w,
+        _FLAT,
+        zncc,
+    )
+    return zncc, rs, sd_r, None
+
+
 def whitening(score, k):
     """Exponent of the modulus division of the cross-power spectrum: ``_WHITEN`` (0.5).
 
@@ -1211,7 +1389,9 @@ def whitening(score, k):
     return np.full(k, _WHITEN)
 
 
-def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, score=None):
+def _subpixel_fast(
+    rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, score=None, qorigin=None
+):
     """Sub-pixel stage of windows without unusable pixels (compiled kernels).
 
     Tapered, partially whitened phase correlation (the reference window times the
@@ -1233,12 +1413,16 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, 
     rejected rather than returned with a confident wrong value; measured: removes the
     rare gross errors on Landsat-7 crops). ``deform`` (optional) is a pair ``(gy, gx)`` of arrays
     (K, w + 2, w + 2): the secondary block is then sampled at those offsets from its
-    pixels (window deformation, :func:`tio._kernels.deformed_blocks`).
+    pixels (window deformation, :func:`tio._kernels.deformed_blocks`). ``qorigin``
+    (optional, not with ``deform``) is a pair ``(rows, cols)`` of int arrays (K,):
+    ``qd`` is then the secondary image (H, W, float32), in which the sub-image of window
+    ``k`` has its top-left pixel at ``(rows[k], cols[k])`` (no gathered copies; the
+    blocks are demeaned with their taper weight either way).
     """
     from tio import _kernels
 
     k = rs.shape[0]
-    size = sfft.next_fast_len(w + 2)
+    size = _subpixel_size(w)
     # the tapered, demeaned reference windows in zero-padded buffers; the same buffers
     # then hold the secondary blocks (written in their first w + 2 rows and columns,
     # the rest stays zero)
@@ -1248,6 +1432,9 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, 
     np.conjugate(spec, out=spec)
     sw = _spectral_weight32(size)
     q32 = qd if qd.dtype == np.float32 else qd.astype(np.float32)
+    if qorigin is not None:
+        q32 = q32[None]
+        qoy, qox = (np.asarray(o, dtype=np.int64) for o in qorigin)
     roll = float(taper_roll(w))
     py, px, fy, fx = _first_estimates(iy, ix, init, k)
     wh = whitening(score, k)
@@ -1261,7 +1448,10 @@ def _subpixel_fast(rs, qd, iy, ix, *, w, s, iterations, init=None, deform=None, 
         by, bx = _block_origins(py, px, sel, s, alive)
         b = buf[:m]
         f0y, f0x = fy[sel], fx[sel]
-        if deform is None:
+        if qorigin is not None:
+            z = np.zeros(m, dtype=np.int64)
+            _kernels.tapered_blocks_at(q32, z, by + qoy[sel], bx + qox[sel], f0y, f0x, w, roll, b)
+        elif deform is None:
             _kernels.tapered_blocks_at(q32, sel, by, bx, f0y, f0x, w, roll, b)
         else:
             gy = deform[0] if m == k else deform[0][sel]
@@ -1345,7 +1535,7 @@ def _subpixel_weighted(rs, qd, iy, ix, rv, qv, *, w, s, iterations, init=None, s
     from tio import _kernels
 
     k = rs.shape[0]
-    size = sfft.next_fast_len(w + 2)
+    size = _subpixel_size(w)
     tw = _taper2d(w)
     sw = _spectral_weight32(size)
     r32 = np.ascontiguousarray(rs, dtype=np.float32)
@@ -1477,8 +1667,8 @@ def deform_refine(
         b = b[rvw.all(axis=(1, 2)) & qvw.all(axis=(1, 2))]
         if b.size == 0:
             return None
-        rs = _demean(sliding_window_view(ref, (w, w))[ii[b] * step, jj[b] * step])[0]
-        qd = _demean(sliding_window_view(sec, (p0, p0))[top[b], left[b]])[0]
+        rs = _demeaned(sliding_window_view(ref, (w, w))[ii[b] * step, jj[b] * step])
+        qd = _demeaned(sliding_window_view(sec, (p0, p0))[top[b], left[b]])
         cy = np.full(b.size, s2, dtype=np.int64)
         ty, tx, alive = _subpixel_fast(
             rs,
@@ -1541,6 +1731,7 @@ def _process_clean(
     max_peak_ratio,
     iterations,
     upsample,
+    shared=None,
 ):
     """:func:`_process_block` for windows without unusable pixels.
 
@@ -1548,11 +1739,16 @@ def _process_clean(
     ``corners`` the top-left pixels ``(rtop, rleft, qtop, qleft)`` of the reference
     windows and of the secondary sub-images (see :func:`_zncc_clean`). ``tex`` None
     with ``min_sd > 0`` means that the texture is measured on the reference windows.
+    ``shared`` ``(b, step, box)``: the integer stage runs on shared blocks
+    (:func:`_zncc_shared`), else (None) window by window (:func:`_zncc_clean`).
     """
     k = corners[0].shape[0]
     from tio import _kernels
 
-    zncc, rs, sd_r, qd = _zncc_clean(ref, sec, *corners, w, s, lv)
+    if shared is None:
+        zncc, rs, sd_r, qd = _zncc_clean(ref, sec, *corners, w, s, lv)
+    else:
+        zncc, rs, sd_r, qd = _zncc_shared(ref, sec, *corners, w, s, lv, *shared)
     # integer_peaks, ambiguous_peaks, weak_curvature, peak_score and _parabolic_init in
     # one compiled pass (same results)
     iy, ix = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)
@@ -1571,9 +1767,14 @@ def _process_clean(
         return dy, dx, score
     score[idx] = sc[idx]
     every = idx.size == k  # then no copy of the windows
+    qorigin = None
+    if qd is None:  # the sub-images are read from the secondary image
+        qd, qorigin = sec, (corners[2][idx], corners[3][idx])
+    elif not every:
+        qd = qd[idx]
     ty, tx, alive = _subpixel_fast(
         rs if every else rs[idx],
-        qd if every else qd[idx],
+        qd,
         iy[idx],
         ix[idx],
         w=w,
@@ -1581,6 +1782,7 @@ def _process_clean(
         iterations=iterations,
         init=(fy0[idx], fx0[idx]),
         score=score[idx],
+        qorigin=qorigin,
     )
     dy[idx] = np.where(alive, ty, np.nan)
     dx[idx] = np.where(alive, tx, np.nan)
@@ -1626,24 +1828,44 @@ def _process_block(
         # windows whose only unusable pixels form the outside of a rectangle of the
         # secondary sub-image (near the image edges) take a cheaper exact formulation
         rect = ~clean & _rectangular(rv, qv)
-        if rect.any():
+        if rect.all():  # no copies of the windows (the usual batch of edge windows)
+            zncc, frac = _zncc_rect(r, q, qv, w, s, min_overlap)
+        elif rect.any():
             zncc[rect], frac[rect] = _zncc_rect(r[rect], q[rect], qv[rect], w, s, min_overlap)
         d = ~clean & ~rect
         if d.any():
             zncc[d], frac[d] = zncc_surfaces(
                 r[d], q[d], w, s, rv[d], qv[d], min_overlap=min_overlap
             )
-    iy, ix, ok = integer_peaks(zncc)
+    # integer_peaks; ambiguous (another, distinct offset matches almost as well:
+    # repetitive texture, ambiguous_peaks) and ridge-like (weak_curvature) peaks;
+    # peak_score and _parabolic_init: one compiled pass (same results)
+    from tio import _kernels
+
+    iy, ix = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)
+    ok = np.empty(k, dtype=bool)
+    sc, fy0, fx0 = np.empty(k), np.empty(k), np.empty(k)
+    _kernels.peak_analysis(
+        zncc, float(max_peak_ratio), _PEAK_EXCLUSION, _MIN_CURVATURE, iy, ix, ok, sc, fy0, fx0
+    )
     # The matched secondary window must be usable enough. Offsets are not excluded
     # beforehand: a true match that is too masked must give NaN, not a false match.
     ok &= 1.0 - frac[np.arange(k), iy, ix] <= max_bad + 1e-9
     # Weak texture: the match would be decided by noise.
     if tex is not None:
-        ok &= window_std(tex, None if rv.all() else rv) >= min_sd
-    # Ambiguous: another, distinct offset matches almost as well (repetitive texture).
-    if max_peak_ratio < 1.0:
-        ok &= ~ambiguous_peaks(zncc, iy, ix, max_peak_ratio)
-        ok &= ~weak_curvature(zncc, iy, ix, ok)
+        if rv.all():  # compiled (the windows stacked as one image)
+            w_ = tex.shape[1]
+            sd = np.empty(k)
+            _kernels.window_stds(
+                np.ascontiguousarray(tex).reshape(k * w_, w_),
+                np.arange(k, dtype=np.int64) * w_,
+                np.zeros(k, dtype=np.int64),
+                w_,
+                sd,
+            )
+            ok &= sd >= min_sd
+        else:
+            ok &= window_std(tex, rv) >= min_sd
 
     dy = np.full(k, np.nan)
     dx = np.full(k, np.nan)
@@ -1651,7 +1873,7 @@ def _process_block(
     idx = np.flatnonzero(ok)
     if idx.size == 0:
         return dy, dx, score
-    score[idx] = peak_score(zncc[idx], iy[idx], ix[idx])
+    score[idx] = sc[idx]
 
     # ---- sub-pixel stage on the windows with a valid integer peak. Windows whose
     # reference window and secondary block (one pixel larger than the window, plus one
@@ -1664,20 +1886,20 @@ def _process_block(
             continue
         if fast:
             ty, tx, alive = _subpixel_fast(
-                _demean(r[sel])[0],
-                _demean(q[sel])[0],
+                _demeaned(r[sel]),
+                _demeaned(q[sel]),
                 iy[sel],
                 ix[sel],
                 w=w,
                 s=s,
                 iterations=iterations,
-                init=_parabolic_init(zncc[sel], iy[sel], ix[sel]),
+                init=(fy0[sel], fx0[sel]),
                 score=score[sel],
             )
         else:
             ty, tx, alive = _subpixel_weighted(
-                _demean(r[sel])[0],
-                _demean(q[sel])[0],
+                _demeaned(r[sel]),
+                _demeaned(q[sel]),
                 iy[sel],
                 ix[sel],
                 rv[sel],
@@ -1685,7 +1907,7 @@ def _process_block(
                 w=w,
                 s=s,
                 iterations=iterations,
-                init=_parabolic_init(zncc[sel], iy[sel], ix[sel]),
+                init=(fy0[sel], fx0[sel]),
                 score=score[sel],
             )
         dy[sel] = np.where(alive, ty, np.nan)
@@ -1749,8 +1971,9 @@ def _zncc_rect(r, q, qv, w, s, min_overlap):
         flat_q,
     )
     rs, qs = rbuf[:, :w, :w], qbuf[:, :p, :p]
-    # cross term: sum over the overlap of r * q (q is zero outside its rectangle)
-    fr = sfft.rfft2(rbuf)
+    # cross term: sum over the overlap of r * q (q is zero outside its rectangle); the
+    # row transforms of the reference only over its w non-zero rows
+    fr = _rfft2_rows(rbuf[:, :w, :], size)
     np.conjugate(fr, out=fr)
     fr *= sfft.rfft2(qbuf)
     srq = _irfft2_rows(fr, size, n)[:, :, :n].astype(np.float64)
@@ -1779,15 +2002,18 @@ def _blocks_usable(rv, qv, iy, ix, w):
     k, p, _ = qv.shape
     if k == 0:
         return np.zeros(0, dtype=bool)
+    from tio import _kernels
+
     ok = rv.all(axis=(1, 2)) & (iy >= 2) & (ix >= 2) & (iy + w + 2 <= p) & (ix + w + 2 <= p)
-    # integral image of the unusable pixels of the secondary sub-images
-    c = np.zeros((k, p + 1, p + 1), dtype=np.int32)
-    np.cumsum(np.cumsum(~qv, axis=1, dtype=np.int32), axis=2, out=c[:, 1:, 1:])
-    kk = np.arange(k)
     y0, x0 = np.clip(iy - 2, 0, p), np.clip(ix - 2, 0, p)
     y1, x1 = np.clip(iy + w + 2, 0, p), np.clip(ix + w + 2, 0, p)
-    bad = c[kk, y1, x1] - c[kk, y0, x1] - c[kk, y1, x0] + c[kk, y0, x0]
-    return ok & (bad == 0)
+    usable = np.empty(k, dtype=bool)
+    _kernels.boxes_usable(
+        np.ascontiguousarray(qv, dtype=bool),
+        *(a.astype(np.int64) for a in (y0, y1, x0, x1)),
+        usable,
+    )
+    return ok & usable
 
 
 # --------------------------------------------------------------------------------------

@@ -90,6 +90,39 @@ def _demean_taper(v, ty, tx, out):
             out[i, j] = (v[i, j] - mean) * ty[i] * tx[j]
 
 
+@njit(cache=True, fastmath=False, nogil=True)
+def _demean_taper_at(q, k, r0, c0, ty, tx, out):
+    """:func:`_demean_taper` of ``v = q[k, r0:r0 + n, c0:c0 + n]`` (``n = len(ty)``), read
+    row by row from ``q`` (K, P, P): each row a contiguous slice, so that the loops
+    vectorise (a 2-D slice of ``q`` has strides unknown to the compiler). Same values."""
+    n = ty.shape[0]
+    acc = np.zeros(n)
+    for i in range(n):
+        if ty[i] == 0.0:
+            continue
+        a = ty[i]
+        row = q[k, r0 + i, c0 : c0 + n]
+        for j in range(n):
+            acc[j] += a * row[j]
+    sv = 0.0
+    for j in range(n):
+        sv += tx[j] * acc[j]
+    swx = 0.0
+    for j in range(n):
+        swx += tx[j]
+    swy = 0.0
+    for i in range(n):
+        swy += ty[i]
+    sw = swx * swy
+    mean = sv / sw if sw > 0 else 0.0
+    for i in range(n):
+        row = q[k, r0 + i, c0 : c0 + n]
+        o = out[i]
+        tyi = ty[i]
+        for j in range(n):
+            o[j] = (row[j] - mean) * tyi * tx[j]
+
+
 @njit(**_OPTS)
 def tapered_blocks_at(qd, sel, by, bx, fy, fx, w, roll, out):
     """Write the tapered, demeaned secondary blocks of the sub-images ``qd[sel]`` (no
@@ -109,7 +142,7 @@ def tapered_blocks_at(qd, sel, by, bx, fy, fx, w, roll, out):
             tx[i] = _taper(i - 1.0 - fx[t], w, roll)
         r0 = by[t]
         c0 = bx[t]
-        _demean_taper(qd[sel[t], r0 : r0 + n, c0 : c0 + n], ty, tx, out[t])
+        _demean_taper_at(qd, sel[t], r0, c0, ty, tx, out[t])
 
 
 @njit(**_OPTS)
@@ -180,6 +213,8 @@ def newton_peaks(fb, fa, sel, weight, whiten, sy, sx, max_step, out_y, out_x, ok
     s2i = np.empty(L)
     ecr = np.empty(H)
     eci = np.empty(H)
+    eyr = np.empty(L // 2 + 1)
+    eyi = np.empty(L // 2 + 1)
     for t in range(k):
         ft = sel[t]
         mmax = 0.0
@@ -225,9 +260,23 @@ def newton_peaks(fb, fa, sel, weight, whiten, sy, sx, max_step, out_y, out_x, ok
         x = sx[t]
         conv = False
         for _it in range(12):
-            for b in range(H):
-                ecr[b] = math.cos(tau * b * x)
-                eci[b] = math.sin(tau * b * x)
+            # e^{i tau b x} for b = 0 .. H - 1 by complex rotation, and e^{i tau f y} for
+            # the row frequencies f = 0 .. L / 2 (the negative ones are their conjugates):
+            # two cos/sin pairs per iteration instead of H + L (same values to 1e-16)
+            c1 = math.cos(tau * x)
+            s1 = math.sin(tau * x)
+            ecr[0] = 1.0
+            eci[0] = 0.0
+            for b in range(1, H):
+                ecr[b] = ecr[b - 1] * c1 - eci[b - 1] * s1
+                eci[b] = ecr[b - 1] * s1 + eci[b - 1] * c1
+            c1 = math.cos(tau * y)
+            s1 = math.sin(tau * y)
+            eyr[0] = 1.0
+            eyi[0] = 0.0
+            for f in range(1, L // 2 + 1):
+                eyr[f] = eyr[f - 1] * c1 - eyi[f - 1] * s1
+                eyi[f] = eyr[f - 1] * s1 + eyi[f - 1] * c1
             # inner sums over the columns: sum_b X[a, b] e^{i tau f_b x} * (1, f_b, f_b^2),
             # for all rows at once (a vectorisable loop over the rows; for each row the
             # sum runs over b in increasing order)
@@ -259,9 +308,12 @@ def newton_peaks(fb, fa, sel, weight, whiten, sy, sx, max_step, out_y, out_x, ok
             hxy = 0.0
             for a in range(L):
                 fa_ = a if a <= L // 2 else a - L
-                ph = tau * fa_ * y
-                cr = math.cos(ph)
-                ci = math.sin(ph)
+                if fa_ >= 0:
+                    cr = eyr[fa_]
+                    ci = eyi[fa_]
+                else:
+                    cr = eyr[-fa_]
+                    ci = -eyi[-fa_]
                 # Re(e * S) and Im(e * S)
                 re0 = cr * s0r[a] - ci * s0i[a]
                 im0 = cr * s0i[a] + ci * s0r[a]
@@ -545,7 +597,7 @@ def weighted_blocks_at(qd, rv, qv, sel, by, bx, fy, fx, w, roll, erode, sigma, o
                     anybad = True
         o = out[t]
         if not anybad:
-            _demean_taper(qd[q, r0 : r0 + n, c0 : c0 + n], ty, tx, o)
+            _demean_taper_at(qd, q, r0, c0, ty, tx, o)
             continue
         _gauss_taps(fy[t], sigma, rad, wy)
         _gauss_taps(fx[t], sigma, rad, wx)
@@ -962,12 +1014,11 @@ def _standardise_into(img, top, left, h, scale, flat, out):
     Returns the std (float64) and whether the window is flat (std below ``flat`` times
     its mean absolute value, or zero): the conventions of ``_correlation._standardise``
     (``scale``) and ``_correlation._demean`` (not ``scale``)."""
-    win = img[top : top + h, left : left + h]
     # sums per column first (independent accumulators: a vectorisable loop), then over
-    # the columns
+    # the columns; rows read as contiguous slices of ``img`` (vectorisable)
     acc = np.zeros(h)
     for i in range(h):
-        row = win[i]
+        row = img[top + i, left : left + h]
         for j in range(h):
             acc[j] += row[j]
     s = 0.0
@@ -978,7 +1029,7 @@ def _standardise_into(img, top, left, h, scale, flat, out):
     m32 = np.float32(mean)
     acc[:] = 0.0
     for i in range(h):
-        row = win[i]
+        row = img[top + i, left : left + h]
         o = out[i]
         for j in range(h):
             d = np.float32(row[j]) - m32
@@ -997,6 +1048,46 @@ def _standardise_into(img, top, left, h, scale, flat, out):
             for j in range(h):
                 out[i, j] *= g
     return sd, is_flat
+
+
+@njit(**_OPTS)
+def _moments(img, top, left, h, flat):
+    """Std and flatness of ``img[top:top + h, left:left + h]``, computed as
+    :func:`_standardise_into` does (same values), without writing the window."""
+    acc = np.zeros(h)
+    for i in range(h):
+        row = img[top + i, left : left + h]
+        for j in range(h):
+            acc[j] += row[j]
+    s = 0.0
+    for j in range(h):
+        s += acc[j]
+    n = h * h
+    mean = s / n
+    m32 = np.float32(mean)
+    acc[:] = 0.0
+    for i in range(h):
+        row = img[top + i, left : left + h]
+        for j in range(h):
+            d = np.float32(row[j]) - m32
+            acc[j] += np.float64(d) * d
+    ss = 0.0
+    for j in range(h):
+        ss += acc[j]
+    sd = math.sqrt(ss / n)
+    return sd, sd <= flat * abs(mean) or sd == 0.0
+
+
+@njit(**_OPTS)
+def gather_references(
+    ref, sec, rtop, rleft, qtop, qleft, w, p, flat, out_r, sd_r, flat_r, sd_q, flat_q
+):
+    """:func:`gather_windows` without the copies of the secondary sub-images: the
+    standardised reference windows in ``out_r`` (K, L, L) and the stds and flatness of
+    both (same values); the sub-images are read from ``sec`` where needed."""
+    for t in range(rtop.shape[0]):
+        sd_r[t], flat_r[t] = _standardise_into(ref, rtop[t], rleft[t], w, True, flat, out_r[t])
+        sd_q[t], flat_q[t] = _moments(sec, qtop[t], qleft[t], p, flat)
 
 
 @njit(**_OPTS)
@@ -1073,11 +1164,10 @@ def window_stds(image, tops, lefts, w, out):
     n = w * w
     acc = np.empty(w)
     for t in range(tops.shape[0]):
-        win = image[tops[t] : tops[t] + w, lefts[t] : lefts[t] + w]
         # sums per column first (independent accumulators: a vectorisable loop)
         acc[:] = 0.0
         for i in range(w):
-            row = win[i]
+            row = image[tops[t] + i, lefts[t] : lefts[t] + w]
             for j in range(w):
                 acc[j] += row[j]
         s = 0.0
@@ -1086,7 +1176,7 @@ def window_stds(image, tops, lefts, w, out):
         mean = s / n
         acc[:] = 0.0
         for i in range(w):
-            row = win[i]
+            row = image[tops[t] + i, lefts[t] : lefts[t] + w]
             for j in range(w):
                 d = row[j] - mean
                 acc[j] += d * d
@@ -1121,3 +1211,166 @@ def nan_median_filter(f, h, out):
                 out[i, j] = s[c // 2]
             else:
                 out[i, j] = (s[c // 2 - 1] + s[c // 2]) / 2.0
+
+
+@njit(**_OPTS)
+def _demean_into(img, y, x, h, out):
+    """``img[y:y + h, x:x + h]`` minus its mean into ``out[:h, :h]`` (float32; the mean
+    summed in float64 per column first, a vectorisable loop), zeros elsewhere in
+    ``out``. Returns the mean."""
+    acc = np.zeros(h)
+    for i in range(h):
+        row = img[y + i, x : x + h]
+        for j in range(h):
+            acc[j] += row[j]
+    sm = 0.0
+    for j in range(h):
+        sm += acc[j]
+    mean = sm / (h * h)
+    m32 = np.float32(mean)
+    for i in range(h):
+        row = img[y + i, x : x + h]
+        o = out[i]
+        for j in range(h):
+            o[j] = np.float32(row[j]) - m32
+        o[h:] = 0.0
+    out[h:, :] = 0.0
+    return mean
+
+
+@njit(**_OPTS)
+def lattice_blocks(ref, sec, top, left, qdy, qdx, step, nu, nv, b, p, out_r, out_q, mean_r):
+    """Demeaned reference blocks and secondary regions on a lattice, in zero-padded FFT
+    buffers (shared-block integer stage, ``_correlation._zncc_shared``).
+
+    Lattice point ``t = iu * nv + iv`` (``iu < nu``, ``iv < nv``) has its reference block
+    ``ref[y:y + b, x:x + b]`` at ``y = top + iu * step``, ``x = left + iv * step``, and its
+    secondary region ``sec[y + qdy:y + qdy + p, x + qdx:x + qdx + p]``. ``out_r`` (T, L, L)
+    float32: the block minus its mean in its top-left ``b x b`` corner, zeros elsewhere;
+    ``mean_r`` (T,) float64 that mean; ``out_q`` (T, L, L) float32: the region minus its
+    mean in its top-left ``p x p`` corner, zeros elsewhere (means summed in float64,
+    differences in float32, as in :func:`gather_windows`). The caller keeps every block
+    and region inside the images.
+    """
+    for iu in range(nu):
+        for iv in range(nv):
+            t = iu * nv + iv
+            y = top + iu * step
+            x = left + iv * step
+            mean_r[t] = _demean_into(ref, y, x, b, out_r[t])
+            _demean_into(sec, y + qdy, x + qdx, p, out_q[t])
+
+
+@njit(**_OPTS)
+def lattice_sums(spec, iu, iv, nv, m, nb, out):
+    """``out[k] = sum over a, c < nb of spec[(iu[k] + a m) * nv + iv[k] + c m]``: the
+    cross-power spectrum of window ``k`` from those of its ``nb x nb`` blocks (the
+    lattice of :func:`lattice_blocks`, blocks ``m`` lattice steps apart)."""
+    k = iu.shape[0]
+    _, L, H = spec.shape
+    for t in range(k):
+        o = out[t]
+        for a in range(L):
+            for c in range(H):
+                o[a, c] = 0.0
+        for ba in range(nb):
+            for bc in range(nb):
+                src = spec[(iu[t] + ba * m) * nv + iv[t] + bc * m]
+                for a in range(L):
+                    for c in range(H):
+                        o[a, c] += src[a, c]
+
+
+@njit(**_OPTS)
+def box_sum_map(image, mean, b, out):
+    """Sums of ``image - mean`` over every ``b x b`` box (integral image in float64);
+    ``out`` (H - b + 1, W - b + 1), element ``[y, x]`` for the box at ``image[y, x]``."""
+    h, wd = image.shape
+    c1 = np.zeros((h + 1, wd + 1))
+    for i in range(h):
+        for j in range(wd):
+            c1[i + 1, j + 1] = c1[i, j + 1] + (np.float64(image[i, j]) - mean)
+    for i in range(1, h + 1):
+        for j in range(1, wd):
+            c1[i, j + 1] += c1[i, j]
+    for i in range(h - b + 1):
+        for j in range(wd - b + 1):
+            out[i, j] = c1[i + b, j + b] - c1[i, j + b] - c1[i + b, j] + c1[i, j]
+
+
+@njit(**_OPTS)
+def block_mean_correction(
+    num, bsum, mean_r, iu, iv, nv, m, nb, b, lr, lc, sd_r, flat_r, lvm, sd_q, bad, w, flat, out
+):
+    """ZNCC surfaces of the standardised reference windows from the sum over their blocks
+    of the correlations of the per-block demeaned blocks (``num``, (K, n, n)).
+
+    The correlation of window ``k`` with its secondary sub-image is ``(num[k, y, x] +
+    sum_blocks (mean_blk - mean_win) * B_blk(y, x)) / sd_r[k]`` (0 where ``flat_r[k]``),
+    with ``mean_blk`` from ``mean_r`` (indexed as in :func:`lattice_sums`), ``mean_win``
+    their average and ``B_blk(y, x)`` the sum of the secondary over the block moved by the
+    offset ``(y, x)``: ``bsum[lr[k] + a b + y, lc[k] + c b + x]`` for block ``(a, c)``
+    (:func:`box_sum_map`). It is then normalised as :func:`zncc_normalise_at` does
+    (same arguments ``lvm``, ``lr``, ``lc``, ``sd_q``, ``bad``, ``w``, ``flat``; same
+    values) into ``out`` (K, n, n) float64.
+    """
+    k, n, _ = num.shape
+    cm = np.empty(nb * nb)
+    o = np.empty((n, n))
+    ww = np.float64(w * w)
+    for t in range(k):
+        if flat_r[t]:
+            for y in range(n):
+                for x in range(n):
+                    o[y, x] = 0.0
+        else:
+            mw = 0.0
+            for ba in range(nb):
+                for bc in range(nb):
+                    v = mean_r[(iu[t] + ba * m) * nv + iv[t] + bc * m]
+                    cm[ba * nb + bc] = v
+                    mw += v
+            mw /= nb * nb
+            g = 1.0 / sd_r[t]
+            for y in range(n):
+                for x in range(n):
+                    o[y, x] = np.float64(num[t, y, x])
+            for ba in range(nb):
+                for bc in range(nb):
+                    d = cm[ba * nb + bc] - mw
+                    r0 = lr[t] + ba * b
+                    c0 = lc[t] + bc * b
+                    for y in range(n):
+                        for x in range(n):
+                            o[y, x] += d * bsum[r0 + y, c0 + x]
+            for y in range(n):
+                for x in range(n):
+                    o[y, x] *= g
+        # normalisation (zncc_normalise_at)
+        lim = flat * ww * (sd_q[t] * sd_q[t])
+        r0 = lr[t]
+        c0 = lc[t]
+        ot = out[t]
+        for v in range(n):
+            for u in range(n):
+                lvv = lvm[r0 + v, c0 + u]
+                if bad[t] or not lvv > lim:
+                    ot[v, u] = np.nan
+                else:
+                    z = o[v, u] / math.sqrt(ww * lvv)
+                    ot[v, u] = min(max(z, -1.0), 1.0)
+
+
+@njit(**_OPTS)
+def boxes_usable(valid, y0, y1, x0, x1, out):
+    """``out[k] = valid[k, y0[k]:y1[k], x0[k]:x1[k]].all()`` (True for an empty box)."""
+    for t in range(valid.shape[0]):
+        good = True
+        for i in range(y0[t], y1[t]):
+            for j in range(x0[t], x1[t]):
+                if not valid[t, i, j]:
+                    good = False
+                    break
+            if not good:
+                break
+        out[t] = good
