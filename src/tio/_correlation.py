@@ -93,6 +93,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -863,6 +864,45 @@ def grid_shape(shape, window, step):
     return ((shape[0] - window) // step + 1, (shape[1] - window) // step + 1)
 
 
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(workers):
+    """The process-wide thread pool of ``workers`` threads (None for one worker).
+
+    Created on first use and kept for the life of the process, so that a call does not
+    start and join threads of its own (two pools per :func:`offset_field` call, a few
+    hundred microseconds each, and threads that wait to start while the first tasks are
+    already queued). Several calls, from different threads, may share it: their tasks
+    are queued together. Tasks run on it must not wait for other tasks of the same
+    pool (they would deadlock once every thread waits).
+    """
+    workers = max(1, int(workers))
+    if workers == 1:
+        return None
+    with _POOLS_LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tio")
+            _POOLS[workers] = pool
+    return pool
+
+
+def _even_batches(n, most):
+    """Bounds ``(start, stop)`` of an even number of near-equal batches covering ``n``
+    items (at most ``most`` each; one batch if ``n < 2``), so that two threads get work
+    of the same size even when ``n`` would fill a single batch. Depends only on ``n``
+    and ``most``."""
+    n, most = int(n), max(1, int(most))
+    if n < 2:
+        return [(0, n)] if n else []
+    parts = max(2, -(-n // most))
+    parts += parts % 2
+    size = -(-n // parts)
+    return [(b, min(b + size, n)) for b in range(0, n, size)]
+
+
 @functools.lru_cache(maxsize=1)
 def _tune_malloc():
     """Keep freed memory in the process (glibc only; once per process): allocations below
@@ -1037,11 +1077,6 @@ def offset_field(
     inside &= (c0 >= pad) & (c0 + p0 <= pad + reference.shape[1])
     views["inside"] = inside
 
-    def batches(ii, jj):
-        return [
-            (ii[b : b + per_chunk], jj[b : b + per_chunk]) for b in range(0, ii.size, per_chunk)
-        ]
-
     # The edge windows cost about twice as much per window as the others: their batches
     # are smaller (a quarter of a tile) and go first, so that the threads finish
     # together (longest tasks first). Each window's result does not depend on its batch.
@@ -1060,23 +1095,19 @@ def offset_field(
             return _tile(views, *args, **opts)
         return _masked_tile(views, *args, **opts), None
 
-    workers = max(1, int(workers))
-    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
-    try:
-        pending = []
-        for result, rest in pool.map(run, tasks) if pool is not None else map(run, tasks):
+    pool = _pool(workers)
+    pending = []
+    for result, rest in pool.map(run, tasks) if pool is not None else map(run, tasks):
+        store(result)
+        if rest is not None:
+            pending.append(rest)
+    if pending:
+        pi = np.concatenate([p[0] for p in pending])
+        pj = np.concatenate([p[1] for p in pending])
+        # an even number of equal batches: both threads get work
+        tasks = [("masked", (pi[a:b], pj[a:b])) for a, b in _even_batches(pi.size, per_chunk)]
+        for result, _ in pool.map(run, tasks) if pool is not None else map(run, tasks):
             store(result)
-            if rest is not None:
-                pending.append(rest)
-        if pending:
-            pi = np.concatenate([p[0] for p in pending])
-            pj = np.concatenate([p[1] for p in pending])
-            tasks = [("masked", b) for b in batches(pi, pj)]
-            for result, _ in pool.map(run, tasks) if pool is not None else map(run, tasks):
-                store(result)
-    finally:
-        if pool is not None:
-            pool.shutdown()
     out_dy += oy
     out_dx += ox
     if deform > 0:
@@ -1644,7 +1675,7 @@ def deform_refine(
 
     s2 = 3
     p0 = w + 2 * s2
-    chunk = 64  # windows per task: about 4 MB of working memory; small, so both threads get work
+    chunk = 64  # most windows per task: about 4 MB of working memory
 
     def refine(ii, jj, fy, fx):
         k = ii.size
@@ -1687,33 +1718,28 @@ def deform_refine(
         good = alive & (np.abs(ty - my[b]) <= 1.0) & (np.abs(tx - mx[b]) <= 1.0)
         return ii[b][good], jj[b][good], ty[good], tx[good]
 
-    workers = max(1, int(workers))
-    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
-    try:
-        for _ in range(max(0, int(passes))):
-            ok = np.isfinite(dy) & np.isfinite(dx)
-            if ok.sum() < 4:
-                return
-            fy, fx = (np.ascontiguousarray(f, np.float64) for f in smooth_fill(dy, dx))
-            dev = strain_deviation(fy, fx, w, step)
-            ii, jj = np.nonzero(ok & (dev > min_strain))
-            if ii.size == 0:
-                return
-            ii, jj = ii.astype(np.int64), jj.astype(np.int64)
-            tasks = [
-                (ii[c : c + chunk], jj[c : c + chunk], fy, fx) for c in range(0, ii.size, chunk)
-            ]
-            results = (
-                pool.map(lambda t: refine(*t), tasks) if pool else map(lambda t: refine(*t), tasks)
-            )
-            for res in list(results):
-                if res is not None:
-                    ri, rj, ty, tx = res
-                    dy[ri, rj] = ty
-                    dx[ri, rj] = tx
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    pool = _pool(workers)
+    for _ in range(max(0, int(passes))):
+        ok = np.isfinite(dy) & np.isfinite(dx)
+        if ok.sum() < 4:
+            return
+        fy, fx = (np.ascontiguousarray(f, np.float64) for f in smooth_fill(dy, dx))
+        dev = strain_deviation(fy, fx, w, step)
+        ii, jj = np.nonzero(ok & (dev > min_strain))
+        if ii.size == 0:
+            return
+        ii, jj = ii.astype(np.int64), jj.astype(np.int64)
+        # an even number of equal batches (a small image has fewer strained windows
+        # than one batch): both threads get work
+        tasks = [(ii[a:b], jj[a:b], fy, fx) for a, b in _even_batches(ii.size, chunk)]
+        results = (
+            pool.map(lambda t: refine(*t), tasks) if pool else map(lambda t: refine(*t), tasks)
+        )
+        for res in list(results):
+            if res is not None:
+                ri, rj, ty, tx = res
+                dy[ri, rj] = ty
+                dx[ri, rj] = tx
 
 
 def _process_clean(
