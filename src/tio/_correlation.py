@@ -1512,11 +1512,15 @@ def _block_origins(py, px, sel, s, alive):
 
     A block is one pixel larger than the window on every side, at the integer offset
     ``py``, ``px`` (indices in the ZNCC surface, ``0 .. 2 s``); a window whose block
-    would leave the sub-image loses ``alive`` (in place) and gets a clipped corner.
+    would leave the sub-image loses ``alive`` (in place) and gets a clipped corner
+    (:func:`tio._kernels.block_origins`, compiled: no GIL held).
     """
-    alive[sel] &= (py[sel] >= 1) & (py[sel] <= 2 * s - 1)
-    alive[sel] &= (px[sel] >= 1) & (px[sel] <= 2 * s - 1)
-    return np.clip(py[sel], 1, 2 * s - 1) - 1, np.clip(px[sel], 1, 2 * s - 1) - 1
+    from tio import _kernels
+
+    by = np.empty(sel.size, dtype=np.int64)
+    bx = np.empty(sel.size, dtype=np.int64)
+    _kernels.block_origins(py, px, sel, int(s), alive, by, bx)
+    return by, bx
 
 
 def _newton_update(fb, spec, sel, sw, wh, f0y, f0x, alive, py, px, fy, fx):
@@ -1536,15 +1540,12 @@ def _newton_update(fb, spec, sel, sw, wh, f0y, f0x, alive, py, px, fy, fx):
     ey, ex = np.empty(m), np.empty(m)
     conv = np.empty(m, dtype=bool)
     _kernels.newton_peaks(fb, spec, sel, sw, wh[sel], f0y, f0x, 0.25, ey, ex, conv)
-    alive[sel] &= conv & np.isfinite(ey) & np.isfinite(ex)
-    e_y = np.where(alive[sel], ey, 0.0)
-    e_x = np.where(alive[sel], ex, 0.0)
-    ny_, nx_ = np.rint(e_y).astype(np.int64), np.rint(e_x).astype(np.int64)
-    py[sel] += ny_
-    px[sel] += nx_
-    fy[sel], fx[sel] = e_y - ny_, e_x - nx_
-    moved = np.maximum(np.abs(e_y - f0y), np.abs(e_x - f0x)) > _REFINE
-    return sel[moved & alive[sel]]
+    # the bookkeeping compiled too (no GIL held: a dozen small numpy calls otherwise)
+    todo = np.empty(m, dtype=np.int64)
+    n = _kernels.newton_bookkeeping(
+        sel, ey, ex, conv, f0y, f0x, _REFINE, alive, py, px, fy, fx, todo
+    )
+    return todo[:n]
 
 
 def _subpixel_weighted(rs, qd, iy, ix, rv, qv, *, w, s, iterations, init=None, score=None):
