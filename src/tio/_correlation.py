@@ -93,7 +93,6 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -864,31 +863,6 @@ def grid_shape(shape, window, step):
     return ((shape[0] - window) // step + 1, (shape[1] - window) // step + 1)
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _pool(workers):
-    """The process-wide thread pool of ``workers`` threads (None for one worker).
-
-    Created on first use and kept for the life of the process, so that a call does not
-    start and join threads of its own (two pools per :func:`offset_field` call, a few
-    hundred microseconds each, and threads that wait to start while the first tasks are
-    already queued). Several calls, from different threads, may share it: their tasks
-    are queued together. Tasks run on it must not wait for other tasks of the same
-    pool (they would deadlock once every thread waits).
-    """
-    workers = max(1, int(workers))
-    if workers == 1:
-        return None
-    with _POOLS_LOCK:
-        pool = _POOLS.get(workers)
-        if pool is None:
-            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tio")
-            _POOLS[workers] = pool
-    return pool
-
-
 def _even_batches(n, most):
     """Bounds ``(start, stop)`` of an even number of near-equal batches covering ``n``
     items (at most ``most`` each; one batch if ``n < 2``), so that two threads get work
@@ -1095,19 +1069,24 @@ def offset_field(
             return _tile(views, *args, **opts)
         return _masked_tile(views, *args, **opts), None
 
-    pool = _pool(workers)
-    pending = []
-    for result, rest in pool.map(run, tasks) if pool is not None else map(run, tasks):
-        store(result)
-        if rest is not None:
-            pending.append(rest)
-    if pending:
-        pi = np.concatenate([p[0] for p in pending])
-        pj = np.concatenate([p[1] for p in pending])
-        # an even number of equal batches: both threads get work
-        tasks = [("masked", (pi[a:b], pj[a:b])) for a, b in _even_batches(pi.size, per_chunk)]
-        for result, _ in pool.map(run, tasks) if pool is not None else map(run, tasks):
+    workers = max(1, int(workers))
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        pending = []
+        for result, rest in pool.map(run, tasks) if pool is not None else map(run, tasks):
             store(result)
+            if rest is not None:
+                pending.append(rest)
+        if pending:
+            pi = np.concatenate([p[0] for p in pending])
+            pj = np.concatenate([p[1] for p in pending])
+            # an even number of equal batches: both threads get work
+            tasks = [("masked", (pi[a:b], pj[a:b])) for a, b in _even_batches(pi.size, per_chunk)]
+            for result, _ in pool.map(run, tasks) if pool is not None else map(run, tasks):
+                store(result)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     out_dy += oy
     out_dx += ox
     if deform > 0:
@@ -1719,28 +1698,33 @@ def deform_refine(
         good = alive & (np.abs(ty - my[b]) <= 1.0) & (np.abs(tx - mx[b]) <= 1.0)
         return ii[b][good], jj[b][good], ty[good], tx[good]
 
-    pool = _pool(workers)
-    for _ in range(max(0, int(passes))):
-        ok = np.isfinite(dy) & np.isfinite(dx)
-        if ok.sum() < 4:
-            return
-        fy, fx = (np.ascontiguousarray(f, np.float64) for f in smooth_fill(dy, dx))
-        dev = strain_deviation(fy, fx, w, step)
-        ii, jj = np.nonzero(ok & (dev > min_strain))
-        if ii.size == 0:
-            return
-        ii, jj = ii.astype(np.int64), jj.astype(np.int64)
-        # an even number of equal batches (a small image has fewer strained windows
-        # than one batch): both threads get work
-        tasks = [(ii[a:b], jj[a:b], fy, fx) for a, b in _even_batches(ii.size, chunk)]
-        results = (
-            pool.map(lambda t: refine(*t), tasks) if pool else map(lambda t: refine(*t), tasks)
-        )
-        for res in list(results):
-            if res is not None:
-                ri, rj, ty, tx = res
-                dy[ri, rj] = ty
-                dx[ri, rj] = tx
+    workers = max(1, int(workers))
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        for _ in range(max(0, int(passes))):
+            ok = np.isfinite(dy) & np.isfinite(dx)
+            if ok.sum() < 4:
+                return
+            fy, fx = (np.ascontiguousarray(f, np.float64) for f in smooth_fill(dy, dx))
+            dev = strain_deviation(fy, fx, w, step)
+            ii, jj = np.nonzero(ok & (dev > min_strain))
+            if ii.size == 0:
+                return
+            ii, jj = ii.astype(np.int64), jj.astype(np.int64)
+            # an even number of equal batches (a small image has fewer strained windows
+            # than one batch): both threads get work
+            tasks = [(ii[a:b], jj[a:b], fy, fx) for a, b in _even_batches(ii.size, chunk)]
+            results = (
+                pool.map(lambda t: refine(*t), tasks) if pool else map(lambda t: refine(*t), tasks)
+            )
+            for res in list(results):
+                if res is not None:
+                    ri, rj, ty, tx = res
+                    dy[ri, rj] = ty
+                    dx[ri, rj] = tx
+    finally:
+        if pool is not None:
+            pool.shutdown()
 
 
 def _process_clean(
