@@ -863,6 +863,20 @@ def grid_shape(shape, window, step):
     return ((shape[0] - window) // step + 1, (shape[1] - window) // step + 1)
 
 
+def _even_batches(n, most):
+    """Bounds ``(start, stop)`` of an even number of near-equal batches covering ``n``
+    items (at most ``most`` each; one batch if ``n < 2``), so that two threads get work
+    of the same size even when ``n`` would fill a single batch. Depends only on ``n``
+    and ``most``."""
+    n, most = int(n), max(1, int(most))
+    if n < 2:
+        return [(0, n)] if n else []
+    parts = max(2, -(-n // most))
+    parts += parts % 2
+    size = -(-n // parts)
+    return [(b, min(b + size, n)) for b in range(0, n, size)]
+
+
 @functools.lru_cache(maxsize=1)
 def _tune_malloc():
     """Keep freed memory in the process (glibc only; once per process): allocations below
@@ -1037,11 +1051,6 @@ def offset_field(
     inside &= (c0 >= pad) & (c0 + p0 <= pad + reference.shape[1])
     views["inside"] = inside
 
-    def batches(ii, jj):
-        return [
-            (ii[b : b + per_chunk], jj[b : b + per_chunk]) for b in range(0, ii.size, per_chunk)
-        ]
-
     # The edge windows cost about twice as much per window as the others: their batches
     # are smaller (a quarter of a tile) and go first, so that the threads finish
     # together (longest tasks first). Each window's result does not depend on its batch.
@@ -1071,7 +1080,8 @@ def offset_field(
         if pending:
             pi = np.concatenate([p[0] for p in pending])
             pj = np.concatenate([p[1] for p in pending])
-            tasks = [("masked", b) for b in batches(pi, pj)]
+            # an even number of equal batches: both threads get work
+            tasks = [("masked", (pi[a:b], pj[a:b])) for a, b in _even_batches(pi.size, per_chunk)]
             for result, _ in pool.map(run, tasks) if pool is not None else map(run, tasks):
                 store(result)
     finally:
@@ -1481,11 +1491,15 @@ def _block_origins(py, px, sel, s, alive):
 
     A block is one pixel larger than the window on every side, at the integer offset
     ``py``, ``px`` (indices in the ZNCC surface, ``0 .. 2 s``); a window whose block
-    would leave the sub-image loses ``alive`` (in place) and gets a clipped corner.
+    would leave the sub-image loses ``alive`` (in place) and gets a clipped corner
+    (:func:`tio._kernels.block_origins`, compiled: no GIL held).
     """
-    alive[sel] &= (py[sel] >= 1) & (py[sel] <= 2 * s - 1)
-    alive[sel] &= (px[sel] >= 1) & (px[sel] <= 2 * s - 1)
-    return np.clip(py[sel], 1, 2 * s - 1) - 1, np.clip(px[sel], 1, 2 * s - 1) - 1
+    from tio import _kernels
+
+    by = np.empty(sel.size, dtype=np.int64)
+    bx = np.empty(sel.size, dtype=np.int64)
+    _kernels.block_origins(py, px, sel, int(s), alive, by, bx)
+    return by, bx
 
 
 def _newton_update(fb, spec, sel, sw, wh, f0y, f0x, alive, py, px, fy, fx):
@@ -1505,15 +1519,12 @@ def _newton_update(fb, spec, sel, sw, wh, f0y, f0x, alive, py, px, fy, fx):
     ey, ex = np.empty(m), np.empty(m)
     conv = np.empty(m, dtype=bool)
     _kernels.newton_peaks(fb, spec, sel, sw, wh[sel], f0y, f0x, 0.25, ey, ex, conv)
-    alive[sel] &= conv & np.isfinite(ey) & np.isfinite(ex)
-    e_y = np.where(alive[sel], ey, 0.0)
-    e_x = np.where(alive[sel], ex, 0.0)
-    ny_, nx_ = np.rint(e_y).astype(np.int64), np.rint(e_x).astype(np.int64)
-    py[sel] += ny_
-    px[sel] += nx_
-    fy[sel], fx[sel] = e_y - ny_, e_x - nx_
-    moved = np.maximum(np.abs(e_y - f0y), np.abs(e_x - f0x)) > _REFINE
-    return sel[moved & alive[sel]]
+    # the bookkeeping compiled too (no GIL held: a dozen small numpy calls otherwise)
+    todo = np.empty(m, dtype=np.int64)
+    n = _kernels.newton_bookkeeping(
+        sel, ey, ex, conv, f0y, f0x, _REFINE, alive, py, px, fy, fx, todo
+    )
+    return todo[:n]
 
 
 def _subpixel_weighted(rs, qd, iy, ix, rv, qv, *, w, s, iterations, init=None, score=None):
@@ -1644,7 +1655,7 @@ def deform_refine(
 
     s2 = 3
     p0 = w + 2 * s2
-    chunk = 64  # windows per task: about 4 MB of working memory; small, so both threads get work
+    chunk = 64  # most windows per task: about 4 MB of working memory
 
     def refine(ii, jj, fy, fx):
         k = ii.size
@@ -1700,9 +1711,9 @@ def deform_refine(
             if ii.size == 0:
                 return
             ii, jj = ii.astype(np.int64), jj.astype(np.int64)
-            tasks = [
-                (ii[c : c + chunk], jj[c : c + chunk], fy, fx) for c in range(0, ii.size, chunk)
-            ]
+            # an even number of equal batches (a small image has fewer strained windows
+            # than one batch): both threads get work
+            tasks = [(ii[a:b], jj[a:b], fy, fx) for a, b in _even_batches(ii.size, chunk)]
             results = (
                 pool.map(lambda t: refine(*t), tasks) if pool else map(lambda t: refine(*t), tasks)
             )

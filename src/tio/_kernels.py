@@ -177,6 +177,59 @@ def tapered_reference(rs, tw, out):
 
 
 @njit(**_OPTS)
+def block_origins(py, px, sel, s, alive, by, bx):
+    """Top-left corners of the secondary blocks of the windows ``sel`` in their sub-images.
+
+    ``py``/``px`` (N,) integer offsets of every window (indices in the ZNCC surface,
+    ``0 .. 2 s``); the block of window ``sel[t]`` is one pixel larger than the window
+    on every side, its corner ``(by[t], bx[t])`` = the offset clipped to
+    ``1 .. 2 s - 1``, minus one. A window whose offset had to be clipped (its block
+    would leave the sub-image) loses ``alive`` (in place). Nothing can fail; ``by`` and
+    ``bx`` must hold ``sel.size`` values.
+    """
+    lo, hi = 1, 2 * s - 1
+    for t in range(sel.size):
+        k = sel[t]
+        y, x = py[k], px[k]
+        if y < lo or y > hi or x < lo or x > hi:
+            alive[k] = False
+        by[t] = min(max(y, lo), hi) - 1
+        bx[t] = min(max(x, lo), hi) - 1
+
+
+@njit(**_OPTS)
+def newton_bookkeeping(sel, ey, ex, conv, f0y, f0x, refine, alive, py, px, fy, fx, todo):
+    """Store the new sub-pixel estimates ``(ey[t], ex[t])`` of the windows ``sel[t]``.
+
+    A window keeps ``alive`` only if its Newton search converged (``conv[t]``) to a
+    finite position; the estimate of a live window (zero otherwise) is split into its
+    nearest integer (added to ``py``, ``px``) and the fraction left (``fy``, ``fx``),
+    all in place. The live windows whose estimate moved by more than ``refine`` px from
+    the taper position ``(f0y[t], f0x[t])`` are written to ``todo``, in the order of
+    ``sel``; their number is returned. ``todo`` must hold ``sel.size`` values.
+    """
+    n = 0
+    for t in range(sel.size):
+        k = sel[t]
+        y, x = ey[t], ex[t]
+        a = alive[k] and conv[t] and math.isfinite(y) and math.isfinite(x)
+        alive[k] = a
+        if not a:
+            y = 0.0
+            x = 0.0
+        ry = np.rint(y)
+        rx = np.rint(x)
+        py[k] += np.int64(ry)
+        px[k] += np.int64(rx)
+        fy[k] = y - ry
+        fx[k] = x - rx
+        if a and max(abs(y - f0y[t]), abs(x - f0x[t])) > refine:
+            todo[n] = k
+            n += 1
+    return n
+
+
+@njit(**_OPTS)
 def newton_peaks(fb, fa, sel, weight, whiten, sy, sx, max_step, out_y, out_x, ok):
     """Peak of the whitened cross-correlation of each window, by Newton iterations.
 
