@@ -61,40 +61,12 @@ def _taper(x, w, roll):
 
 
 @njit(cache=True, fastmath=False, nogil=True)
-def _demean_taper(v, ty, tx, out):
-    """``out[i, j] = (v[i, j] - m) * ty[i] * tx[j]`` for ``i, j < len(ty)``, ``m`` the mean of
-    ``v`` weighted by the taper ``ty`` x ``tx`` (0 if the taper is all zero)."""
-    n = ty.shape[0]
-    # weighted sums per column first (independent accumulators: a vectorisable loop)
-    acc = np.zeros(n)
-    for i in range(n):
-        if ty[i] == 0.0:
-            continue
-        a = ty[i]
-        row = v[i]
-        for j in range(n):
-            acc[j] += a * row[j]
-    sv = 0.0
-    for j in range(n):
-        sv += tx[j] * acc[j]
-    swx = 0.0
-    for j in range(n):
-        swx += tx[j]
-    swy = 0.0
-    for i in range(n):
-        swy += ty[i]
-    sw = swx * swy
-    mean = sv / sw if sw > 0 else 0.0
-    for i in range(n):
-        for j in range(n):
-            out[i, j] = (v[i, j] - mean) * ty[i] * tx[j]
-
-
-@njit(cache=True, fastmath=False, nogil=True)
 def _demean_taper_at(q, k, r0, c0, ty, tx, out):
-    """:func:`_demean_taper` of ``v = q[k, r0:r0 + n, c0:c0 + n]`` (``n = len(ty)``), read
-    row by row from ``q`` (K, P, P): each row a contiguous slice, so that the loops
-    vectorise (a 2-D slice of ``q`` has strides unknown to the compiler). Same values."""
+    """``out[i, j] = (v[i, j] - m) * ty[i] * tx[j]`` for ``i, j < n = len(ty)``, ``m`` the
+    mean of ``v = q[k, r0:r0 + n, c0:c0 + n]`` weighted by the taper ``ty`` x ``tx`` (0 if
+    the taper is all zero). ``v`` is read row by row from ``q`` (K, P, P): each row a
+    contiguous slice, so that the loops vectorise (a 2-D slice of ``q`` has strides
+    unknown to the compiler)."""
     n = ty.shape[0]
     acc = np.zeros(n)
     for i in range(n):
@@ -969,7 +941,8 @@ def deformed_blocks(qd, by, bx, gy, gx, fy, fx, w, roll, out):
         for i in range(n):
             ty[i] = _taper(i - 1.0 - fy[t], w, roll)
             tx[i] = _taper(i - 1.0 - fx[t], w, roll)
-        v = np.empty((n, n))
+        v3 = np.empty((1, n, n))
+        v = v3[0]
         for i in range(n):
             for j in range(n):
                 y = by[t] + i + gy[t, i, j]
@@ -998,7 +971,7 @@ def deformed_blocks(qd, by, bx, gy, gx, fy, fx, w, roll, out):
                     )
                     acc += au * row
                 v[i, j] = acc
-        _demean_taper(v, ty, tx, out[t])
+        _demean_taper_at(v3, 0, 0, 0, ty, tx, out[t])
 
 
 @njit(**_OPTS)
