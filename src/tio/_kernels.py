@@ -1034,14 +1034,9 @@ def window_deformations(fy, fx, ii, jj, step, w, gy, gx, my, mx):
 
 
 @njit(**_OPTS)
-def _standardise_into(img, top, left, h, scale, flat, out):
-    """``img[top:top + h, left:left + h]`` minus its mean (float32, mean in float64) into
-    ``out[:h, :h]``, times 1 / std if ``scale`` (0 if flat), zeros elsewhere in ``out``.
-    Returns the std (float64) and whether the window is flat (std below ``flat`` times
-    its mean absolute value, or zero): the conventions of ``_correlation._standardise``
-    (``scale``) and ``_correlation._demean`` (not ``scale``)."""
-    # sums per column first (independent accumulators: a vectorisable loop), then over
-    # the columns; rows read as contiguous slices of ``img`` (vectorisable)
+def _window_mean(img, top, left, h):
+    """Mean (float64) of ``img[top:top + h, left:left + h]``: sums per column first
+    (independent accumulators: a vectorisable loop), rows read as contiguous slices."""
     acc = np.zeros(h)
     for i in range(h):
         row = img[top + i, left : left + h]
@@ -1050,24 +1045,46 @@ def _standardise_into(img, top, left, h, scale, flat, out):
     s = 0.0
     for j in range(h):
         s += acc[j]
-    n = h * h
-    mean = s / n
+    return s / (h * h)
+
+
+@njit(**_OPTS)
+def _window_spread(img, top, left, h, mean, flat, out):
+    """Std (float64) of ``img[top:top + h, left:left + h]`` about ``mean`` (deviations in
+    float32, as written to ``out[:h, :h]`` unless ``out`` is None) and whether the window
+    is flat (std below ``flat`` times ``|mean|``, or zero)."""
     m32 = np.float32(mean)
-    acc[:] = 0.0
+    acc = np.zeros(h)
     for i in range(h):
         row = img[top + i, left : left + h]
-        o = out[i]
-        for j in range(h):
-            d = np.float32(row[j]) - m32
-            o[j] = d
-            acc[j] += np.float64(d) * d
-        o[h:] = 0.0
-    out[h:, :] = 0.0
+        if out is None:
+            for j in range(h):
+                d = np.float32(row[j]) - m32
+                acc[j] += np.float64(d) * d
+        else:
+            o = out[i]
+            for j in range(h):
+                d = np.float32(row[j]) - m32
+                o[j] = d
+                acc[j] += np.float64(d) * d
     ss = 0.0
     for j in range(h):
         ss += acc[j]
-    sd = math.sqrt(ss / n)
-    is_flat = sd <= flat * abs(mean) or sd == 0.0
+    sd = math.sqrt(ss / (h * h))
+    return sd, sd <= flat * abs(mean) or sd == 0.0
+
+
+@njit(**_OPTS)
+def _standardise_into(img, top, left, h, scale, flat, out):
+    """``img[top:top + h, left:left + h]`` minus its mean (float32, mean in float64) into
+    ``out[:h, :h]``, times 1 / std if ``scale`` (0 if flat), zeros elsewhere in ``out``.
+    Returns the std (float64) and whether the window is flat (std below ``flat`` times
+    its mean absolute value, or zero): the conventions of ``_correlation._standardise``
+    (``scale``) and ``_correlation._demean`` (not ``scale``)."""
+    mean = _window_mean(img, top, left, h)
+    sd, is_flat = _window_spread(img, top, left, h, mean, flat, out)
+    out[:h, h:] = 0.0
+    out[h:, :] = 0.0
     if scale:
         g = np.float32(0.0) if is_flat else np.float32(1.0 / sd)
         for i in range(h):
@@ -1080,28 +1097,7 @@ def _standardise_into(img, top, left, h, scale, flat, out):
 def _moments(img, top, left, h, flat):
     """Std and flatness of ``img[top:top + h, left:left + h]``, computed as
     :func:`_standardise_into` does (same values), without writing the window."""
-    acc = np.zeros(h)
-    for i in range(h):
-        row = img[top + i, left : left + h]
-        for j in range(h):
-            acc[j] += row[j]
-    s = 0.0
-    for j in range(h):
-        s += acc[j]
-    n = h * h
-    mean = s / n
-    m32 = np.float32(mean)
-    acc[:] = 0.0
-    for i in range(h):
-        row = img[top + i, left : left + h]
-        for j in range(h):
-            d = np.float32(row[j]) - m32
-            acc[j] += np.float64(d) * d
-    ss = 0.0
-    for j in range(h):
-        ss += acc[j]
-    sd = math.sqrt(ss / n)
-    return sd, sd <= flat * abs(mean) or sd == 0.0
+    return _window_spread(img, top, left, h, _window_mean(img, top, left, h), flat, None)
 
 
 @njit(**_OPTS)
