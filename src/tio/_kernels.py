@@ -1240,15 +1240,7 @@ def _demean_into(img, y, x, h, out):
     """``img[y:y + h, x:x + h]`` minus its mean into ``out[:h, :h]`` (float32; the mean
     summed in float64 per column first, a vectorisable loop), zeros elsewhere in
     ``out``. Returns the mean."""
-    acc = np.zeros(h)
-    for i in range(h):
-        row = img[y + i, x : x + h]
-        for j in range(h):
-            acc[j] += row[j]
-    sm = 0.0
-    for j in range(h):
-        sm += acc[j]
-    mean = sm / (h * h)
+    mean = _window_mean(img, y, x, h)
     m32 = np.float32(mean)
     for i in range(h):
         row = img[y + i, x : x + h]
