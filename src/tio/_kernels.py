@@ -1162,20 +1162,26 @@ def zncc_normalise(num, lv, sd_q, bad, w, flat, out):
 def zncc_normalise_at(num, lvm, lr, lc, sd_q, bad, w, flat, out):
     """:func:`zncc_normalise` with the local variances read from a map: window ``k``'s
     at offset ``(v, u)`` is ``lvm[lr[k] + v, lc[k] + u]`` (no gathered copy)."""
-    k, n, _ = out.shape
     ww = np.float64(w * w)
-    for t in range(k):
-        lim = flat * ww * (sd_q[t] * sd_q[t])
-        r0 = lr[t]
-        c0 = lc[t]
-        for v in range(n):
-            for u in range(n):
-                lvv = lvm[r0 + v, c0 + u]
-                if bad[t] or not lvv > lim:
-                    out[t, v, u] = np.nan
-                else:
-                    z = np.float64(num[t, v, u]) / math.sqrt(ww * lvv)
-                    out[t, v, u] = min(max(z, -1.0), 1.0)
+    for t in range(out.shape[0]):
+        _normalise_one(num[t], lvm, lr[t], lc[t], sd_q[t], bad[t], ww, flat, out[t])
+
+
+@njit(**_OPTS)
+def _normalise_one(num, lvm, r0, c0, sd_q, bad, ww, flat, out):
+    """One window of :func:`zncc_normalise_at`: ``out[v, u] = num[v, u] / sqrt(ww *
+    lvm[r0 + v, c0 + u])`` clipped to [-1, 1], NaN where ``bad`` or where the local
+    variance is not above ``flat * ww * sd_q**2``."""
+    n = out.shape[0]
+    lim = flat * ww * (sd_q * sd_q)
+    for v in range(n):
+        for u in range(n):
+            lvv = lvm[r0 + v, c0 + u]
+            if bad or not lvv > lim:
+                out[v, u] = np.nan
+            else:
+                z = np.float64(num[v, u]) / math.sqrt(ww * lvv)
+                out[v, u] = min(max(z, -1.0), 1.0)
 
 
 @njit(**_OPTS)
@@ -1360,19 +1366,7 @@ def block_mean_correction(
             for y in range(n):
                 for x in range(n):
                     o[y, x] *= g
-        # normalisation (zncc_normalise_at)
-        lim = flat * ww * (sd_q[t] * sd_q[t])
-        r0 = lr[t]
-        c0 = lc[t]
-        ot = out[t]
-        for v in range(n):
-            for u in range(n):
-                lvv = lvm[r0 + v, c0 + u]
-                if bad[t] or not lvv > lim:
-                    ot[v, u] = np.nan
-                else:
-                    z = o[v, u] / math.sqrt(ww * lvv)
-                    ot[v, u] = min(max(z, -1.0), 1.0)
+        _normalise_one(o, lvm, lr[t], lc[t], sd_q[t], bad[t], ww, flat, out[t])
 
 
 @njit(**_OPTS)
