@@ -804,8 +804,9 @@ def invert_block(
     residuals : bool
         Return the residual of every pair (``res_c``, (P, M)).
     joint_outliers : bool
-        A pair rejected as a gross outlier in one component is rejected in
-        the other too (:func:`_invert_joint`).
+        Re-weight each pair from the larger of its EW and NS residuals, so
+        that a pair rejected as a gross outlier in one component is rejected
+        in the other too (:func:`_invert_joint`).
 
     Returns
     -------
