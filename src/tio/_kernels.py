@@ -43,11 +43,15 @@ import numpy as np
 from numba import njit
 
 # No ``parallel=True``: the kernels run inside the correlator's own thread pool (one
-# tile per thread), and release the GIL.
-_OPTS = dict(cache=True, fastmath=False, nogil=True)
+# tile per thread), and release the GIL. ``error_model="numpy"``: a float division by
+# zero gives inf or NaN instead of raising (every division here is guarded or cannot
+# divide by zero), which removes the check that kept the compiler from vectorising
+# loops with a division (the whitening of :func:`newton_peaks`: 3.7 -> 1.0 us per
+# window; results bit-identical).
+_OPTS = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
 
 
-@njit(cache=True, fastmath=False, nogil=True)
+@njit(**_OPTS)
 def _taper(x, w, roll):
     """Taper of a ``w``-px window at real position ``x``: 0 at -1 and ``w``, cos^2 roll-off
     over ``roll`` px from each end, 1 in between (scalar version of ``_correlation.taper``)."""
@@ -60,7 +64,7 @@ def _taper(x, w, roll):
     return s * s
 
 
-@njit(cache=True, fastmath=False, nogil=True)
+@njit(**_OPTS)
 def _demean_taper_at(q, k, r0, c0, ty, tx, out):
     """``out[i, j] = (v[i, j] - m) * ty[i] * tx[j]`` for ``i, j < n = len(ty)``, ``m`` the
     mean of ``v = q[k, r0:r0 + n, c0:c0 + n]`` weighted by the taper ``ty`` x ``tx`` (0 if
@@ -401,7 +405,7 @@ def mask_blur(valid, erode, wy, wx, rad, out):
         _mask_blur_one(valid[t], erode, wy[t], wx[t], rad, out[t], col, e, rows, ep, False)
 
 
-@njit(cache=True, fastmath=False, nogil=True)
+@njit(**_OPTS)
 def _mask_blur_one(valid, erode, wy, wx, rad, out, col, e, rows, ep, separable):
     """:func:`mask_blur` of one window (``valid``, ``out`` (n, n); ``wy``/``wx`` its taps;
     ``col``, ``e`` (n, n) bool, ``rows`` (n, n + 2 rad), ``ep`` (n + 2 rad) squared float32
@@ -455,7 +459,7 @@ def _mask_blur_one(valid, erode, wy, wx, rad, out, col, e, rows, ep, separable):
             out[y, x] = min(max(out[y, x], np.float32(0.0)), np.float32(1.0))
 
 
-@njit(cache=True, fastmath=False, nogil=True)
+@njit(**_OPTS)
 def _separable_blur(valid, erode, wy, wx, rad, out, work):
     """:func:`_mask_blur_one` of a mask that is a rectangle of usable pixels (the
     product of a row mask and a column mask: windows at the image edges), by 1-D
@@ -502,7 +506,7 @@ def _separable_blur(valid, erode, wy, wx, rad, out, work):
     return True
 
 
-@njit(cache=True, fastmath=False, nogil=True)
+@njit(**_OPTS)
 def _gauss_taps(frac, sigma, rad, out):
     """Gaussian taps of :func:`_correlation.mask_weight` (float32): tap ``i`` is the
     normal density (standard deviation ``sigma``) at ``i - rad - frac``."""
@@ -679,7 +683,7 @@ def separate_regions(above, iy, ix, out):
         out[t] = total > reached
 
 
-@njit(cache=True, fastmath=False, nogil=True)
+@njit(**_OPTS)
 def _parabola(ym, y0, yp):
     """Vertex offset (clipped to [-0.5, 0.5]; 0 if not concave) and height of the parabola
     through (-1, ym), (0, y0), (1, yp): ``_correlation._parabolic`` for one point."""
@@ -909,7 +913,7 @@ def rect_standardise(r, q, y0, y1, x0, x1, flat, out_r, out_q, flat_r, flat_q):
                 o[i, j] *= g
 
 
-@njit(cache=True, fastmath=False, nogil=True)
+@njit(**_OPTS)
 def _keys(t):
     """Keys (1981) cubic convolution weights (a = -0.5) of the 4 samples around ``t`` in [0, 1)."""
     t2 = t * t
