@@ -93,6 +93,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -877,6 +879,33 @@ def _even_batches(n, most):
     return [(b, min(b + size, n)) for b in range(0, n, size)]
 
 
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _thread_pool(workers):
+    """The process's thread pool of ``workers`` threads (None for one worker).
+
+    Created on first use and kept: starting the threads of a new pool on every call
+    cost about 10 % of the time on images of a few hundred windows (measured on the
+    small crops of ``benchmarks/bench_correlation.py``, the two ways alternated in one
+    process). Keyed by the process id as well, so that a forked child makes its own
+    (the threads of the parent's pool do not exist in the child). Concurrent calls
+    share the pool; its tasks never wait for other tasks of the pool, so they cannot
+    deadlock. The threads are idle between calls and joined at interpreter exit.
+    """
+    workers = max(1, int(workers))
+    if workers == 1:
+        return None
+    key = (os.getpid(), workers)
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tio-correlate")
+            _POOLS[key] = pool
+    return pool
+
+
 @functools.lru_cache(maxsize=1)
 def _tune_malloc():
     """Keep freed memory in the process (glibc only; once per process): allocations below
@@ -1069,24 +1098,19 @@ def offset_field(
             return _tile(views, *args, **opts)
         return _masked_tile(views, *args, **opts), None
 
-    workers = max(1, int(workers))
-    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
-    try:
-        pending = []
-        for result, rest in pool.map(run, tasks) if pool is not None else map(run, tasks):
+    pool = _thread_pool(workers)
+    pending = []
+    for result, rest in pool.map(run, tasks) if pool is not None else map(run, tasks):
+        store(result)
+        if rest is not None:
+            pending.append(rest)
+    if pending:
+        pi = np.concatenate([p[0] for p in pending])
+        pj = np.concatenate([p[1] for p in pending])
+        # an even number of equal batches: both threads get work
+        tasks = [("masked", (pi[a:b], pj[a:b])) for a, b in _even_batches(pi.size, per_chunk)]
+        for result, _ in pool.map(run, tasks) if pool is not None else map(run, tasks):
             store(result)
-            if rest is not None:
-                pending.append(rest)
-        if pending:
-            pi = np.concatenate([p[0] for p in pending])
-            pj = np.concatenate([p[1] for p in pending])
-            # an even number of equal batches: both threads get work
-            tasks = [("masked", (pi[a:b], pj[a:b])) for a, b in _even_batches(pi.size, per_chunk)]
-            for result, _ in pool.map(run, tasks) if pool is not None else map(run, tasks):
-                store(result)
-    finally:
-        if pool is not None:
-            pool.shutdown()
     out_dy += oy
     out_dx += ox
     if deform > 0:
@@ -1698,33 +1722,28 @@ def deform_refine(
         good = alive & (np.abs(ty - my[b]) <= 1.0) & (np.abs(tx - mx[b]) <= 1.0)
         return ii[b][good], jj[b][good], ty[good], tx[good]
 
-    workers = max(1, int(workers))
-    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
-    try:
-        for _ in range(max(0, int(passes))):
-            ok = np.isfinite(dy) & np.isfinite(dx)
-            if ok.sum() < 4:
-                return
-            fy, fx = (np.ascontiguousarray(f, np.float64) for f in smooth_fill(dy, dx))
-            dev = strain_deviation(fy, fx, w, step)
-            ii, jj = np.nonzero(ok & (dev > min_strain))
-            if ii.size == 0:
-                return
-            ii, jj = ii.astype(np.int64), jj.astype(np.int64)
-            # an even number of equal batches (a small image has fewer strained windows
-            # than one batch): both threads get work
-            tasks = [(ii[a:b], jj[a:b], fy, fx) for a, b in _even_batches(ii.size, chunk)]
-            results = (
-                pool.map(lambda t: refine(*t), tasks) if pool else map(lambda t: refine(*t), tasks)
-            )
-            for res in list(results):
-                if res is not None:
-                    ri, rj, ty, tx = res
-                    dy[ri, rj] = ty
-                    dx[ri, rj] = tx
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    pool = _thread_pool(workers)
+    for _ in range(max(0, int(passes))):
+        ok = np.isfinite(dy) & np.isfinite(dx)
+        if ok.sum() < 4:
+            return
+        fy, fx = (np.ascontiguousarray(f, np.float64) for f in smooth_fill(dy, dx))
+        dev = strain_deviation(fy, fx, w, step)
+        ii, jj = np.nonzero(ok & (dev > min_strain))
+        if ii.size == 0:
+            return
+        ii, jj = ii.astype(np.int64), jj.astype(np.int64)
+        # an even number of equal batches (a small image has fewer strained windows
+        # than one batch): both threads get work
+        tasks = [(ii[a:b], jj[a:b], fy, fx) for a, b in _even_batches(ii.size, chunk)]
+        results = (
+            pool.map(lambda t: refine(*t), tasks) if pool else map(lambda t: refine(*t), tasks)
+        )
+        for res in list(results):
+            if res is not None:
+                ri, rj, ty, tx = res
+                dy[ri, rj] = ty
+                dx[ri, rj] = tx
 
 
 def _process_clean(
