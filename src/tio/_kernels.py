@@ -1009,6 +1009,10 @@ def window_deformations(fy, fx, ii, jj, step, w, gy, gx, my, mx):
     c0 = np.empty(n, np.int64)
     c1 = np.empty(n, np.int64)
     tc = np.empty(n)
+    ya = np.empty(n)
+    yb = np.empty(n)
+    xa = np.empty(n)
+    xb = np.empty(n)
     for k in range(ii.shape[0]):
         for a in range(n):
             g = (ii[k] * step + a - 1 - c) / step
@@ -1026,15 +1030,20 @@ def window_deformations(fy, fx, ii, jj, step, w, gy, gx, my, mx):
         sy = 0.0
         sx = 0.0
         for a in range(n):
+            # the two grid rows interpolated along the columns, once per pair of grid
+            # rows (the same for most block rows), then between the rows (the same
+            # products in the same order as one formula per pixel)
+            if a == 0 or r0[a] != r0[a - 1] or r1[a] != r1[a - 1]:
+                for b in range(n):
+                    v = tc[b]
+                    ya[b] = (1 - v) * fy[r0[a], c0[b]] + v * fy[r0[a], c1[b]]
+                    yb[b] = (1 - v) * fy[r1[a], c0[b]] + v * fy[r1[a], c1[b]]
+                    xa[b] = (1 - v) * fx[r0[a], c0[b]] + v * fx[r0[a], c1[b]]
+                    xb[b] = (1 - v) * fx[r1[a], c0[b]] + v * fx[r1[a], c1[b]]
             u = tr[a]
             for b in range(n):
-                v = tc[b]
-                vy = (1 - u) * ((1 - v) * fy[r0[a], c0[b]] + v * fy[r0[a], c1[b]]) + u * (
-                    (1 - v) * fy[r1[a], c0[b]] + v * fy[r1[a], c1[b]]
-                )
-                vx = (1 - u) * ((1 - v) * fx[r0[a], c0[b]] + v * fx[r0[a], c1[b]]) + u * (
-                    (1 - v) * fx[r1[a], c0[b]] + v * fx[r1[a], c1[b]]
-                )
+                vy = (1 - u) * ya[b] + u * yb[b]
+                vx = (1 - u) * xa[b] + u * xb[b]
                 gy[k, a, b] = vy
                 gx[k, a, b] = vx
                 if 1 <= a <= w and 1 <= b <= w:
@@ -1236,20 +1245,25 @@ def nan_median_filter(f, h, out):
     is none. The median of an even count is the mean of the two middle values, as
     ``numpy.nanmedian`` (which it equals)."""
     ny, nx = f.shape
-    buf = np.empty((2 * h + 1) ** 2)
+    s = np.empty((2 * h + 1) ** 2)
     for i in range(ny):
         for j in range(nx):
+            # the finite values kept sorted as they come (insertion: a few values, no
+            # allocation per cell)
             c = 0
             for a in range(max(i - h, 0), min(i + h + 1, ny)):
                 for b in range(max(j - h, 0), min(j + h + 1, nx)):
                     v = f[a, b]
                     if math.isfinite(v):
-                        buf[c] = v
+                        e = c
+                        while e > 0 and s[e - 1] > v:
+                            s[e] = s[e - 1]
+                            e -= 1
+                        s[e] = v
                         c += 1
             if c == 0:
                 out[i, j] = np.nan
                 continue
-            s = np.sort(buf[:c])
             if c % 2 == 1:
                 out[i, j] = s[c // 2]
             else:
