@@ -1229,12 +1229,15 @@ def _spectral_weight32(size):
     return out
 
 
-def _demeaned(a):
+def _demeaned(a, out=None):
     """``a`` minus its mean for each image of a batch (float32; the first output of
-    :func:`_demean`, without the std)."""
+    :func:`_demean`, without the std); into ``out`` (float32, may be ``a``) if given."""
     n = a.shape[1] * a.shape[2]
     mean = a.sum(axis=(1, 2), dtype=np.float64) / n
-    out = a.astype(np.float32)
+    if out is None:
+        out = a.astype(np.float32)
+    elif out is not a:
+        out[...] = a
     out -= mean.astype(np.float32)[:, None, None]
     return out
 
@@ -1697,13 +1700,21 @@ def deform_refine(
         b = np.flatnonzero(use)
         if b.size == 0:
             return None
-        rvw = sliding_window_view(ref_valid, (w, w))[ii[b] * step, jj[b] * step]
-        qvw = sliding_window_view(sec_valid, (p0, p0))[top[b], left[b]]
-        b = b[rvw.all(axis=(1, 2)) & qvw.all(axis=(1, 2))]
+        # the windows and sub-images fully usable, then gathered (compiled: no GIL held)
+        rtop, rleft = ii[b] * step, jj[b] * step
+        ok_r = np.empty(b.size, dtype=bool)
+        ok_q = np.empty(b.size, dtype=bool)
+        _kernels.windows_usable_at(ref_valid, rtop, rleft, int(w), ok_r)
+        _kernels.windows_usable_at(sec_valid, top[b], left[b], int(p0), ok_q)
+        keep = ok_r & ok_q
+        b = b[keep]
         if b.size == 0:
             return None
-        rs = _demeaned(sliding_window_view(ref, (w, w))[ii[b] * step, jj[b] * step])
-        qd = _demeaned(sliding_window_view(sec, (p0, p0))[top[b], left[b]])
+        rs = np.empty((b.size, w, w), dtype=np.float32)
+        qd = np.empty((b.size, p0, p0), dtype=np.float32)
+        _kernels.gather_at(ref, rtop[keep], rleft[keep], int(w), rs)
+        _kernels.gather_at(sec, top[b], left[b], int(p0), qd)
+        rs, qd = _demeaned(rs, out=rs), _demeaned(qd, out=qd)
         cy = np.full(b.size, s2, dtype=np.int64)
         ty, tx, alive = _subpixel_fast(
             rs,

@@ -1399,6 +1399,35 @@ def block_mean_correction(
 
 
 @njit(**_OPTS)
+def windows_usable_at(valid, tops, lefts, size, out):
+    """``out[k] = valid[tops[k]:tops[k] + size, lefts[k]:lefts[k] + size].all()`` for
+    windows of an image (no gathered copies; the caller keeps them inside it)."""
+    for t in range(tops.shape[0]):
+        good = True
+        for i in range(size):
+            row = valid[tops[t] + i, lefts[t] : lefts[t] + size]
+            for j in range(size):
+                if not row[j]:
+                    good = False
+                    break
+            if not good:
+                break
+        out[t] = good
+
+
+@njit(**_OPTS)
+def gather_at(image, tops, lefts, size, out):
+    """``out[k] = image[tops[k]:tops[k] + size, lefts[k]:lefts[k] + size]`` (the same
+    values as numpy's fancy indexing of a sliding-window view, without the GIL)."""
+    for t in range(tops.shape[0]):
+        for i in range(size):
+            row = image[tops[t] + i, lefts[t] : lefts[t] + size]
+            o = out[t, i]
+            for j in range(size):
+                o[j] = row[j]
+
+
+@njit(**_OPTS)
 def boxes_usable(valid, y0, y1, x0, x1, out):
     """``out[k] = valid[k, y0[k]:y1[k], x0[k]:x1[k]].all()`` (True for an empty box)."""
     for t in range(valid.shape[0]):
