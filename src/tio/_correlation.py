@@ -1022,6 +1022,8 @@ def offset_field(
         sval=sliding_window_view(sec_valid, (p0, p0)),
         secimg=sec,
         svalimg=sec_valid,
+        rvalimg=ref_valid,
+        teximg=texture,
         all_valid=bool(ref_valid.all()),
         tex_is_ref=texture is ref,
         oy=oy + big,  # top-left corner of the sub-image, relative to i * step (padded)
@@ -1198,21 +1200,39 @@ def _tile(views, rows, cols, *, step, **opts):
 
 
 def _masked_tile(views, ii, jj, *, step, **opts):
-    """Process a batch of windows (output-grid indices) with the masked formulation."""
-    rv = views["rval"][ii, jj]
+    """Process a batch of windows (output-grid indices) with the masked formulation.
+
+    The windows and sub-images are gathered by a compiled kernel (:func:`_gather`: the
+    same arrays as fancy indexing of the sliding-window views, without the GIL)."""
+    w, p0 = opts["w"], opts["w"] + 2 * opts["s"]
+    rtop, rleft = ii * step, jj * step
+    rv = _gather(views["rvalimg"], rtop, rleft, w)
     if not views["all_valid"]:
         keep = 1.0 - rv.mean(axis=(1, 2)) <= opts["max_bad"]
         if not keep.any():
             return None
         ii, jj, rv = ii[keep], jj[keep], rv[keep]
-    r0 = ii * step + views["oy"][ii, jj]
-    c0 = jj * step + views["ox"][ii, jj]
-    tex = views["tex"][ii, jj] if opts["min_sd"] > 0 else None
-    qv = views["sval"][r0, c0]
-    dy, dx, score = _process_block(
-        views["ref"][ii, jj], views["sec"][r0, c0], rv, qv, None, tex, **opts
-    )
+        rtop, rleft = rtop[keep], rleft[keep]
+    r0 = rtop + views["oy"][ii, jj]
+    c0 = rleft + views["ox"][ii, jj]
+    r = _gather(views["refimg"], rtop, rleft, w)
+    tex = None
+    if opts["min_sd"] > 0:
+        tex = r if views["tex_is_ref"] else _gather(views["teximg"], rtop, rleft, w)
+    qv = _gather(views["svalimg"], r0, c0, p0)
+    q = _gather(views["secimg"], r0, c0, p0)
+    dy, dx, score = _process_block(r, q, rv, qv, None, tex, **opts)
     return ii, jj, dy, dx, score
+
+
+def _gather(image, tops, lefts, size):
+    """``image[tops[k]:tops[k] + size, lefts[k]:lefts[k] + size]`` stacked (K, size,
+    size), by :func:`tio._kernels.gather_at`."""
+    from tio import _kernels
+
+    out = np.empty((tops.shape[0], size, size), dtype=image.dtype)
+    _kernels.gather_at(image, tops.astype(np.int64), lefts.astype(np.int64), int(size), out)
+    return out
 
 
 def _subpixel_size(w):
