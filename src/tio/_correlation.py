@@ -987,13 +987,6 @@ def offset_field(
     _tune_malloc()
     w, s = int(window), int(search)
     ny, nx = grid_shape(reference.shape, w, step)
-    ref, ref_valid, texture = prepare_image(reference, reference_mask, prefilter, w, wallis_size)
-    sec, sec_valid, _ = prepare_image(secondary, secondary_mask, prefilter, w, wallis_size)
-    max_bad = float(max_masked_fraction)
-    min_sd = 0.0
-    if min_texture > 0:
-        min_sd = float(min_texture) * texture_scale(texture, ref_valid, w, step, max_bad)
-
     if prior is None:
         oy = np.zeros((ny, nx), dtype=np.int64)
         ox = np.zeros((ny, nx), dtype=np.int64)
@@ -1009,8 +1002,23 @@ def offset_field(
     # full sub-image; the pad is unusable (zero weight), which lets edge windows use
     # what lies inside the image.
     pad = s + big
-    sec = np.pad(sec, pad, mode="edge")
-    sec_valid = np.pad(sec_valid, pad, mode="constant", constant_values=False)
+
+    def prepare_secondary():
+        sec, sec_valid, _ = prepare_image(secondary, secondary_mask, prefilter, w, wallis_size)
+        sec = np.pad(sec, pad, mode="edge")
+        sec_valid = np.pad(sec_valid, pad, mode="constant", constant_values=False)
+        return sec, sec_valid
+
+    # the secondary is prepared by a pool thread while this one prepares the reference
+    # and measures its texture (serial work that would leave the other threads idle)
+    pool = _thread_pool(workers)
+    sec_task = pool.submit(prepare_secondary) if pool is not None else None
+    ref, ref_valid, texture = prepare_image(reference, reference_mask, prefilter, w, wallis_size)
+    max_bad = float(max_masked_fraction)
+    min_sd = 0.0
+    if min_texture > 0:
+        min_sd = float(min_texture) * texture_scale(texture, ref_valid, w, step, max_bad)
+    sec, sec_valid = sec_task.result() if sec_task is not None else prepare_secondary()
 
     p0 = w + 2 * s
     views = dict(
@@ -1101,7 +1109,6 @@ def offset_field(
             return _tile(views, *args, **opts)
         return _masked_tile(views, *args, **opts), None
 
-    pool = _thread_pool(workers)
     pending = []
     for result, rest in pool.map(run, tasks) if pool is not None else map(run, tasks):
         store(result)
