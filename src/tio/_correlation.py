@@ -883,8 +883,8 @@ _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def _thread_pool(workers):
-    """The process's thread pool of ``workers`` threads (None for one worker).
+def _thread_pool(threads):
+    """The process's pool of ``threads`` threads (at least one).
 
     Created on first use and kept: starting the threads of a new pool on every call
     cost about 10 % of the time on images of a few hundred windows (measured on the
@@ -894,16 +894,55 @@ def _thread_pool(workers):
     share the pool; its tasks never wait for other tasks of the pool, so they cannot
     deadlock. The threads are idle between calls and joined at interpreter exit.
     """
-    workers = max(1, int(workers))
-    if workers == 1:
-        return None
-    key = (os.getpid(), workers)
+    threads = max(1, int(threads))
+    key = (os.getpid(), threads)
     with _POOLS_LOCK:
         pool = _POOLS.get(key)
         if pool is None:
-            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tio-correlate")
+            pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tio-correlate")
             _POOLS[key] = pool
     return pool
+
+
+def _map_tasks(fn, tasks, workers):
+    """``[fn(t) for t in tasks]`` on ``workers`` threads: the calling thread and
+    ``workers - 1`` threads of :func:`_thread_pool` take the tasks in order from a
+    shared counter (the caller works too: one thread fewer to wake up per call, and
+    the caller is already running; measured faster than handing every task to a pool
+    of ``workers`` threads on the small crops of ``benchmarks/bench_correlation.py``).
+    Results in the order of ``tasks``. The first exception stops the handing out of
+    tasks and is raised once the tasks already started have finished.
+    """
+    tasks = list(tasks)
+    n = len(tasks)
+    workers = min(max(1, int(workers)), n)
+    if workers <= 1:
+        return [fn(t) for t in tasks]
+    results = [None] * n
+    lock = threading.Lock()
+    state = {"next": 0, "failed": False}
+
+    def drain():
+        while True:
+            with lock:
+                i = state["next"]
+                if i >= n or state["failed"]:
+                    return
+                state["next"] = i + 1
+            try:
+                results[i] = fn(tasks[i])
+            except BaseException:
+                state["failed"] = True
+                raise
+
+    pool = _thread_pool(workers - 1)
+    helpers = [pool.submit(drain) for _ in range(workers - 1)]
+    try:
+        drain()
+    finally:
+        for h in helpers:
+            h.result()
+    return results
 
 
 @functools.lru_cache(maxsize=1)
@@ -1011,8 +1050,8 @@ def offset_field(
 
     # the secondary is prepared by a pool thread while this one prepares the reference
     # and measures its texture (serial work that would leave the other threads idle)
-    pool = _thread_pool(workers)
-    sec_task = pool.submit(prepare_secondary) if pool is not None else None
+    workers = max(1, int(workers))
+    sec_task = _thread_pool(workers - 1).submit(prepare_secondary) if workers > 1 else None
     ref, ref_valid, texture = prepare_image(reference, reference_mask, prefilter, w, wallis_size)
     max_bad = float(max_masked_fraction)
     min_sd = 0.0
@@ -1110,7 +1149,7 @@ def offset_field(
         return _masked_tile(views, *args, **opts), None
 
     pending = []
-    for result, rest in pool.map(run, tasks) if pool is not None else map(run, tasks):
+    for result, rest in _map_tasks(run, tasks, workers):
         store(result)
         if rest is not None:
             pending.append(rest)
@@ -1119,7 +1158,7 @@ def offset_field(
         pj = np.concatenate([p[1] for p in pending])
         # an even number of equal batches: both threads get work
         tasks = [("masked", (pi[a:b], pj[a:b])) for a, b in _even_batches(pi.size, per_chunk)]
-        for result, _ in pool.map(run, tasks) if pool is not None else map(run, tasks):
+        for result, _ in _map_tasks(run, tasks, workers):
             store(result)
     out_dy += oy
     out_dx += ox
@@ -1761,7 +1800,6 @@ def deform_refine(
         good = alive & (np.abs(ty - my[b]) <= 1.0) & (np.abs(tx - mx[b]) <= 1.0)
         return ii[b][good], jj[b][good], ty[good], tx[good]
 
-    pool = _thread_pool(workers)
     for _ in range(max(0, int(passes))):
         ok = np.isfinite(dy) & np.isfinite(dx)
         if ok.sum() < 4:
@@ -1775,10 +1813,7 @@ def deform_refine(
         # an even number of equal batches (a small image has fewer strained windows
         # than one batch): both threads get work
         tasks = [(ii[a:b], jj[a:b], fy, fx) for a, b in _even_batches(ii.size, chunk)]
-        results = (
-            pool.map(lambda t: refine(*t), tasks) if pool else map(lambda t: refine(*t), tasks)
-        )
-        for res in list(results):
+        for res in _map_tasks(lambda t: refine(*t), tasks, workers):
             if res is not None:
                 ri, rj, ty, tx = res
                 dy[ri, rj] = ty
