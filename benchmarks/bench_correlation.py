@@ -48,7 +48,10 @@ errors (> 0.5 px), the pixel-locking bias (mean error at each fraction, and its 
 absolute value), and windows per second (only the correlation call or loop is timed;
 OpenCV is set to one thread, SciPy's FFT uses one worker by default; TIO's compiled
 kernels are loaded or compiled once by an untimed warm-up call before anything is
-timed, here and in the memory subprocess). Ratios TIO/skimage
+timed, here and in the memory subprocess). Each method runs over all the pairs of a
+case in turn, after one untimed call on the first pair (``run_case``: on a machine whose
+cores idle between calls, TIO's two threads ran 25-30 % slower when each of its calls
+followed a single-threaded scikit-image loop than back to back). Ratios TIO/skimage
 and TIO/OpenCV are printed for speed and accuracy, and PASS/FAIL against the targets of
 the issue: uniform shifts at 1 % noise, TIO RMSE <= 0.02 px and mean error within
 +-0.01 px at every fraction; on lobes, TIO RMSE at most half that of the best comparator;
