@@ -329,3 +329,55 @@ def test_peak_analysis_equals_numpy():
         assert np.isnan(sc[~ok]).all()
         assert 50 < idx.size < k - 50 and not ok[[5, 6]].any()
         assert ok[7] == (max_ratio == 1.0)
+
+
+def test_gather_and_usable_windows_equal_fancy_indexing():
+    """gather_at and windows_usable_at (the compiled gathers of the edge windows and of
+    the deformation pass) give the arrays of numpy's fancy indexing of sliding-window
+    views."""
+    rng = np.random.default_rng(11)
+    img = rng.normal(size=(60, 70)).astype(np.float32)
+    valid = np.ones(img.shape, dtype=bool)
+    valid[22:24, 10:12] = False  # inside the window at (20, 7) only
+    tops = np.array([0, 5, 20, 44, 3], dtype=np.int64)
+    lefts = np.array([0, 30, 7, 54, 38], dtype=np.int64)
+    for size, image in ((16, img), (16, valid), (12, img.astype(np.float64))):
+        out = np.empty((tops.size, size, size), dtype=image.dtype)
+        _kernels.gather_at(image, tops, lefts, size, out)
+        np.testing.assert_array_equal(out, sliding_window_view(image, (size, size))[tops, lefts])
+    usable = np.empty(tops.size, dtype=bool)
+    _kernels.windows_usable_at(valid, tops, lefts, 16, usable)
+    expected = sliding_window_view(valid, (16, 16))[tops, lefts].all(axis=(1, 2))
+    np.testing.assert_array_equal(usable, expected)
+    assert usable.any() and not usable.all()  # both outcomes are exercised
+
+
+def test_map_tasks_keeps_order_and_raises():
+    """_map_tasks (the calling thread plus pool threads) returns the results in the
+    order of the tasks, runs each task once, and raises a task's exception."""
+    import threading
+
+    seen = []
+    lock = threading.Lock()
+
+    def square(x):
+        with lock:
+            seen.append(x)
+        return x * x
+
+    for workers in (1, 2, 3):
+        seen.clear()
+        assert _c._map_tasks(square, range(25), workers) == [x * x for x in range(25)]
+        assert sorted(seen) == list(range(25))
+
+    def fail(x):
+        if x == 3:
+            raise ValueError("task 3")
+        return x
+
+    try:
+        _c._map_tasks(fail, range(10), 2)
+    except ValueError as e:
+        assert str(e) == "task 3"
+    else:
+        raise AssertionError("no exception")

@@ -1777,11 +1777,11 @@ def deform_refine(
         b = b[keep]
         if b.size == 0:
             return None
-        rs = np.empty((b.size, w, w), dtype=np.float32)
-        qd = np.empty((b.size, p0, p0), dtype=np.float32)
-        _kernels.gather_at(ref, rtop[keep], rleft[keep], int(w), rs)
-        _kernels.gather_at(sec, top[b], left[b], int(p0), qd)
-        rs, qd = _demeaned(rs, out=rs), _demeaned(qd, out=qd)
+        rs = _gather(ref, rtop[keep], rleft[keep], w)
+        qd = _gather(sec, top[b], left[b], p0)
+        # in place when already float32 (the prepared images are)
+        rs = _demeaned(rs, out=rs if rs.dtype == np.float32 else None)
+        qd = _demeaned(qd, out=qd if qd.dtype == np.float32 else None)
         cy = np.full(b.size, s2, dtype=np.int64)
         ty, tx, alive = _subpixel_fast(
             rs,
