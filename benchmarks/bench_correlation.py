@@ -515,9 +515,7 @@ def run_case(pairs: list[Pair], inputs, methods) -> None:
     for name, fn in methods.items():
         fn(*inputs[0])
         for pair, (ref, sec) in zip(pairs, inputs, strict=True):
-            dy, dx, dt = fn(ref, sec)
-            pair.est[name] = (np.asarray(dy, float), np.asarray(dx, float))
-            pair.secs[name] = dt
+            run_methods(pair, ref, sec, {name: fn})
 
 
 def scene_cases(data: Path, quick: bool, methods, rng):

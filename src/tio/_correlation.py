@@ -1061,12 +1061,7 @@ def offset_field(
 
     p0 = w + 2 * s
     views = dict(
-        ref=sliding_window_view(ref, (w, w))[::step, ::step],
         refimg=ref,
-        rval=sliding_window_view(ref_valid, (w, w))[::step, ::step],
-        tex=sliding_window_view(texture, (w, w))[::step, ::step],
-        sec=sliding_window_view(sec, (p0, p0)),
-        sval=sliding_window_view(sec_valid, (p0, p0)),
         secimg=sec,
         svalimg=sec_valid,
         rvalimg=ref_valid,
@@ -1188,7 +1183,7 @@ def _tile(views, rows, cols, *, step, **opts):
     ii, jj = ii[inside], jj[inside]  # the others are processed by _masked_tile
     rv = None
     if not views["all_valid"]:
-        rv = views["rval"][ii, jj]
+        rv = _gather(views["rvalimg"], ii * step, jj * step, opts["w"])
         keep = 1.0 - rv.mean(axis=(1, 2)) <= opts["max_bad"]
         if not keep.any():
             return None, None
@@ -1218,7 +1213,10 @@ def _tile(views, rows, cols, *, step, **opts):
     if rv is None and views["svalimg"][rmin:rmax, cmin:cmax].all():
         clean = np.ones(k, dtype=bool)
     else:
-        clean = views["sval"][r0, c0].all(axis=(1, 2))
+        from tio import _kernels
+
+        clean = np.empty(k, dtype=bool)
+        _kernels.windows_usable_at(views["svalimg"], r0, c0, int(p0), clean)
         if rv is not None:
             clean &= rv.all(axis=(1, 2))
     rest = None
@@ -1231,7 +1229,7 @@ def _tile(views, rows, cols, *, step, **opts):
             return None, rest
     tex = None
     if opts["min_sd"] > 0 and not views["tex_is_ref"]:
-        tex = views["tex"][ii, jj]
+        tex = _gather(views["teximg"], ii * step, jj * step, w)
     corners = (ii * step, jj * step, r0, c0)
     # one prior offset for every clean window of the tile: the integer stage on blocks
     # shared by neighbouring windows (_zncc_shared), when the step allows it
@@ -1296,15 +1294,13 @@ def _spectral_weight32(size):
     return out
 
 
-def _demeaned(a, out=None):
+def _demeaned(a, in_place=False):
     """``a`` minus its mean for each image of a batch (float32; the first output of
-    :func:`_demean`, without the std); into ``out`` (float32, may be ``a``) if given."""
+    :func:`_demean`, without the std); in ``a`` itself if ``in_place`` and ``a`` is
+    float32 (a copy the caller owns)."""
     n = a.shape[1] * a.shape[2]
     mean = a.sum(axis=(1, 2), dtype=np.float64) / n
-    if out is None:
-        out = a.astype(np.float32)
-    elif out is not a:
-        out[...] = a
+    out = a if in_place and a.dtype == np.float32 else a.astype(np.float32)
     out -= mean.astype(np.float32)[:, None, None]
     return out
 
@@ -1779,9 +1775,7 @@ def deform_refine(
             return None
         rs = _gather(ref, rtop[keep], rleft[keep], w)
         qd = _gather(sec, top[b], left[b], p0)
-        # in place when already float32 (the prepared images are)
-        rs = _demeaned(rs, out=rs if rs.dtype == np.float32 else None)
-        qd = _demeaned(qd, out=qd if qd.dtype == np.float32 else None)
+        rs, qd = _demeaned(rs, in_place=True), _demeaned(qd, in_place=True)
         cy = np.full(b.size, s2, dtype=np.int64)
         ty, tx, alive = _subpixel_fast(
             rs,
@@ -1990,8 +1984,8 @@ def _process_block(
             continue
         if fast:
             ty, tx, alive = _subpixel_fast(
-                _demeaned(r[sel]),
-                _demeaned(q[sel]),
+                _demeaned(r[sel], in_place=True),
+                _demeaned(q[sel], in_place=True),
                 iy[sel],
                 ix[sel],
                 w=w,
@@ -2002,8 +1996,8 @@ def _process_block(
             )
         else:
             ty, tx, alive = _subpixel_weighted(
-                _demeaned(r[sel]),
-                _demeaned(q[sel]),
+                _demeaned(r[sel], in_place=True),
+                _demeaned(q[sel], in_place=True),
                 iy[sel],
                 ix[sel],
                 rv[sel],
