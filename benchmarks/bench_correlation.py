@@ -49,9 +49,8 @@ absolute value), and windows per second (only the correlation call or loop is ti
 OpenCV is set to one thread, SciPy's FFT uses one worker by default; TIO's compiled
 kernels are loaded or compiled once by an untimed warm-up call before anything is
 timed, here and in the memory subprocess). Each method runs over all the pairs of a
-case in turn, after one untimed call on the first pair (``run_case``: on a machine whose
-cores idle between calls, TIO's two threads ran 25-30 % slower when each of its calls
-followed a single-threaded scikit-image loop than back to back). Ratios TIO/skimage
+case in turn, after one untimed call on the first pair (``run_case``; the speed of a call
+depends on what ran just before it: ``bench_correlation_threads.py``). Ratios TIO/skimage
 and TIO/OpenCV are printed for speed and accuracy, and PASS/FAIL against the targets of
 the issue: uniform shifts at 1 % noise, TIO RMSE <= 0.02 px and mean error within
 +-0.01 px at every fraction; on lobes, TIO RMSE at most half that of the best comparator;
@@ -503,14 +502,10 @@ def run_case(pairs: list[Pair], inputs, methods) -> None:
     """Each method in turn over all the pairs of a case (method-major), after one
     untimed call on the first pair.
 
-    Method-major because on a machine whose cores idle between calls, a multi-threaded
-    call that follows a second of single-threaded work (another method's loop) runs
-    slower: on the 2-vCPU machine of the README, TIO gave 15,000-15,500 windows/s on the
-    small crops when each of its calls followed a scikit-image loop or a 0.3 s sleep,
-    against 20,000-21,500 back to back (the comparators, single-threaded, pay about
-    10 % for the same pause when TIO runs on one thread). A user correlating a stack
-    runs one method back to back. The untimed call gives every method the same warm
-    start.
+    Method-major because the speed of a call depends on what ran just before it (a
+    pause or another method's loop: ``bench_correlation_threads.py`` measures it), and a
+    user correlating a stack runs one method back to back. The same protocol for every
+    method; the untimed call gives each the same warm start.
     """
     for name, fn in methods.items():
         fn(*inputs[0])

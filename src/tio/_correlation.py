@@ -886,10 +886,10 @@ _POOLS_LOCK = threading.Lock()
 def _thread_pool(threads):
     """The process's pool of ``threads`` threads (at least one).
 
-    Created on first use and kept: starting the threads of a new pool on every call
-    cost about 10 % of the time on images of a few hundred windows (measured on the
-    small crops of ``benchmarks/bench_correlation.py``, the two ways alternated in one
-    process). Keyed by the process id as well, so that a forked child makes its own
+    Created on first use and kept, not started again on every call
+    (``benchmarks/bench_correlation_threads.py`` compares the two per call: a pool per
+    call took 1.5-1.8 % more wall time on the small crops of bench_correlation).
+    Keyed by the process id as well, so that a forked child makes its own
     (the threads of the parent's pool do not exist in the child). Concurrent calls
     share the pool; its tasks never wait for other tasks of the pool, so they cannot
     deadlock. The threads are idle between calls and joined at interpreter exit.
@@ -908,8 +908,8 @@ def _map_tasks(fn, tasks, workers):
     """``[fn(t) for t in tasks]`` on ``workers`` threads: the calling thread and
     ``workers - 1`` threads of :func:`_thread_pool` take the tasks in order from a
     shared counter (the caller works too: one thread fewer to wake up per call, and
-    the caller is already running; measured faster than handing every task to a pool
-    of ``workers`` threads on the small crops of ``benchmarks/bench_correlation.py``).
+    the caller is already running; handing every task to a pool of ``workers``
+    threads took 1.4-1.8 % more wall time, ``benchmarks/bench_correlation_threads.py``).
     Results in the order of ``tasks``. The first exception stops the handing out of
     tasks and is raised once the tasks already started have finished.
     """
@@ -1128,8 +1128,8 @@ def offset_field(
     # are smaller (a quarter of a tile), of equal sizes (an even number of them) and go
     # first, so that the threads finish together (longest tasks first). Each window's
     # result does not depend on its batch. (Tiles cut smaller than per_chunk, to balance
-    # the threads on small images, were slower: 8 tiles or more per image cost 10 % on
-    # the small crops of bench_correlation.py, 4 or more 3 %.)
+    # the threads on small images - at least 8 or 4 per image - were slower in trial
+    # runs on the small crops of bench_correlation.py.)
     small = max(1, per_chunk // 4)
     ei, ej = gi[~inside], gj[~inside]
     tasks = [("masked", (ei[a:b], ej[a:b])) for a, b in _even_batches(ei.size, small)]

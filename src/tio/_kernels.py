@@ -46,8 +46,8 @@ from numba import njit
 # tile per thread), and release the GIL. ``error_model="numpy"``: a float division by
 # zero gives inf or NaN instead of raising (every division here is guarded or cannot
 # divide by zero), which removes the check that kept the compiler from vectorising
-# loops with a division (the whitening of :func:`newton_peaks`: 3.7 -> 1.0 us per
-# window; results bit-identical).
+# loops with a division (the whitening of :func:`newton_peaks`); results are
+# bit-identical.
 _OPTS = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
 
 
@@ -936,8 +936,8 @@ def deformed_blocks(qd, by, bx, gy, gx, fy, fx, w, roll, out):
     gives exactly :func:`tapered_blocks_at`); positions are clamped to the sub-image.
     The taper and the weighted demeaning are those of :func:`tapered_blocks_at`.
     Row by row: the positions, their integer parts and the cubic weights first (loops
-    that vectorise), then the 16-sample sums (same sums in the same order as one loop
-    per pixel: bit-identical, about 16 % faster).
+    that vectorise), then the 16-sample sums (the same sums in the same order as one
+    loop per pixel: bit-identical).
     """
     k = qd.shape[0]
     P = qd.shape[1]
